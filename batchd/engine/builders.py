@@ -1,0 +1,205 @@
+"""Fluent builders for steps and jobs (GoBatch's style)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from batchd.engine.chunk_step import ChunkStep
+from batchd.engine.faults import ErrorTypes, FaultPolicy
+from batchd.engine.job import Job, Step
+from batchd.engine.listeners import Listeners
+from batchd.engine.tasklet_step import Tasklet, TaskletStep
+
+
+def _error_types(on: type[BaseException] | Iterable[type[BaseException]], what: str) -> ErrorTypes:
+    types = (on,) if isinstance(on, type) else tuple(on)
+    for error_type in types:
+        if not (isinstance(error_type, type) and issubclass(error_type, BaseException)):
+            raise TypeError(f"{what}(on=...) takes exception classes, not {error_type!r}")
+    return types
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a {what} needs a non-empty name, not {name!r}")
+    return name
+
+
+class StepBuilder:
+    """Builds a tasklet step (``.tasklet(fn)``) or a chunk step (``.reader().writer()``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = _check_name(name, "step")
+        self._tasklet: Tasklet | None = None
+        self._reader: Any = None
+        self._processor: Any = None
+        self._writer: Any = None
+        self._chunk_size = 100
+        self._faults = FaultPolicy()
+        self._listeners: list[Any] = []
+        self._allow_start_if_complete = False
+        self._start_limit: int | None = None
+
+    def tasklet(self, fn: Tasklet) -> StepBuilder:
+        """``fn(ctx: StepContext) -> None`` runs once per execution."""
+        if not callable(fn):
+            raise TypeError(f"tasklet must be callable, not {fn!r}")
+        self._tasklet = fn
+        return self
+
+    def reader(self, reader: Any) -> StepBuilder:
+        """An object with ``read() -> item | None`` (None ends the step)."""
+        if not callable(getattr(reader, "read", None)):
+            raise TypeError(f"a reader needs a read() method: {reader!r}")
+        self._reader = reader
+        return self
+
+    def processor(self, processor: Any) -> StepBuilder:
+        """A callable or an object with ``process(item) -> item | None`` (None filters)."""
+        if not (callable(processor) or callable(getattr(processor, "process", None))):
+            raise TypeError(f"a processor must be callable or have process(): {processor!r}")
+        self._processor = processor
+        return self
+
+    def writer(self, writer: Any) -> StepBuilder:
+        """A callable or an object with ``write(items: list)``."""
+        if not (callable(writer) or callable(getattr(writer, "write", None))):
+            raise TypeError(f"a writer must be callable or have write(): {writer!r}")
+        self._writer = writer
+        return self
+
+    def chunk_size(self, size: int) -> StepBuilder:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, not {size!r}")
+        self._chunk_size = size
+        return self
+
+    def retry(
+        self,
+        *,
+        on: type[BaseException] | Iterable[type[BaseException]],
+        limit: int,
+        backoff: float = 0.0,
+    ) -> StepBuilder:
+        """Retry an item (or a chunk's write) ``limit`` more times on these errors,
+        ``backoff`` seconds apart."""
+        if limit < 0 or backoff < 0:
+            raise ValueError("retry limit and backoff must not be negative")
+        self._faults = FaultPolicy(
+            retry_on=_error_types(on, "retry"),
+            retry_limit=limit,
+            backoff=backoff,
+            skip_on=self._faults.skip_on,
+            skip_limit=self._faults.skip_limit,
+        )
+        return self
+
+    def skip(
+        self, *, on: type[BaseException] | Iterable[type[BaseException]], limit: int
+    ) -> StepBuilder:
+        """Skip items whose read, process or write raises these errors; past ``limit``
+        skipped items the step fails."""
+        if limit < 0:
+            raise ValueError("skip limit must not be negative")
+        self._faults = FaultPolicy(
+            retry_on=self._faults.retry_on,
+            retry_limit=self._faults.retry_limit,
+            backoff=self._faults.backoff,
+            skip_on=_error_types(on, "skip"),
+            skip_limit=limit,
+        )
+        return self
+
+    def listener(self, listener: Any) -> StepBuilder:
+        """Register every step, chunk and skip hook ``listener`` has."""
+        self._listeners.append(listener)
+        return self
+
+    def allow_start_if_complete(self, allow: bool = True) -> StepBuilder:
+        """Run this step again on restart even when it completed before."""
+        self._allow_start_if_complete = bool(allow)
+        return self
+
+    def start_limit(self, limit: int | None) -> StepBuilder:
+        """How often this step may be started for one job instance (None: unlimited)."""
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"start_limit must be a positive integer or None, not {limit!r}")
+        self._start_limit = limit
+        return self
+
+    def build(self) -> Step:
+        listeners = Listeners(self._listeners)
+        common: dict[str, Any] = {
+            "name": self._name,
+            "listeners": listeners,
+            "allow_start_if_complete": self._allow_start_if_complete,
+            "start_limit": self._start_limit,
+        }
+        if self._tasklet is not None:
+            if self._reader is not None or self._writer is not None:
+                raise ValueError(f"step {self._name!r} has a tasklet and a reader/writer")
+            return TaskletStep(tasklet=self._tasklet, **common)
+        if self._reader is None or self._writer is None:
+            raise ValueError(f"step {self._name!r} needs a tasklet, or a reader and a writer")
+        return ChunkStep(
+            reader=self._reader,
+            processor=self._processor,
+            writer=self._writer,
+            chunk_size=self._chunk_size,
+            faults=self._faults,
+            **common,
+        )
+
+
+class JobBuilder:
+    """Builds a :class:`Job` from steps that run in order."""
+
+    def __init__(self, name: str) -> None:
+        self._name = _check_name(name, "job")
+        self._steps: list[Step] = []
+        self._params_model: type[BaseModel] | None = None
+        self._non_identifying: set[str] = set()
+        self._listeners: list[Any] = []
+        self._restartable = True
+
+    def step(self, step: Step) -> JobBuilder:
+        if any(existing.name == step.name for existing in self._steps):
+            raise ValueError(f"job {self._name!r} already has a step named {step.name!r}")
+        self._steps.append(step)
+        return self
+
+    def params_model(self, model: type[BaseModel]) -> JobBuilder:
+        """Validate and type parameters with this pydantic model before anything runs."""
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"params_model takes a pydantic model class, not {model!r}")
+        self._params_model = model
+        return self
+
+    def non_identifying(self, *keys: str) -> JobBuilder:
+        """Parameters that do not identify the instance (e.g. a run id)."""
+        self._non_identifying.update(keys)
+        return self
+
+    def listener(self, listener: Any) -> JobBuilder:
+        """Register job hooks, and step/chunk/skip hooks for every step."""
+        self._listeners.append(listener)
+        return self
+
+    def restartable(self, restartable: bool = True) -> JobBuilder:
+        self._restartable = bool(restartable)
+        return self
+
+    def build(self) -> Job:
+        if not self._steps:
+            raise ValueError(f"job {self._name!r} has no steps")
+        return Job(
+            name=self._name,
+            steps=tuple(self._steps),
+            params_model=self._params_model,
+            non_identifying=frozenset(self._non_identifying),
+            listeners=Listeners(self._listeners),
+            restartable=self._restartable,
+        )

@@ -1,0 +1,211 @@
+"""Runs one job execution: its steps in order, recorded in the repository."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from batchd.engine.job import Job, Step
+from batchd.engine.step_run import StepOutcome, StepRun, describe_error
+from batchd.errors import ExecutionLost, StartLimitExceeded
+from batchd.model import BatchStatus, JobExecution, JobParameters, canonical_json
+from batchd.repository import SqlJobRepository
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait between attempts to record an execution's end while the database is away.
+END_WRITE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class ExecutionHandle:
+    """This process's handle on an execution it runs: stop flag and completion."""
+
+    execution_id: int
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+    def stop_requested(self) -> bool:
+        return self.stop_event.is_set()
+
+
+class JobRunner:
+    """Runs ``execution`` of ``job`` in the calling thread."""
+
+    def __init__(
+        self,
+        repository: SqlJobRepository,
+        job: Job,
+        execution: JobExecution,
+        params: JobParameters,
+        handle: ExecutionHandle,
+    ) -> None:
+        self.repository = repository
+        self.job = job
+        self.execution = execution
+        self.params = params
+        self.handle = handle
+
+    def run(self) -> None:
+        execution, job = self.execution, self.job
+        try:
+            self.repository.mark_started(execution)
+        except ExecutionLost as lost:
+            log.warning("job execution %d (%s) not started: %s", execution.id, job.name, lost)
+            return
+        if execution.status == BatchStatus.STOPPING:
+            self.handle.stop_event.set()
+        log.info(
+            "job execution %d (%s %s) STARTED",
+            execution.id,
+            job.name,
+            canonical_json(execution.params),
+        )
+        job_context: dict[str, object] = {}
+        status, message = BatchStatus.COMPLETED, None
+        try:
+            job_context = self.repository.load_job_context(execution.id)
+            job.listeners.call("before_job", execution)
+            for step in job.steps:
+                if self.handle.stop_requested():
+                    status, message = BatchStatus.STOPPED, f"stopped before step {step.name!r}"
+                    break
+                outcome = self._run_step(step, job_context)
+                if outcome is not None and outcome.status != BatchStatus.COMPLETED:
+                    status = outcome.status
+                    message = f"step {step.name!r} {outcome.status.value}: {outcome.exit_message}"
+                    break
+        except ExecutionLost as lost:
+            log.warning("job execution %d (%s) gave up: %s", execution.id, job.name, lost)
+            return
+        except StartLimitExceeded as error:
+            status, message = BatchStatus.FAILED, f"StartLimitExceeded: {error}"
+        except SQLAlchemyError as error:
+            # A step's end could not be recorded: nobody knows how far it got.
+            status, message = BatchStatus.UNKNOWN, describe_error(error)
+        except Exception as error:
+            status, message = BatchStatus.FAILED, describe_error(error)
+        execution.status, execution.exit_message = status, message
+        try:
+            job.listeners.call("after_job", execution)
+        except Exception as error:
+            status, message = (
+                BatchStatus.FAILED,
+                "after_job listener failed: " + describe_error(error),
+            )
+        self._record_end(status, message, job_context)
+
+    def _run_step(self, step: Step, job_context: dict[str, object]) -> StepOutcome | None:
+        execution = self.execution
+        history = self.repository.step_history(execution.instance_id, step.name)
+        if (
+            history.last is not None
+            and history.last.status == BatchStatus.COMPLETED
+            and not step.allow_start_if_complete
+        ):
+            log.info(
+                "job execution %d: step %s already COMPLETED, skipped", execution.id, step.name
+            )
+            return None
+        if step.start_limit is not None and history.start_count >= step.start_limit:
+            raise StartLimitExceeded(
+                f"step {step.name!r} of job {self.job.name!r} has been started "
+                f"{history.start_count} times (start_limit {step.start_limit})"
+            )
+        # Resume from the checkpoint of an unfinished step; a completed step re-runs afresh.
+        resume_from = (
+            history.last.execution_context
+            if history.last is not None and history.last.status != BatchStatus.COMPLETED
+            else {}
+        )
+        step_execution = self.repository.create_step_execution(execution, step.name, resume_from)
+        execution.step_executions.append(step_execution)
+        listeners = self.job.listeners + step.listeners
+        step_context = self.repository.load_step_context(execution.instance_id, step.name)
+        run = StepRun(
+            repository=self.repository,
+            job_execution=execution,
+            step_execution=step_execution,
+            params=self.params.typed,
+            listeners=listeners,
+            job_context=job_context,
+            step_context=step_context,
+            stop_requested=self.handle.stop_requested,
+        )
+        try:
+            listeners.call("before_step", step_execution)
+            outcome = step.execute(run)
+        except ExecutionLost:
+            raise
+        except Exception as error:
+            outcome = StepOutcome(
+                BatchStatus.FAILED, step_execution.execution_context, describe_error(error)
+            )
+        step_execution.status, step_execution.exit_message = outcome.status, outcome.exit_message
+        try:
+            listeners.call("after_step", step_execution)
+        except Exception as error:
+            outcome = StepOutcome(
+                BatchStatus.FAILED,
+                outcome.execution_context,
+                "after_step listener failed: " + describe_error(error),
+            )
+        self.repository.finish_step(
+            step_execution,
+            outcome.status,
+            outcome.exit_message,
+            canonical_json(outcome.execution_context),
+            instance_id=execution.instance_id,
+            step_context_value=step_context,
+        )
+        log.info(
+            "job execution %d: step %s %s (read %d, written %d)",
+            execution.id,
+            step.name,
+            outcome.status.value,
+            step_execution.read_count,
+            step_execution.write_count,
+        )
+        return outcome
+
+    def _record_end(
+        self, status: BatchStatus, message: str | None, job_context: dict[str, object]
+    ) -> None:
+        execution = self.execution
+        for delay in (*END_WRITE_BACKOFF, None):
+            try:
+                self.repository.finish_execution(execution, status, message, job_context)
+            except ExecutionLost as lost:
+                log.warning("job execution %d (%s): %s", execution.id, self.job.name, lost)
+                return
+            except SQLAlchemyError as error:
+                if delay is None:
+                    log.error(
+                        "job execution %d (%s) ended %s but the end could not be recorded (%s); "
+                        "crash recovery will mark it FAILED",
+                        execution.id,
+                        self.job.name,
+                        status.value,
+                        error,
+                    )
+                    return
+                log.warning(
+                    "recording the end of job execution %d failed, retrying: %s",
+                    execution.id,
+                    error,
+                )
+                time.sleep(delay)
+                continue
+            log.info(
+                "job execution %d (%s %s) %s",
+                execution.id,
+                self.job.name,
+                canonical_json(execution.params),
+                status.value,
+            )
+            return

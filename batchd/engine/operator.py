@@ -1,0 +1,393 @@
+"""JobOperator: start, stop, restart, abandon and inspect job executions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from batchd.engine.heartbeat import Heartbeat
+from batchd.engine.job import Job
+from batchd.engine.job_runner import ExecutionHandle, JobRunner
+from batchd.engine.registry import JobRegistry
+from batchd.errors import (
+    JobExecutionAlreadyRunning,
+    JobInstanceAlreadyComplete,
+    JobRestartError,
+    NoSuchJob,
+    StartLimitExceeded,
+)
+from batchd.model import BatchStatus, JobExecution, JobParameters, RawParams, canonical_json
+from batchd.repository import Owner, SqlJobRepository
+
+log = logging.getLogger(__name__)
+
+JobOrExecution = str | int
+
+# How often wait() looks at the repository for an execution another process runs.
+_POLL_SECONDS = 0.05
+
+
+def parse_identifier(job_or_id: JobOrExecution) -> tuple[str | None, int | None]:
+    """An int, or a string of digits, is an execution id; any other string a job name."""
+    if isinstance(job_or_id, bool):
+        raise TypeError(f"expected a job name or an execution id, not {job_or_id!r}")
+    if isinstance(job_or_id, int):
+        return None, job_or_id
+    if isinstance(job_or_id, str):
+        text = job_or_id.strip()
+        if text.isdigit():
+            return None, int(text)
+        if not text:
+            raise NoSuchJob("an empty job name names no job")
+        return text, None
+    raise TypeError(f"expected a job name or an execution id, not {job_or_id!r}")
+
+
+def process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
+
+
+class JobOperator:
+    """Runs the jobs of ``registry``, recording everything in ``repository``.
+
+    ``start``/``restart`` block until the execution ends; their ``_async`` forms return the
+    new execution (STARTING) at once and run it on a pool of ``max_concurrent_jobs``
+    threads. Every running execution records a heartbeat every ``heartbeat`` seconds.
+    """
+
+    def __init__(
+        self,
+        repository: SqlJobRepository,
+        registry: JobRegistry | None = None,
+        max_concurrent_jobs: int = 4,
+        *,
+        heartbeat: float = 5.0,
+        host: str | None = None,
+    ) -> None:
+        if max_concurrent_jobs < 1:
+            raise ValueError(f"max_concurrent_jobs must be at least 1, not {max_concurrent_jobs}")
+        self.repository = repository
+        self.registry = registry if registry is not None else JobRegistry()
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.heartbeat_interval = heartbeat
+        self.owner = Owner(host=host or socket.gethostname(), pid=os.getpid())
+        self._handles: dict[int, ExecutionHandle] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="batchd-job")
+        self._heartbeat = Heartbeat(repository, self.active_handles, heartbeat)
+        self._observers: list[Any] = []
+
+    # ------------------------------------------------------------------ starting
+
+    def start(self, job_name: str, params: RawParams = None) -> JobExecution:
+        """Start (or, if its last run failed or stopped, restart) the instance of
+        ``job_name`` for ``params`` and wait for it to end."""
+        job, execution, job_params = self._launch_start(job_name, params)
+        return self._run_now(job, execution, job_params)
+
+    def start_async(self, job_name: str, params: RawParams = None) -> JobExecution:
+        """Like :meth:`start`, but return the STARTING execution at once."""
+        job, execution, job_params = self._launch_start(job_name, params)
+        return self._run_later(job, execution, job_params)
+
+    def restart(self, job_or_id: JobOrExecution) -> JobExecution:
+        """Restart the newest instance of a job (by name), or the instance of an execution
+        (by id), and wait for it to end."""
+        job, execution, job_params = self._launch_restart(job_or_id)
+        return self._run_now(job, execution, job_params)
+
+    def restart_async(self, job_or_id: JobOrExecution) -> JobExecution:
+        job, execution, job_params = self._launch_restart(job_or_id)
+        return self._run_later(job, execution, job_params)
+
+    def _launch_start(
+        self, job_name: str, params: RawParams
+    ) -> tuple[Job, JobExecution, JobParameters]:
+        job = self.registry.get(job_name)
+        job_params = job.parameters(params)
+
+        def decide(last: JobExecution | None) -> None:
+            if last is None:
+                return
+            self._refuse_unless_restartable(job, last)
+
+        execution = self._create(
+            job, job_params, job_params.job_key, job_params.identifying, decide
+        )
+        return job, execution, job_params
+
+    def _launch_restart(self, job_or_id: JobOrExecution) -> tuple[Job, JobExecution, JobParameters]:
+        job_name, execution_id = parse_identifier(job_or_id)
+        if execution_id is not None:
+            target = self.repository.require_execution(execution_id)
+        else:
+            assert job_name is not None
+            newest = self.repository.newest_execution_of_job(job_name)
+            if newest is None:
+                self.registry.get(job_name)  # NoSuchJob if it is not even registered
+                raise JobRestartError(f"job {job_name!r} has no execution to restart")
+            target = newest
+        job = self.registry.get(target.job_name)
+        instance = self.repository.get_instance(target.instance_id)
+        last = self.repository.last_execution_of_instance(target.instance_id)
+        assert instance is not None and last is not None
+        if not last.status.is_restartable:
+            raise JobRestartError(
+                f"job execution {last.id} of job {job.name!r} is {last.status.value}: only "
+                "STOPPED, FAILED or UNKNOWN executions can be restarted"
+            )
+        # The instance's identifying parameters, with the previous run's other parameters.
+        job_params = job.parameters(last.params)
+
+        def decide(current_last: JobExecution | None) -> None:
+            if current_last is None or not current_last.status.is_restartable:
+                status = current_last.status.value if current_last else "gone"
+                raise JobRestartError(
+                    f"job {job.name!r} instance {instance.id} changed while restarting: "
+                    f"its last execution is {status}"
+                )
+            self._refuse_unless_restartable(job, current_last)
+
+        execution = self._create(job, job_params, instance.job_key, instance.params, decide)
+        return job, execution, job_params
+
+    def _refuse_unless_restartable(self, job: Job, last: JobExecution) -> None:
+        """The rules of DESIGN §3 for an instance that has run before."""
+        if last.status.is_running:
+            raise JobExecutionAlreadyRunning(
+                f"job {job.name!r} is already running for {canonical_json(last.params)} "
+                f"(execution {last.id}, {last.status.value})"
+            )
+        if last.status == BatchStatus.COMPLETED:
+            raise JobInstanceAlreadyComplete(
+                f"job {job.name!r} already COMPLETED for {canonical_json(last.params)} "
+                f"(execution {last.id})"
+            )
+        if last.status == BatchStatus.ABANDONED:
+            raise JobInstanceAlreadyComplete(
+                f"job {job.name!r} for {canonical_json(last.params)} was ABANDONED "
+                f"(execution {last.id}): it is not run again"
+            )
+        if not job.restartable:
+            raise JobRestartError(
+                f"job {job.name!r} is not restartable and its execution {last.id} "
+                f"ended {last.status.value}"
+            )
+        self._check_start_limits(job, last.instance_id)
+
+    def _check_start_limits(self, job: Job, instance_id: int) -> None:
+        """Refuse a restart whose first steps to run are out of starts, before anything
+        is written (the runner checks every step again as it reaches it)."""
+        for step in job.steps:
+            history = self.repository.step_history(instance_id, step.name)
+            completed = history.last is not None and history.last.status == BatchStatus.COMPLETED
+            if completed and not step.allow_start_if_complete:
+                continue
+            if step.start_limit is not None and history.start_count >= step.start_limit:
+                raise StartLimitExceeded(
+                    f"step {step.name!r} of job {job.name!r} has been started "
+                    f"{history.start_count} times (start_limit {step.start_limit})"
+                )
+            if not completed:
+                return  # the run resumes here; later steps are checked when reached
+
+    def _create(
+        self,
+        job: Job,
+        job_params: JobParameters,
+        job_key: str,
+        identifying: dict[str, Any],
+        decide: Callable[[JobExecution | None], None],
+    ) -> JobExecution:
+        execution, previous = self.repository.create_execution(
+            job_name=job.name,
+            job_key=job_key,
+            identifying_params=identifying,
+            params=job_params.values,
+            owner=self.owner,
+            decide=decide,
+        )
+        with self._lock:
+            self._handles[execution.id] = ExecutionHandle(execution.id)
+        self._heartbeat.ensure_running()
+        log.info(
+            "job execution %d (%s %s) created%s",
+            execution.id,
+            job.name,
+            job_params.json,
+            f" restarting execution {previous.id}" if previous is not None else "",
+        )
+        self._notify("on_execution_created", execution)
+        return execution
+
+    def _run_now(
+        self, job: Job, execution: JobExecution, job_params: JobParameters
+    ) -> JobExecution:
+        self._run(job, execution, job_params)
+        return self.get_execution(execution.id)
+
+    def _run_later(
+        self, job: Job, execution: JobExecution, job_params: JobParameters
+    ) -> JobExecution:
+        self._pool.submit(self._run, job, execution, job_params)
+        return execution
+
+    def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
+        handle = self._handles[execution.id]
+        try:
+            JobRunner(self.repository, job, execution, job_params, handle).run()
+        except BaseException:
+            log.exception("job execution %d (%s) crashed", execution.id, job.name)
+            raise
+        finally:
+            with self._lock:
+                self._handles.pop(execution.id, None)
+            handle.done.set()
+            self._notify("on_execution_ended", execution)
+
+    # ---------------------------------------------------------- observing, waiting
+
+    def add_observer(self, observer: Any) -> None:
+        """An object with ``on_execution_created(execution)`` and/or
+        ``on_execution_ended(execution)``: how the daemon watches the engine."""
+        self._observers.append(observer)
+
+    def _notify(self, hook: str, execution: JobExecution) -> None:
+        for observer in self._observers:
+            method = getattr(observer, hook, None)
+            if callable(method):
+                try:
+                    method(execution)
+                except Exception:
+                    log.exception("observer %r failed in %s", observer, hook)
+
+    def active_handles(self) -> list[ExecutionHandle]:
+        with self._lock:
+            return list(self._handles.values())
+
+    def wait(self, execution_id: int, timeout: float | None = None) -> JobExecution:
+        """Wait until the execution has ended (and its after_job listeners have run).
+        Raises TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            handle = self._handles.get(execution_id)
+        if handle is not None:
+            if not handle.done.wait(timeout):
+                raise TimeoutError(f"job execution {execution_id} still running after {timeout}s")
+            return self.get_execution(execution_id)
+        while True:
+            execution = self.get_execution(execution_id)
+            if not execution.status.is_running:
+                return execution
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job execution {execution_id} still running after {timeout}s")
+            time.sleep(_POLL_SECONDS)
+
+    # -------------------------------------------------------------- stop, abandon
+
+    def stop(self, job_or_id: JobOrExecution) -> list[JobExecution]:
+        """Ask running executions to stop: every running execution of a job (by name), or
+        one execution (by id). Returns those it asked; stopping an ended one is no error."""
+        job_name, execution_id = parse_identifier(job_or_id)
+        if execution_id is not None:
+            candidates = [self.repository.require_execution(execution_id)]
+        else:
+            assert job_name is not None
+            if job_name not in self.registry and not self.repository.newest_execution_of_job(
+                job_name
+            ):
+                self.registry.get(job_name)  # raises NoSuchJob
+            candidates = [
+                execution
+                for execution in self.repository.running_executions()
+                if execution.job_name == job_name
+            ]
+        asked = []
+        for execution in candidates:
+            if not self.repository.request_stop(execution.id):
+                continue
+            with self._lock:
+                handle = self._handles.get(execution.id)
+            if handle is not None:
+                handle.stop_event.set()
+            log.info("job execution %d (%s) STOPPING", execution.id, execution.job_name)
+            asked.append(self.get_execution(execution.id))
+        return asked
+
+    def abandon(self, execution_id: int | str) -> JobExecution:
+        """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: never restarted."""
+        _, numeric_id = parse_identifier(execution_id)
+        if numeric_id is None:
+            raise TypeError(f"abandon() takes an execution id, not {execution_id!r}")
+        execution = self.repository.abandon(numeric_id)
+        log.info("job execution %d (%s) ABANDONED", execution.id, execution.job_name)
+        return execution
+
+    # ---------------------------------------------------------------- inspecting
+
+    def get_execution(self, execution_id: int | str) -> JobExecution:
+        _, numeric_id = parse_identifier(execution_id)
+        if numeric_id is None:
+            raise TypeError(f"get_execution() takes an execution id, not {execution_id!r}")
+        return self.repository.require_execution(numeric_id)
+
+    def list_executions(
+        self,
+        job_name: str | None = None,
+        status: BatchStatus | str | None = None,
+        limit: int = 50,
+    ) -> list[JobExecution]:
+        """Executions, newest first."""
+        return self.repository.list_executions(job_name=job_name, status=status, limit=limit)
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self, lease: float | timedelta = 60) -> list[JobExecution]:
+        """Mark FAILED the running executions whose owner process is gone (checked on this
+        host) or whose heartbeat is older than ``lease`` seconds; they can then be
+        restarted. Returns them."""
+        lease_td = lease if isinstance(lease, timedelta) else timedelta(seconds=lease)
+        if lease_td.total_seconds() < 3 * self.heartbeat_interval:
+            raise ValueError(
+                f"lease {lease_td.total_seconds():g}s must be at least three heartbeats "
+                f"(3 x {self.heartbeat_interval:g}s)"
+            )
+        mine = {handle.execution_id for handle in self.active_handles()}
+        recovered = []
+        for execution, reason in self.repository.stale_executions(
+            lease_td, host=self.owner.host, is_alive=process_is_alive
+        ):
+            if execution.id in mine:
+                continue  # ours and running: its heartbeat is only late
+            if self.repository.mark_failed(execution, reason):
+                log.warning(
+                    "job execution %d (%s) FAILED: %s", execution.id, execution.job_name, reason
+                )
+                recovered.append(self.get_execution(execution.id))
+        return recovered
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the heartbeat and the pool (running executions finish first if ``wait``)."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        self._heartbeat.stop()
+
+    def __enter__(self) -> JobOperator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

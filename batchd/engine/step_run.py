@@ -1,0 +1,41 @@
+"""What a step needs while it runs: the repository, its records, its contexts."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchd.engine.listeners import Listeners
+from batchd.model import BatchStatus, JobExecution, StepExecution
+from batchd.repository import SqlJobRepository
+
+
+@dataclass
+class StepRun:
+    """One step execution in progress."""
+
+    repository: SqlJobRepository
+    job_execution: JobExecution
+    step_execution: StepExecution
+    params: Any
+    listeners: Listeners
+    job_context: dict[str, Any]
+    step_context: dict[str, Any]
+    stop_requested: Callable[[], bool]
+
+
+@dataclass
+class StepOutcome:
+    """How a step ended: its status, exit message and final checkpoint."""
+
+    status: BatchStatus
+    execution_context: dict[str, Any] = field(default_factory=dict)
+    exit_message: str | None = None
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's type and message first, then its traceback (for exit_message)."""
+    head = f"{type(error).__name__}: {error}"
+    return head + "\n" + "".join(traceback.format_exception(error)).rstrip()

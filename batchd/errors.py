@@ -1,0 +1,127 @@
+"""Errors raised by batchd. Every one subclasses :class:`BatchError`."""
+
+from __future__ import annotations
+
+
+class BatchError(Exception):
+    """Base class of every error batchd raises on purpose."""
+
+
+class NoSuchJob(BatchError):
+    """The job name is neither registered nor known to the repository."""
+
+
+class NoSuchJobExecution(BatchError):
+    """No job execution has the given id."""
+
+
+class InvalidJobParameters(BatchError):
+    """Parameters are not a JSON object, or fail the job's ``params_model``."""
+
+
+class JobExecutionAlreadyRunning(BatchError):
+    """The job instance already has an execution that is running."""
+
+
+class JobInstanceAlreadyComplete(BatchError):
+    """The job instance completed (or was abandoned): it is never run again."""
+
+
+class JobRestartError(BatchError):
+    """The execution cannot be restarted (wrong status, or the job is not restartable)."""
+
+
+class StartLimitExceeded(BatchError):
+    """A step has already been started as often as its ``start_limit`` allows."""
+
+
+class JobStopped(BatchError):
+    """Raised by ``StepContext.check_stop()`` once a stop was requested."""
+
+
+class ExecutionLost(BatchError):
+    """This process no longer owns the execution: it was recovered, stopped or abandoned
+    elsewhere, so every further write of this run is refused."""
+
+
+class RepositoryError(BatchError):
+    """The job repository cannot be opened or used (bad URL, unreachable database)."""
+
+
+# --------------------------------------------------------------------------- readers and writers
+# Errors of batchd.items. Each one pickles (process executors send errors back to the parent):
+# keyword-style attributes travel in ``args``, which is what exceptions are rebuilt from.
+
+
+class ItemParseError(BatchError, ValueError):
+    """An input record cannot be read: wrong number of fields, bad JSON, undecodable bytes or
+    a value that fails conversion/validation. A ``ValueError``, so ``skip(on=(ValueError,))``
+    skips the record; the reader has already moved past it.
+
+    ``path`` is the input file, ``line`` the 1-based physical line where the record starts,
+    ``field`` the failing field (or None).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message, path, line, field)
+        self.path = path
+        self.line = line
+        self.field = field
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ItemFormatError(BatchError, ValueError):
+    """An item cannot be written as asked: a value does not fit its fixed-width column, a
+    field is not among the output's fields, text cannot be encoded. ``field`` names it."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.field = field
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ChecksumMismatch(BatchError):
+    """An input file does not match the digest in its ``.sha256`` / ``.md5`` sidecar."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message, path, expected, actual)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InputFileNotFound(BatchError, FileNotFoundError):
+    """A reader's input file does not exist. ``filename`` is its path."""
+
+
+class OutputFileError(BatchError, OSError):
+    """Writing an output file failed (for instance ENOSPC, the disk is full). ``errno`` is the
+    system's, ``filename`` the output; what was committed before is left intact."""
+
+
+class OutputCheckpointError(BatchError):
+    """A restarted writer cannot resume: its output file is missing or shorter than the size
+    recorded at the last commit (it was truncated or replaced outside batchd)."""
+
+
+class PathTemplateError(BatchError):
+    """A path template names a job parameter that the job does not have, or is malformed."""

@@ -1,0 +1,97 @@
+"""Contexts handed to user code: tasklets, readers/writers (ItemStream), chunk listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from batchd.errors import JobStopped
+from batchd.model.records import StepExecution
+
+
+class ExecutionContext(dict[str, Any]):
+    """The checkpoint of one step execution: a JSON-serialisable mutable mapping.
+
+    Readers and writers save their position here in ``update()`` and find it again in
+    ``open()``. ``params`` (the job parameters, typed when the job has a ``params_model``)
+    and ``partition`` (this partition's context, or None) are read-only attributes.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any] | None = None,
+        *,
+        params: Any = None,
+        partition: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(data or {})
+        self._params = params if params is not None else {}
+        self._partition = partition
+
+    @property
+    def params(self) -> Any:
+        return self._params
+
+    @property
+    def partition(self) -> dict[str, Any] | None:
+        return self._partition
+
+    def __reduce__(self) -> Any:
+        # Pickled for process executors: keep the attributes, not only the dict.
+        return (
+            _rebuild_execution_context,
+            (dict(self), self._params, self._partition),
+        )
+
+
+def _rebuild_execution_context(
+    data: dict[str, Any], params: Any, partition: dict[str, Any] | None
+) -> ExecutionContext:
+    return ExecutionContext(data, params=params, partition=partition)
+
+
+class StepContext:
+    """What a tasklet receives.
+
+    - ``params``: the job parameters (dict, or the validated pydantic model);
+    - ``execution_context``: this step's checkpoint, saved when the tasklet returns or raises;
+    - ``step_context``: kept per job instance and step, across executions;
+    - ``job_context``: shared by the steps of one execution, restored on restart;
+    - ``stop_requested`` / ``check_stop()``: cooperative stop.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: Any,
+        step_execution: StepExecution,
+        execution_context: ExecutionContext,
+        step_context: dict[str, Any],
+        job_context: dict[str, Any],
+        stop_check: Callable[[], bool],
+    ) -> None:
+        self.params = params
+        self.step_execution = step_execution
+        self.execution_context = execution_context
+        self.step_context = step_context
+        self.job_context = job_context
+        self._stop_check = stop_check
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_check()
+
+    def check_stop(self) -> None:
+        """Raise :class:`JobStopped` if a stop was requested; the step then ends STOPPED."""
+        if self._stop_check():
+            raise JobStopped(f"stop requested for step {self.step_execution.step_name!r}")
+
+
+@dataclass
+class ChunkContext:
+    """What chunk listeners receive."""
+
+    step_execution: StepExecution
+    execution_context: ExecutionContext
+    items: list[Any]

@@ -1,0 +1,92 @@
+"""Records of job instances and executions as the repository stores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from batchd.model.status import BatchStatus
+
+STEP_COUNTERS = (
+    "read_count",
+    "write_count",
+    "filter_count",
+    "commit_count",
+    "rollback_count",
+    "read_skip_count",
+    "process_skip_count",
+    "write_skip_count",
+)
+
+
+@dataclass(frozen=True)
+class JobInstance:
+    """A job with one set of identifying parameters (for instance one business date)."""
+
+    id: int
+    job_name: str
+    job_key: str
+    params: dict[str, Any]
+    create_time: datetime
+
+
+@dataclass
+class StepExecution:
+    """One run of one step inside a job execution, with its counters."""
+
+    id: int
+    job_execution_id: int
+    step_name: str
+    status: BatchStatus
+    read_count: int = 0
+    write_count: int = 0
+    filter_count: int = 0
+    commit_count: int = 0
+    rollback_count: int = 0
+    read_skip_count: int = 0
+    process_skip_count: int = 0
+    write_skip_count: int = 0
+    exit_message: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    last_updated: datetime | None = None
+    execution_context: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def skip_count(self) -> int:
+        return self.read_skip_count + self.process_skip_count + self.write_skip_count
+
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in STEP_COUNTERS}
+
+
+@dataclass
+class JobExecution:
+    """One attempt to run a job instance."""
+
+    id: int
+    instance_id: int
+    job_name: str
+    params: dict[str, Any]
+    status: BatchStatus
+    exit_message: str | None = None
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    last_updated: datetime | None = None
+    step_executions: list[StepExecution] = field(default_factory=list)
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    heartbeat: datetime | None = None
+    version: int = 0
+
+    @property
+    def is_running(self) -> bool:
+        return self.status.is_running
+
+    @property
+    def node(self) -> str | None:
+        """Where the execution ran or runs (its owner's host name)."""
+        return self.owner_host

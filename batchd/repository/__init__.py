@@ -1,0 +1,13 @@
+"""The job repository: tables, migrations and :class:`SqlJobRepository`."""
+
+from batchd.repository.connect import create_database_engine, parse_database_url
+from batchd.repository.job_repository import Owner, SqlJobRepository, StepHistory, utc_now
+
+__all__ = [
+    "Owner",
+    "SqlJobRepository",
+    "StepHistory",
+    "create_database_engine",
+    "parse_database_url",
+    "utc_now",
+]

@@ -1,0 +1,756 @@
+"""The job repository: where instances, executions and checkpoints live.
+
+Every write that a running execution's owner makes is compare-and-set on the version it
+last saw, so that an execution recovered, stopped or abandoned elsewhere is never
+overwritten by a late owner: the owner gets :class:`ExecutionLost` and gives up its run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from batchd.errors import (
+    ExecutionLost,
+    JobExecutionAlreadyRunning,
+    JobInstanceAlreadyComplete,
+    NoSuchJobExecution,
+    RepositoryError,
+)
+from batchd.model import (
+    RESTARTABLE_STATUSES,
+    RUNNING_STATUSES,
+    STEP_COUNTERS,
+    BatchStatus,
+    JobExecution,
+    JobInstance,
+    StepExecution,
+    canonical_json,
+    database_identity,
+)
+from batchd.repository import migrate
+from batchd.repository.connect import (
+    READ_ONLY_OPTION,
+    create_database_engine,
+    parse_database_url,
+)
+from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
+from batchd.repository.tables import (
+    job_execution,
+    job_execution_context,
+    job_instance,
+    step_context,
+    step_execution,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+RUNNING = [s.value for s in RUNNING_STATUSES]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who runs an execution: recorded so that crash recovery can tell if it is alive."""
+
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class StepHistory:
+    """What earlier executions of an instance did with one step."""
+
+    last: StepExecution | None
+    start_count: int
+
+
+# One statement per chunk commit: counters, checkpoint and version, compare-and-set.
+_COMMIT_CHUNK = (
+    update(step_execution)
+    .where(step_execution.c.id == bindparam("b_id"))
+    .where(step_execution.c.version == bindparam("b_version"))
+    .values(
+        {name: bindparam(name) for name in STEP_COUNTERS}
+        | {
+            "execution_context": bindparam("execution_context"),
+            "last_updated": bindparam("last_updated"),
+            "version": bindparam("new_version"),
+        }
+    )
+)
+
+
+class SqlJobRepository:
+    """A job repository in SQLite or PostgreSQL, created or upgraded on open.
+
+    ``SqlJobRepository("sqlite:///batchd.db")`` or
+    ``SqlJobRepository("postgresql+psycopg://user@host/db")``; an existing Engine works too.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        clock: Clock = utc_now,
+        upgrade: bool = True,
+    ) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+        else:
+            parsed = parse_database_url(url_or_engine)
+            if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+                raise RepositoryError(
+                    "an in-memory SQLite database cannot be shared between connections: "
+                    "give the repository a file, e.g. sqlite:///batchd.db"
+                )
+            self.engine = create_database_engine(parsed)
+        self.url = self.engine.url
+        self.database_id = database_identity(self.engine.url)
+        self.clock = clock
+        if upgrade:
+            try:
+                migrate.upgrade(self.engine)
+            except OperationalError as exc:
+                self.engine.dispose()
+                raise RepositoryError(
+                    f"cannot open database {self.url.render_as_string(hide_password=True)}: "
+                    f"{_first_line(exc.orig)}"
+                ) from None
+
+    def _reading(self) -> Connection:
+        """A connection for reads only (on SQLite it never takes the write lock)."""
+        return self.engine.connect().execution_options(**{READ_ONLY_OPTION: True})
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlJobRepository({self.url.render_as_string(hide_password=True)!r})"
+
+    # ------------------------------------------------------------------ instances
+
+    def create_execution(
+        self,
+        *,
+        job_name: str,
+        job_key: str,
+        identifying_params: dict[str, Any],
+        params: dict[str, Any],
+        owner: Owner,
+        decide: Callable[[JobExecution | None], None],
+    ) -> tuple[JobExecution, JobExecution | None]:
+        """Find or create the instance and add a STARTING execution to it, in one transaction.
+
+        ``decide(last_execution)`` raises to refuse (already complete, not restartable...);
+        it runs while the instance row is locked, so its verdict cannot go stale before
+        the insert. The partial unique index refuses a second running execution whatever
+        happens in Python. Returns the new execution and the previous one (None if first).
+        """
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                instance_id = self._find_or_create_instance(
+                    conn, job_name, job_key, identifying_params, now
+                )
+                # Lock the instance row: concurrent creators for one instance queue here.
+                conn.execute(
+                    update(job_instance)
+                    .where(job_instance.c.id == instance_id)
+                    .values(version=job_instance.c.version + 1)
+                )
+                last = self._last_execution_of_instance(conn, instance_id)
+                decide(last)
+                execution_id = _inserted_id(
+                    conn.execute(
+                        insert(job_execution).values(
+                            instance_id=instance_id,
+                            job_name=job_name,
+                            params=canonical_json(params),
+                            status=BatchStatus.STARTING.value,
+                            create_time=now,
+                            last_updated=now,
+                            owner_host=owner.host,
+                            owner_pid=owner.pid,
+                            heartbeat=now,
+                            version=0,
+                        )
+                    )
+                )
+                # A restart continues with the job context its previous execution saved.
+                previous_context = self._load_job_context(conn, last.id) if last is not None else {}
+                conn.execute(
+                    insert(job_execution_context).values(
+                        job_execution_id=execution_id, context=canonical_json(previous_context)
+                    )
+                )
+        except IntegrityError as exc:
+            if "uq_job_execution_running" in str(exc.orig) or "UNIQUE" in str(exc.orig).upper():
+                raise JobExecutionAlreadyRunning(
+                    f"job {job_name!r} already has a running execution for parameters "
+                    f"{canonical_json(identifying_params)}"
+                ) from None
+            raise
+        execution = self.get_execution(execution_id)
+        assert execution is not None
+        return execution, last
+
+    def _find_or_create_instance(
+        self,
+        conn: Connection,
+        job_name: str,
+        job_key: str,
+        identifying_params: dict[str, Any],
+        now: datetime,
+    ) -> int:
+        insert_stmt = self._insert_ignoring_conflict(conn).values(
+            job_name=job_name,
+            job_key=job_key,
+            params=canonical_json(identifying_params),
+            create_time=now,
+            version=0,
+        )
+        conn.execute(insert_stmt)
+        instance_id: int = conn.execute(
+            select(job_instance.c.id).where(
+                job_instance.c.job_name == job_name, job_instance.c.job_key == job_key
+            )
+        ).scalar_one()
+        return instance_id
+
+    @staticmethod
+    def _insert_ignoring_conflict(conn: Connection) -> Any:
+        if conn.dialect.name == "postgresql":
+            return postgresql.insert(job_instance).on_conflict_do_nothing(
+                index_elements=["job_name", "job_key"]
+            )
+        return sqlite.insert(job_instance).on_conflict_do_nothing(
+            index_elements=["job_name", "job_key"]
+        )
+
+    def get_instance(self, instance_id: int) -> JobInstance | None:
+        with self._reading() as conn:
+            row = (
+                conn.execute(select(job_instance).where(job_instance.c.id == instance_id))
+                .mappings()
+                .first()
+            )
+        return to_instance(row) if row is not None else None
+
+    def find_instance(self, job_name: str, job_key: str) -> JobInstance | None:
+        with self._reading() as conn:
+            row = (
+                conn.execute(
+                    select(job_instance).where(
+                        job_instance.c.job_name == job_name, job_instance.c.job_key == job_key
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return to_instance(row) if row is not None else None
+
+    def job_names(self) -> list[str]:
+        """Every job name the repository has an instance of."""
+        with self._reading() as conn:
+            return list(conn.execute(select(job_instance.c.job_name).distinct()).scalars())
+
+    # ----------------------------------------------------------------- executions
+
+    def get_execution(self, execution_id: int) -> JobExecution | None:
+        with self._reading() as conn:
+            found = self._executions(conn, job_execution.c.id == execution_id, limit=1)
+        return found[0] if found else None
+
+    def require_execution(self, execution_id: int) -> JobExecution:
+        execution = self.get_execution(execution_id)
+        if execution is None:
+            raise NoSuchJobExecution(f"no job execution with id {execution_id}")
+        return execution
+
+    def list_executions(
+        self,
+        job_name: str | None = None,
+        status: BatchStatus | str | None = None,
+        limit: int = 50,
+        *,
+        instance_id: int | None = None,
+    ) -> list[JobExecution]:
+        """Executions, newest first."""
+        conditions = []
+        if job_name is not None:
+            conditions.append(job_execution.c.job_name == job_name)
+        if status is not None:
+            conditions.append(job_execution.c.status == BatchStatus(status).value)
+        if instance_id is not None:
+            conditions.append(job_execution.c.instance_id == instance_id)
+        with self._reading() as conn:
+            return self._executions(conn, and_(True, *conditions), limit=limit)
+
+    def running_executions(self) -> list[JobExecution]:
+        with self._reading() as conn:
+            return self._executions(conn, job_execution.c.status.in_(RUNNING), limit=None)
+
+    def newest_execution_of_job(self, job_name: str) -> JobExecution | None:
+        found = self.list_executions(job_name=job_name, limit=1)
+        return found[0] if found else None
+
+    def last_execution_of_instance(self, instance_id: int) -> JobExecution | None:
+        with self._reading() as conn:
+            return self._last_execution_of_instance(conn, instance_id)
+
+    def _last_execution_of_instance(
+        self, conn: Connection, instance_id: int
+    ) -> JobExecution | None:
+        found = self._executions(conn, job_execution.c.instance_id == instance_id, limit=1)
+        return found[0] if found else None
+
+    def _executions(
+        self, conn: Connection, condition: Any, limit: int | None
+    ) -> list[JobExecution]:
+        query = select(job_execution).where(condition).order_by(job_execution.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        rows = conn.execute(query).mappings().all()
+        if not rows:
+            return []
+        steps_by_execution: dict[int, list[StepExecution]] = {row["id"]: [] for row in rows}
+        step_rows = conn.execute(
+            select(step_execution)
+            .where(step_execution.c.job_execution_id.in_(list(steps_by_execution)))
+            .order_by(step_execution.c.id)
+        ).mappings()
+        for step_row in step_rows:
+            steps_by_execution[step_row["job_execution_id"]].append(to_step_execution(step_row))
+        return [to_job_execution(row, steps_by_execution[row["id"]]) for row in rows]
+
+    # ------------------------------------------------- owner's writes (compare-and-set)
+
+    def mark_started(self, execution: JobExecution) -> None:
+        """STARTING -> STARTED. If a stop was requested meanwhile the execution stays
+        STOPPING (the caller sees it in ``execution.status``); if it was ended elsewhere,
+        ExecutionLost."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution.id,
+                    job_execution.c.version == execution.version,
+                    job_execution.c.status == BatchStatus.STARTING.value,
+                )
+                .values(
+                    status=BatchStatus.STARTED.value,
+                    start_time=now,
+                    last_updated=now,
+                    heartbeat=now,
+                    version=execution.version + 1,
+                )
+            ).rowcount
+            if changed == 1:
+                execution.status, execution.start_time = BatchStatus.STARTED, now
+                execution.version += 1
+                return
+            current = self._reload_owned(conn, execution)
+            # A stop arrived before the run began: record when it began, keep STOPPING.
+            conn.execute(
+                update(job_execution)
+                .where(job_execution.c.id == execution.id)
+                .values(start_time=now, last_updated=now, version=current.version + 1)
+            )
+            execution.status, execution.start_time = current.status, now
+            execution.version = current.version + 1
+
+    def finish_execution(
+        self,
+        execution: JobExecution,
+        status: BatchStatus,
+        exit_message: str | None,
+        job_context: dict[str, Any],
+    ) -> None:
+        """Record the end of an execution (and its job context). A stop requested
+        meanwhile does not prevent it; a recovery or abandon elsewhere does."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            while True:
+                changed = conn.execute(
+                    update(job_execution)
+                    .where(
+                        job_execution.c.id == execution.id,
+                        job_execution.c.version == execution.version,
+                        job_execution.c.status.in_(RUNNING),
+                    )
+                    .values(
+                        status=status.value,
+                        exit_message=exit_message,
+                        end_time=now,
+                        last_updated=now,
+                        version=execution.version + 1,
+                    )
+                ).rowcount
+                if changed == 1:
+                    break
+                execution.version = self._reload_owned(conn, execution).version
+            self._save_job_context(conn, execution.id, job_context)
+        execution.status, execution.exit_message, execution.end_time = status, exit_message, now
+        execution.version += 1
+
+    def _reload_owned(self, conn: Connection, execution: JobExecution) -> JobExecution:
+        """After a failed compare-and-set: the current row if it is still running
+        (a stop was requested), else ExecutionLost."""
+        row = (
+            conn.execute(select(job_execution).where(job_execution.c.id == execution.id))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise ExecutionLost(f"job execution {execution.id} no longer exists")
+        current = to_job_execution(row)
+        if current.status not in RUNNING_STATUSES:
+            raise ExecutionLost(
+                f"job execution {execution.id} was ended elsewhere ({current.status.value}"
+                f"{': ' + current.exit_message if current.exit_message else ''}); "
+                "this process gives up its run"
+            )
+        return current
+
+    def save_job_context(self, execution_id: int, job_context: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            self._save_job_context(conn, execution_id, job_context)
+
+    @staticmethod
+    def _save_job_context(conn: Connection, execution_id: int, context: dict[str, Any]) -> None:
+        conn.execute(
+            update(job_execution_context)
+            .where(job_execution_context.c.job_execution_id == execution_id)
+            .values(context=canonical_json(context))
+        )
+
+    def load_job_context(self, execution_id: int) -> dict[str, Any]:
+        with self._reading() as conn:
+            return self._load_job_context(conn, execution_id)
+
+    @staticmethod
+    def _load_job_context(conn: Connection, execution_id: int) -> dict[str, Any]:
+        text_value = conn.execute(
+            select(job_execution_context.c.context).where(
+                job_execution_context.c.job_execution_id == execution_id
+            )
+        ).scalar_one_or_none()
+        return json.loads(text_value) if text_value else {}
+
+    # ----------------------------------------------------------------- steps
+
+    def step_history(self, instance_id: int, step_name: str) -> StepHistory:
+        """The newest execution of ``step_name`` in the instance, and how often it started."""
+        with self._reading() as conn:
+            rows = (
+                conn.execute(
+                    select(step_execution)
+                    .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+                    .where(
+                        job_execution.c.instance_id == instance_id,
+                        step_execution.c.step_name == step_name,
+                    )
+                    .order_by(step_execution.c.id.desc())
+                )
+                .mappings()
+                .all()
+            )
+        return StepHistory(last=to_step_execution(rows[0]) if rows else None, start_count=len(rows))
+
+    def create_step_execution(
+        self, execution: JobExecution, step_name: str, context: dict[str, Any]
+    ) -> StepExecution:
+        """Add a STARTED step execution, if the job execution is still this owner's."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            status = conn.execute(
+                select(job_execution.c.status).where(job_execution.c.id == execution.id)
+            ).scalar_one_or_none()
+            if status not in RUNNING:
+                raise ExecutionLost(
+                    f"job execution {execution.id} was ended elsewhere ({status}); "
+                    "this process gives up its run"
+                )
+            step_id = _inserted_id(
+                conn.execute(
+                    insert(step_execution).values(
+                        job_execution_id=execution.id,
+                        step_name=step_name,
+                        status=BatchStatus.STARTED.value,
+                        execution_context=canonical_json(context),
+                        start_time=now,
+                        last_updated=now,
+                        version=0,
+                    )
+                )
+            )
+        return StepExecution(
+            id=step_id,
+            job_execution_id=execution.id,
+            step_name=step_name,
+            status=BatchStatus.STARTED,
+            start_time=now,
+            last_updated=now,
+            execution_context=dict(context),
+        )
+
+    @contextmanager
+    def chunk_transaction(self) -> Iterator[Connection]:
+        """The transaction of one chunk: writers joining it and the checkpoint commit
+        together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def commit_chunk(self, conn: Connection, step: StepExecution, context_json: str) -> None:
+        """Save counters and checkpoint in the chunk's transaction: exactly one statement.
+        Raises ExecutionLost (and the caller rolls back) if the step was ended elsewhere."""
+        now = self.clock()
+        params = step.counters() | {
+            "b_id": step.id,
+            "b_version": step.version,
+            "new_version": step.version + 1,
+            "execution_context": context_json,
+            "last_updated": now,
+        }
+        if conn.execute(_COMMIT_CHUNK, params).rowcount != 1:
+            raise ExecutionLost(
+                f"step execution {step.id} ({step.step_name}) was ended elsewhere; "
+                "its chunk is rolled back"
+            )
+        step.version += 1
+        step.last_updated = now
+
+    def finish_step(
+        self,
+        step: StepExecution,
+        status: BatchStatus,
+        exit_message: str | None,
+        context_json: str,
+        *,
+        instance_id: int,
+        step_context_value: dict[str, Any],
+    ) -> None:
+        """Record a step's end with its counters, checkpoint and per-instance step context."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
+                .values(
+                    step.counters()
+                    | {
+                        "status": status.value,
+                        "exit_message": exit_message,
+                        "execution_context": context_json,
+                        "end_time": now,
+                        "last_updated": now,
+                        "version": step.version + 1,
+                    }
+                )
+            ).rowcount
+            if changed != 1:
+                raise ExecutionLost(
+                    f"step execution {step.id} ({step.step_name}) was ended elsewhere"
+                )
+            self._save_step_context(conn, instance_id, step.step_name, step_context_value)
+        step.status, step.exit_message, step.end_time = status, exit_message, now
+        step.version += 1
+
+    def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
+        with self._reading() as conn:
+            text_value = conn.execute(
+                select(step_context.c.context).where(
+                    step_context.c.instance_id == instance_id,
+                    step_context.c.step_name == step_name,
+                )
+            ).scalar_one_or_none()
+        return json.loads(text_value) if text_value else {}
+
+    @staticmethod
+    def _save_step_context(
+        conn: Connection, instance_id: int, step_name: str, value: dict[str, Any]
+    ) -> None:
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(step_context).values(
+            instance_id=instance_id, step_name=step_name, context=canonical_json(value)
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["instance_id", "step_name"],
+                set_={"context": stmt.excluded.context},
+            )
+        )
+
+    # ------------------------------------------------------ requests from anyone
+
+    def request_stop(self, execution_id: int) -> bool:
+        """STARTING/STARTED -> STOPPING. False if it was not running (not an error)."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution_id,
+                    job_execution.c.status.in_(
+                        [BatchStatus.STARTING.value, BatchStatus.STARTED.value]
+                    ),
+                )
+                .values(
+                    status=BatchStatus.STOPPING.value,
+                    last_updated=now,
+                    version=job_execution.c.version + 1,
+                )
+            ).rowcount
+        return changed == 1
+
+    def abandon(self, execution_id: int) -> JobExecution:
+        """STOPPED/FAILED/UNKNOWN -> ABANDONED: the instance will not be restarted."""
+        execution = self.require_execution(execution_id)
+        if execution.status == BatchStatus.ABANDONED:
+            return execution
+        if execution.status.is_running:
+            raise JobExecutionAlreadyRunning(
+                f"cannot abandon job execution {execution_id}: it is {execution.status.value}; "
+                "stop it first"
+            )
+        if execution.status == BatchStatus.COMPLETED:
+            raise JobInstanceAlreadyComplete(
+                f"cannot abandon job execution {execution_id}: it COMPLETED"
+            )
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution_id,
+                    job_execution.c.status.in_([s.value for s in RESTARTABLE_STATUSES]),
+                )
+                .values(
+                    status=BatchStatus.ABANDONED.value,
+                    last_updated=now,
+                    end_time=func.coalesce(job_execution.c.end_time, now),
+                    version=job_execution.c.version + 1,
+                )
+            ).rowcount
+        if changed != 1:  # its status changed between the read and the write: say what it is
+            return self.abandon(execution_id)
+        return self.require_execution(execution_id)
+
+    def heartbeat(self, execution_ids: Sequence[int]) -> dict[int, BatchStatus]:
+        """Record that the owner of these executions is alive; return their statuses
+        (so the owner sees a stop requested by another process)."""
+        if not execution_ids:
+            return {}
+        now = self.clock()
+        ids = list(execution_ids)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(job_execution)
+                .where(job_execution.c.id.in_(ids), job_execution.c.status.in_(RUNNING))
+                .values(heartbeat=now)
+            )
+            rows = conn.execute(
+                select(job_execution.c.id, job_execution.c.status).where(
+                    job_execution.c.id.in_(ids)
+                )
+            ).all()
+        return {row.id: BatchStatus(row.status) for row in rows}
+
+    def mark_failed(self, execution: JobExecution, reason: str) -> bool:
+        """Recovery: a running execution (and its running steps) -> FAILED, if it is still
+        the way ``execution`` saw it. False when it changed meanwhile."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution.id,
+                    job_execution.c.version == execution.version,
+                    job_execution.c.status.in_(RUNNING),
+                )
+                .values(
+                    status=BatchStatus.FAILED.value,
+                    exit_message=reason,
+                    end_time=now,
+                    last_updated=now,
+                    version=execution.version + 1,
+                )
+            ).rowcount
+            if changed != 1:
+                return False
+            conn.execute(
+                update(step_execution)
+                .where(
+                    step_execution.c.job_execution_id == execution.id,
+                    step_execution.c.status.in_(RUNNING),
+                )
+                .values(
+                    status=BatchStatus.FAILED.value,
+                    exit_message=reason,
+                    end_time=now,
+                    last_updated=now,
+                    version=step_execution.c.version + 1,
+                )
+            )
+        return True
+
+    def stale_executions(
+        self, lease: timedelta, *, host: str, is_alive: Callable[[int], bool]
+    ) -> Iterable[tuple[JobExecution, str]]:
+        """Running executions whose owner is gone, with the reason why we think so."""
+        cutoff = self.clock() - lease
+        for execution in self.running_executions():
+            owner_pid = execution.owner_pid
+            if execution.owner_host == host and owner_pid is not None and not is_alive(owner_pid):
+                yield execution, f"recovered: owner process {owner_pid} on {host} is gone"
+                continue
+            if execution.heartbeat is None or execution.heartbeat < cutoff:
+                last_beat = execution.heartbeat.isoformat() if execution.heartbeat else "ever"
+                owner = f"{execution.owner_host}:{execution.owner_pid}"
+                yield (
+                    execution,
+                    f"recovered: no heartbeat from {owner} since {last_beat}"
+                    f" (lease {lease.total_seconds():g}s)",
+                )
+
+
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "an INSERT returns its primary key"
+    return int(key[0])
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip() if error is not None else "unknown error"
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,56 @@
+"""Creating and upgrading the schema: only ever through the Alembic migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine
+
+from batchd.repository.connect import READ_ONLY_OPTION
+
+log = logging.getLogger(__name__)
+
+VERSION_TABLE = "batch_alembic_version"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Any constant works; it names the advisory lock that serialises concurrent upgrades.
+_PG_MIGRATION_LOCK = 0x6261_7463_6864  # "batchd"
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision``; safe when several processes do it at once."""
+    with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as probe:
+        if revision == "head" and current_revision(probe) == head_revision():
+            return
+    with engine.begin() as connection:
+        # Serialise upgrades: on SQLite the transaction already holds the write lock
+        # (BEGIN IMMEDIATE); on PostgreSQL an advisory lock does it.
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        before = current_revision(connection)
+        command.upgrade(config, revision)
+        after = current_revision(connection)
+        if before != after:
+            log.info("upgraded the batchd schema from %s to %s", before, after)

@@ -1,0 +1,158 @@
+"""The job repository's tables (SQLAlchemy Core).
+
+The schema is created and upgraded only by the Alembic migrations in ``migrations/``;
+these definitions are what the code queries, and a test checks they match.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+
+from batchd.model.status import RUNNING_STATUSES
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite keeps no time zone, so we never rely on it."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("batchd stores only time-zone-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Status values that count as running, for the partial unique index below.
+RUNNING_SQL = "status IN (" + ", ".join(f"'{s.value}'" for s in sorted(RUNNING_STATUSES)) + ")"
+
+metadata = MetaData()
+
+job_instance = Table(
+    "batch_job_instance",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_name", String(200), nullable=False),
+    Column("job_key", String(64), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("create_time", UTCDateTime, nullable=False),
+    # Bumped by every execution creation: it is the row lock that serialises them.
+    Column("version", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("job_name", "job_key", name="uq_job_instance_name_key"),
+)
+
+job_execution = Table(
+    "batch_job_execution",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "instance_id",
+        Id,
+        ForeignKey("batch_job_instance.id", name="fk_job_execution_instance"),
+        nullable=False,
+    ),
+    Column("job_name", String(200), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("exit_message", Text),
+    Column("create_time", UTCDateTime, nullable=False),
+    Column("start_time", UTCDateTime),
+    Column("end_time", UTCDateTime),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("owner_host", String(255)),
+    Column("owner_pid", Integer),
+    Column("heartbeat", UTCDateTime),
+    Column("version", Integer, nullable=False),
+    Index("ix_job_execution_instance", "instance_id"),
+    Index("ix_job_execution_name_status", "job_name", "status"),
+    # The database itself allows at most one running execution per instance.
+    Index(
+        "uq_job_execution_running",
+        "instance_id",
+        unique=True,
+        postgresql_where=text(RUNNING_SQL),
+        sqlite_where=text(RUNNING_SQL),
+    ),
+)
+
+job_execution_context = Table(
+    "batch_job_execution_context",
+    metadata,
+    Column(
+        "job_execution_id",
+        Id,
+        ForeignKey("batch_job_execution.id", name="fk_job_context_execution"),
+        primary_key=True,
+    ),
+    Column("context", Text, nullable=False),
+)
+
+step_execution = Table(
+    "batch_step_execution",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "job_execution_id",
+        Id,
+        ForeignKey("batch_job_execution.id", name="fk_step_execution_job_execution"),
+        nullable=False,
+    ),
+    Column("step_name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("read_count", BigInteger, nullable=False, server_default="0"),
+    Column("write_count", BigInteger, nullable=False, server_default="0"),
+    Column("filter_count", BigInteger, nullable=False, server_default="0"),
+    Column("commit_count", BigInteger, nullable=False, server_default="0"),
+    Column("rollback_count", BigInteger, nullable=False, server_default="0"),
+    Column("read_skip_count", BigInteger, nullable=False, server_default="0"),
+    Column("process_skip_count", BigInteger, nullable=False, server_default="0"),
+    Column("write_skip_count", BigInteger, nullable=False, server_default="0"),
+    Column("execution_context", Text, nullable=False),
+    Column("exit_message", Text),
+    Column("start_time", UTCDateTime),
+    Column("end_time", UTCDateTime),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_step_execution_job_execution", "job_execution_id"),
+)
+
+step_context = Table(
+    "batch_step_context",
+    metadata,
+    Column(
+        "instance_id",
+        Id,
+        ForeignKey("batch_job_instance.id", name="fk_step_context_instance"),
+        primary_key=True,
+    ),
+    Column("step_name", String(200), primary_key=True),
+    Column("context", Text, nullable=False),
+)

@@ -1,0 +1,143 @@
+"""Jobs the engine tests run, in this process or in child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert
+
+from batchd import JobBuilder, JobRegistry, StepBuilder, StepContext
+from batchd.model import current_chunk_transaction
+
+
+class CountingReader:
+    """Reads the integers 1..n; restartable through the ExecutionContext."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.next = 1
+
+    def open(self, ctx: dict[str, Any]) -> None:
+        self.next = ctx.get("CountingReader.next", 1)
+
+    def update(self, ctx: dict[str, Any]) -> None:
+        ctx["CountingReader.next"] = self.next
+
+    def close(self) -> None:
+        pass
+
+    def read(self) -> int | None:
+        if self.next > self.n:
+            return None
+        value = self.next
+        self.next += 1
+        return value
+
+
+class JsonLinesLog:
+    """A writer appending every written item as a JSON line to a file (flushed at once):
+    what reaches it reaches the disk, committed or not, so duplicates show."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, items: list[Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as out:
+            for item in items:
+                out.write(json.dumps(item) + "\n")
+
+    def items(self) -> list[Any]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+def output_table(metadata: MetaData | None = None) -> Table:
+    return Table(
+        "test_output",
+        metadata or MetaData(),
+        Column("item", Integer, primary_key=True),
+        Column("note", String(50)),
+    )
+
+
+class SqlTableWriter:
+    """Inserts each item into ``test_output`` in the chunk's own transaction when it can
+    (the repository's database), which makes output exactly-once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.table = output_table()
+
+    def write(self, items: list[int]) -> None:
+        chunk = current_chunk_transaction.get()
+        assert chunk is not None, "chunk steps publish their transaction"
+        chunk.connection.execute(
+            insert(self.table), [{"item": item, "note": "x"} for item in items]
+        )
+
+
+def create_output_table(url: str) -> None:
+    engine = create_engine(url)
+    output_table_md = MetaData()
+    output_table(output_table_md)
+    output_table_md.create_all(engine)
+    engine.dispose()
+
+
+def slow_processor(delay: float) -> Any:
+    def process(item: int) -> int:
+        time.sleep(delay)
+        return item
+
+    return process
+
+
+def blocking_tasklet(started: threading.Event, release: threading.Event) -> Any:
+    """A tasklet that signals it runs, then waits for release or a stop request."""
+
+    def tasklet(ctx: StepContext) -> None:
+        started.set()
+        while not release.is_set():
+            ctx.check_stop()
+            time.sleep(0.01)
+
+    return tasklet
+
+
+def chunk_job(
+    name: str, reader: Any, writer: Any, *, chunk_size: int = 10, processor: Any = None
+) -> Any:
+    builder = StepBuilder("load").reader(reader).writer(writer).chunk_size(chunk_size)
+    if processor is not None:
+        builder = builder.processor(processor)
+    return JobBuilder(name).step(builder.build()).build()
+
+
+def child_registry(url: str, workdir: Path) -> JobRegistry:
+    """The jobs that child processes run (see tests/support/child.py)."""
+    registry = JobRegistry()
+    registry.register(
+        chunk_job(
+            "slow_count",
+            CountingReader(int(os.environ.get("BATCHD_TEST_ITEMS", "200"))),
+            JsonLinesLog(workdir / "written.jsonl"),
+            chunk_size=5,
+            processor=slow_processor(float(os.environ.get("BATCHD_TEST_DELAY", "0.005"))),
+        )
+    )
+    registry.register(
+        chunk_job(
+            "slow_sql",
+            CountingReader(int(os.environ.get("BATCHD_TEST_ITEMS", "200"))),
+            SqlTableWriter(url),
+            chunk_size=5,
+            processor=slow_processor(float(os.environ.get("BATCHD_TEST_DELAY", "0.005"))),
+        )
+    )
+    return registry
