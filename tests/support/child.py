@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 from batchd import JobOperator, SqlJobRepository
-from tests.support.jobs import child_registry
+from tests.support.jobs import child_registry, file_jobs
 
 
 def run(url: str, workdir: str, job: str, params: str) -> None:
     repository = SqlJobRepository(url)
-    operator = JobOperator(repository, child_registry(url, Path(workdir)), heartbeat=0.5)
+    registry = child_registry(url, Path(workdir))
+    for file_job in file_jobs(url, Path(workdir)).jobs():
+        registry.register(file_job)
+    operator = JobOperator(repository, registry, heartbeat=0.5)
     execution = operator.start_async(job, params)
     print(execution.id, flush=True)
     final = operator.wait(execution.id)

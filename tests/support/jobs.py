@@ -141,3 +141,82 @@ def child_registry(url: str, workdir: Path) -> JobRegistry:
         )
     )
     return registry
+
+
+def write_input_csv(path: Path, rows: int) -> None:
+    """An input file of ``rows`` numbered rows: id, name, amount."""
+    lines = ["id,name,amount"] + [
+        f"{i},name-{i},{i * 3 % 1000}.{i % 100:02d}" for i in range(1, rows + 1)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def target_table(metadata: MetaData | None = None) -> Table:
+    return Table(
+        "target",
+        metadata or MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("name", String(50), nullable=False),
+        Column("amount", String(20), nullable=False),
+    )
+
+
+def create_target_table(url: str) -> None:
+    engine = create_engine(url)
+    target_metadata = MetaData()
+    target_table(target_metadata)
+    target_metadata.create_all(engine)
+    engine.dispose()
+
+
+def file_jobs(url: str, workdir: Path) -> JobRegistry:
+    """Jobs over ``workdir/input.csv``: into the ``target`` table, and into three files."""
+    from batchd.items import (
+        Column as FixedColumn,
+    )
+    from batchd.items import (
+        CsvItemReader,
+        CsvItemWriter,
+        FixedWidthItemWriter,
+        JsonLinesItemWriter,
+        SqlItemWriter,
+    )
+
+    delay = float(os.environ.get("BATCHD_TEST_DELAY", "0"))
+
+    def slow(item: Any) -> Any:
+        if delay:
+            time.sleep(delay)
+        return item
+
+    registry = JobRegistry()
+    registry.register(
+        JobBuilder("csv_to_sql")
+        .step(
+            StepBuilder("load")
+            .reader(CsvItemReader(workdir / "input.csv"))
+            .processor(slow)
+            .writer(SqlItemWriter(url, target_table()))
+            .chunk_size(100)
+            .build()
+        )
+        .build()
+    )
+    columns = [FixedColumn("id", 8, int), FixedColumn("name", 16), FixedColumn("amount", 10)]
+    writers = {
+        "csv": CsvItemWriter(workdir / "out.csv"),
+        "jsonl": JsonLinesItemWriter(workdir / "out.jsonl"),
+        "fixed": FixedWidthItemWriter(workdir / "out.txt", columns),
+    }
+    files = JobBuilder("csv_to_files")
+    for label, writer in writers.items():
+        files = files.step(
+            StepBuilder(f"to_{label}")
+            .reader(CsvItemReader(workdir / "input.csv"))
+            .processor(slow)
+            .writer(writer)
+            .chunk_size(100)
+            .build()
+        )
+    registry.register(files.build())
+    return registry
