@@ -118,7 +118,12 @@ class OutputFileError(BatchError, OSError):
     system's, ``filename`` the output; what was committed before is left intact."""
 
 
-class OutputCheckpointError(BatchError):
+class CheckpointMismatch(BatchError):
+    """A restarted reader or writer cannot resume from its checkpoint: the file it records a
+    position in was changed outside batchd."""
+
+
+class OutputCheckpointError(CheckpointMismatch):
     """A restarted writer cannot resume: its output file is missing or shorter than the size
     recorded at the last commit (it was truncated or replaced outside batchd)."""
 

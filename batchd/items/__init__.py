@@ -1,0 +1,36 @@
+"""Built-in readers and writers: lists, CSV, JSON Lines, fixed-width files and SQL tables.
+
+Every one is an ItemStream (``open(ctx)``, ``update(ctx)``, ``close()``; writers also
+``complete(ctx)``) and restartable: it keeps its position in the step's ExecutionContext
+under its own prefix, its class name or ``name=``. File paths may be templates filled from
+the job parameters (``"out/report_{date:%Y%m%d}.csv"``). This package imports only
+``batchd.model`` and ``batchd.errors``.
+"""
+
+from batchd.items.base import ItemReader, ItemStream, ItemWriter
+from batchd.items.csv_items import CsvItemReader, CsvItemWriter
+from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput, resolve_path
+from batchd.items.fixed_width import Column, FixedWidthItemReader, FixedWidthItemWriter
+from batchd.items.jsonl import JsonLinesItemReader, JsonLinesItemWriter
+from batchd.items.list_reader import ListItemReader
+from batchd.items.sql_items import SqlItemReader, SqlItemWriter
+
+__all__ = [
+    "Column",
+    "CsvItemReader",
+    "CsvItemWriter",
+    "FileItemReader",
+    "FileItemWriter",
+    "FixedWidthItemReader",
+    "FixedWidthItemWriter",
+    "ItemReader",
+    "ItemStream",
+    "ItemWriter",
+    "JsonLinesItemReader",
+    "JsonLinesItemWriter",
+    "ListItemReader",
+    "RestartableOutput",
+    "SqlItemReader",
+    "SqlItemWriter",
+    "resolve_path",
+]

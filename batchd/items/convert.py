@@ -1,0 +1,230 @@
+"""Records to items and items to records.
+
+Readers produce records (dicts of text, or of JSON values) and turn them into items: the dict
+itself, an instance of a pydantic model (``model_validate``) or of a dataclass (its fields
+converted by their type hints). Writers turn items back into dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from batchd.errors import ItemFormatError
+
+# Builds the error for one record: (field or None, message) -> exception to raise.
+ErrorFactory = Callable[[str | None, str], Exception]
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "on"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "off"})
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    """``int | None`` -> (int, True); ``int`` -> (int, False)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(annotation))
+        if len(args) == 1:
+            return args[0], nullable
+        return Any, nullable
+    return annotation, annotation is type(None)
+
+
+def convert_value(value: Any, target: Any) -> Any:
+    """Convert a text or JSON value to ``target`` (int, float, str, bool, Decimal, date,
+    datetime, time, or any type whose constructor takes the value). Raises ValueError."""
+    if value is None or target is Any or not isinstance(target, type):
+        return value
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if target is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if target is Decimal:
+        if isinstance(value, Decimal):
+            return value
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            try:
+                return Decimal(str(value).strip())
+            except InvalidOperation:
+                pass
+        raise ValueError(f"expected a decimal number, got {value!r}")
+    if target is str:
+        return value if isinstance(value, str) else str(value)
+    if target in (datetime, date, time):
+        if type(value) is target:
+            return value
+        if isinstance(value, str):
+            try:
+                return target.fromisoformat(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an ISO {target.__name__}, got {value!r}")
+    if isinstance(value, target):
+        return value
+    try:
+        return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected {target.__name__}, got {value!r} ({exc})") from None
+
+
+class ItemModel:
+    """How a reader builds items from records: dicts (``model=None``), a pydantic model or a
+    dataclass. ``blank_is_none`` (text formats) turns ``""`` into None for nullable fields."""
+
+    def __init__(self, model: type[Any] | None, *, blank_is_none: bool = True) -> None:
+        if model is not None and not (
+            (isinstance(model, type) and issubclass(model, BaseModel))
+            or dataclasses.is_dataclass(model)
+        ):
+            raise TypeError(f"model must be a pydantic BaseModel or a dataclass, not {model!r}")
+        self.model = model
+        self.blank_is_none = blank_is_none
+        self._types: dict[str, tuple[Any, bool]] = {}
+        self._required: list[str] = []
+        if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
+            for name, info in model.model_fields.items():
+                self._types[info.alias or name] = _unwrap_optional(info.annotation)
+                if info.is_required():
+                    self._required.append(info.alias or name)
+        elif model is not None:
+            hints = typing.get_type_hints(model)
+            for fld in dataclasses.fields(model):
+                if not fld.init:
+                    continue
+                self._types[fld.name] = _unwrap_optional(hints.get(fld.name, Any))
+                if (
+                    fld.default is dataclasses.MISSING
+                    and fld.default_factory is dataclasses.MISSING
+                ):
+                    self._required.append(fld.name)
+
+    @property
+    def required_fields(self) -> list[str]:
+        """Fields every record must have (empty for dicts)."""
+        return list(self._required)
+
+    def missing_fields(self, available: list[str]) -> list[str]:
+        """The required fields not in ``available`` (a file's header or columns)."""
+        return [name for name in self._required if name not in available]
+
+    def _blanks(self, record: dict[str, Any]) -> dict[str, Any]:
+        # An empty text value is None for a field that allows None; for a non-text field
+        # with a default it is left out, so the default applies.
+        result: dict[str, Any] = {}
+        for key, value in record.items():
+            if value == "" and key in self._types:
+                target, nullable = self._types[key]
+                if nullable:
+                    value = None
+                elif target is not str and key not in self._required:
+                    continue
+            result[key] = value
+        return result
+
+    def build(self, record: dict[str, Any], error: ErrorFactory) -> Any:
+        """The item for ``record``; raises ``error(field, message)`` when it is invalid."""
+        if self.model is None:
+            return record
+        if self.blank_is_none:
+            record = self._blanks(record)
+        if issubclass(self.model, BaseModel):
+            try:
+                return self.model.model_validate(record)
+            except ValidationError as exc:
+                details = exc.errors()
+                first = details[0]
+                field = str(first["loc"][0]) if first["loc"] else None
+                message = first["msg"]
+                for extra in details[1:]:
+                    where = ".".join(str(p) for p in extra["loc"])
+                    message += f"; field {where!r}: {extra['msg']}"
+                raise error(field, message) from None
+        kwargs: dict[str, Any] = {}
+        for name, (target, _nullable) in self._types.items():
+            if name not in record:
+                if name in self._required:
+                    raise error(name, "field required")
+                continue
+            try:
+                kwargs[name] = convert_value(record[name], target)
+            except ValueError as exc:
+                raise error(name, str(exc)) from None
+        try:
+            return self.model(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise error(None, str(exc)) from None
+
+
+def item_to_dict(item: Any, *, json_mode: bool = False) -> dict[str, Any]:
+    """A dict (as it is), a pydantic model (``model_dump``; ``mode="json"`` when
+    ``json_mode``), a dataclass instance or a named tuple as a dict."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    if isinstance(item, BaseModel):
+        return item.model_dump(mode="json" if json_mode else "python")
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    if isinstance(item, tuple) and hasattr(item, "_asdict"):
+        return dict(item._asdict())
+    raise ItemFormatError(
+        f"cannot write an item of type {type(item).__name__}: "
+        "expected a dict, a pydantic model, a dataclass or a named tuple"
+    )
+
+
+def field_names(item: Any) -> list[str]:
+    """The output fields an item implies, in order (a model's or dataclass's declared
+    fields, a dict's keys)."""
+    if isinstance(item, BaseModel):
+        return list(type(item).model_fields)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return [f.name for f in dataclasses.fields(item)]
+    return list(item_to_dict(item))
+
+
+def format_text(value: Any) -> str:
+    """A value as text for CSV and fixed-width output: None is empty, booleans are
+    ``true``/``false``, dates and times ISO 8601, Decimals without exponent."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)

@@ -1,0 +1,191 @@
+"""CSV files: a reader of header-named records and a restartable, atomic writer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from batchd.errors import ItemFormatError
+from batchd.items.convert import ItemModel, field_names, format_text, item_to_dict
+from batchd.items.files import FileItemReader, FileItemWriter, LineSource, PathLike
+from batchd.model import ExecutionContext
+
+
+class CsvItemReader(FileItemReader):
+    """Reads a CSV file whose first row names the fields.
+
+    Items are dicts (field -> text), or instances of ``model``: a pydantic model
+    (``model_validate``) or a dataclass (fields converted by their type hints: int, float,
+    str, bool, Decimal, date, datetime). An empty value is None for a field that allows None,
+    and the default for a non-text field that has one. Blank lines are skipped; quoted
+    fields may span lines.
+
+    A bad record (wrong number of fields, a value that fails conversion or validation,
+    undecodable bytes) raises :class:`batchd.errors.ItemParseError`, a ``ValueError`` naming
+    the file, the line where the record starts and the field, e.g.
+    ``payments.csv line 17, field 'amount': Input should be a valid number``; the reader has
+    moved past it, so a step that skips ValueError continues with the next record.
+
+    Restart: ExecutionContext keys ``<name>.offset`` (byte offset after the last item read)
+    and ``<name>.line`` (physical lines before it); ``open(ctx)`` re-reads the header and
+    seeks there. The path may be a template (``"in/payments_{date:%Y%m%d}.csv"``); a
+    ``.sha256`` / ``.md5`` sidecar beside the file is verified in ``open()``. In a partition,
+    ``ctx.partition`` ``{"start_offset": a, "end_offset": b}`` limits it to the records that
+    start in that byte range (records must not span lines then).
+    """
+
+    _runtime: tuple[str, ...] = (*FileItemReader._runtime, "_rows", "_header")
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        model: type[Any] | None = None,
+        delimiter: str = ",",
+        quotechar: str = '"',
+        encoding: str = "utf-8",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(path, encoding=encoding, name=name)
+        self.model = model
+        self.delimiter = delimiter
+        self.quotechar = quotechar
+        self._item_model = ItemModel(model, blank_is_none=True)
+        self._rows: Any = None  # a csv.reader over the LineSource
+        self._header: list[str] | None = None
+
+    @property
+    def header(self) -> list[str] | None:
+        """The field names read from the first row, once opened."""
+        return self._header
+
+    def _begin(self, source: LineSource) -> None:
+        self._rows = csv.reader(source, delimiter=self.delimiter, quotechar=self.quotechar)
+        self._header = []
+        for row in self._rows:
+            if row:
+                self._header = [name.strip() for name in row]
+                break
+        missing = self._item_model.missing_fields(self._header)
+        if self._header and missing:
+            raise self._error(
+                source.line,
+                missing[0],
+                f"the header has no column {missing[0]!r}, "
+                f"which {getattr(self.model, '__name__', 'the model')} requires "
+                f"(header: {', '.join(self._header)})",
+            )
+
+    def read(self) -> Any:
+        source = self._opened()
+        header = self._header or []
+        while True:
+            if self._at_end():
+                return None
+            start = source.line + 1
+            try:
+                row = next(self._rows)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                raise self._error(start, None, str(exc)) from None
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise self._error(
+                    start, None, f"expected {len(header)} fields, found {len(row)}"
+                )
+            record = dict(zip(header, row, strict=True))
+            return self._item_model.build(record, self._errors_at(start))
+
+
+class CsvItemWriter(FileItemWriter):
+    """Writes items as CSV rows, with a header row unless ``header=False``.
+
+    Items are dicts, pydantic models, dataclasses or named tuples. ``fields`` chooses the
+    columns and their order (other keys are left out); without it they are those of the
+    first item (and an item with another key is an error). None is written empty, booleans
+    ``true``/``false``, dates ISO 8601. Rows end with ``lineterminator`` (``"\\n"``).
+
+    Restartable and atomic (see :class:`batchd.items.files.FileItemWriter`): rows go to
+    ``.<file>.partial`` beside the target; ExecutionContext keys ``<name>.size`` (bytes
+    committed) and, when the columns came from the first item, ``<name>.fields``.
+    ``complete(ctx)`` renames the partial file onto the target (and writes
+    ``<file>.sha256`` when ``checksum=True``). A restart truncates the partial file to the
+    committed size and appends, so the result is byte for byte that of an uninterrupted run.
+    A full disk raises :class:`batchd.errors.OutputFileError` naming the file; what was
+    committed stays intact.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        fields: Sequence[str] | None = None,
+        delimiter: str = ",",
+        quotechar: str = '"',
+        lineterminator: str = "\n",
+        encoding: str = "utf-8",
+        header: bool = True,
+        name: str | None = None,
+        checksum: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        super().__init__(path, name=name, checksum=checksum, fsync=fsync)
+        self.fields = list(fields) if fields is not None else None
+        self.delimiter = delimiter
+        self.quotechar = quotechar
+        self.lineterminator = lineterminator
+        self.encoding = encoding
+        self.header = header
+        self._fields = self.fields
+
+    def _begin(self, ctx: ExecutionContext) -> None:
+        saved = ctx.get(self.key("fields"))
+        self._fields = self.fields or (list(saved) if saved else None)
+        if self._fields is not None and self._empty and self.header:
+            self._append(self._format([self._fields]))
+
+    def _format(self, rows: list[list[str]]) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(
+            buffer,
+            delimiter=self.delimiter,
+            quotechar=self.quotechar,
+            lineterminator=self.lineterminator,
+        )
+        writer.writerows(rows)
+        text = buffer.getvalue()
+        return self._encode_text(text, self.encoding)
+
+    def _encode(self, items: list[Any]) -> bytes:
+        if not items:
+            return b""
+        rows: list[list[str]] = []
+        fields = self._fields
+        derived = fields is None
+        if fields is None:
+            fields = field_names(items[0])
+        if self.header and self._empty:
+            rows.append(list(fields))
+        for item in items:
+            record = item_to_dict(item)
+            if derived or self.fields is None:
+                unknown = [key for key in record if key not in fields]
+                if unknown:
+                    raise ItemFormatError(
+                        f"item has field {unknown[0]!r}, which is not a column of "
+                        f"{self.resolved_path} ({', '.join(fields)})",
+                        unknown[0],
+                    )
+            rows.append([format_text(record.get(name)) for name in fields])
+        data = self._format(rows)
+        self._fields = fields  # only once the rows are sure to be written
+        return data
+
+    def update(self, ctx: ExecutionContext) -> None:
+        super().update(ctx)
+        if self.fields is None and self._fields is not None:
+            ctx[self.key("fields")] = list(self._fields)

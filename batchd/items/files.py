@@ -1,0 +1,520 @@
+"""What the file readers and writers share: path templates, checksum sidecars, exact line
+positions for restartable reading, and one restartable, atomic output file."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import IO, Any
+
+from batchd.errors import (
+    CheckpointMismatch,
+    ChecksumMismatch,
+    InputFileNotFound,
+    ItemFormatError,
+    ItemParseError,
+    OutputCheckpointError,
+    OutputFileError,
+    PathTemplateError,
+)
+from batchd.items.base import ItemReader, ItemWriter, params_dict
+from batchd.model import ExecutionContext
+
+PathLike = str | os.PathLike[str]
+
+# Sidecars verified beside every input file, and the algorithm of each.
+CHECKSUM_SIDECARS = ((".sha256", "sha256"), (".md5", "md5"))
+_READ_BLOCK = 1 << 20
+
+
+# ------------------------------------------------------------------------------- path templates
+def resolve_path(path: PathLike, ctx: ExecutionContext) -> str:
+    """``path`` with its template filled: when it contains ``{``, ``str.format(**params)``
+    with the job parameters (typed values, so ``{date:%Y%m%d}`` works on a ``date``) and
+    ``partition`` (the partition's context, ``{partition[index]}``). Double a literal brace."""
+    text = os.fspath(path)
+    if "{" not in text:
+        return text
+    values = params_dict(ctx.params)
+    values.setdefault("partition", ctx.partition or {})
+    try:
+        return text.format(**values)
+    except KeyError as exc:
+        raise PathTemplateError(
+            f"path template {text!r} needs the job parameter {exc.args[0]!r}, "
+            "which this job execution does not have"
+        ) from None
+    except (ValueError, IndexError, AttributeError, TypeError) as exc:
+        raise PathTemplateError(
+            f"cannot fill path template {text!r} from the job parameters: {exc} "
+            "(a date format such as {date:%Y%m%d} needs the parameter typed as a date "
+            "by the job's params_model)"
+        ) from None
+
+
+def describe(path: str, line: int | None = None, field: str | None = None) -> str:
+    """``"payments.csv line 17, field 'amount'"``: how errors name a place in a file."""
+    text = os.path.basename(path) or path
+    if line is not None:
+        text += f" line {line}"
+    if field is not None:
+        text += f", field {field!r}"
+    return text
+
+
+def parse_error(path: str, line: int | None, field: str | None, message: str) -> ItemParseError:
+    """An :class:`ItemParseError` whose message names the file, line and field."""
+    return ItemParseError(f"{describe(path, line, field)}: {message}", path, line, field)
+
+
+# ------------------------------------------------------------------------------- checksums
+def file_digest(path: str, algorithm: str) -> str:
+    """Hex digest of a file's content."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(
+            f, lambda: hashlib.new(algorithm, usedforsecurity=False)
+        ).hexdigest()
+
+
+def verify_checksums(path: str) -> None:
+    """Verify ``<path>.sha256`` / ``<path>.md5`` when they exist beside ``path`` (the first
+    token of a sidecar is the hex digest, as ``sha256sum`` writes it). Raises
+    :class:`ChecksumMismatch` naming the file and both digests."""
+    for suffix, algorithm in CHECKSUM_SIDECARS:
+        sidecar = path + suffix
+        try:
+            with open(sidecar, encoding="ascii", errors="replace") as f:
+                tokens = f.read(4096).split()
+        except FileNotFoundError:
+            continue
+        expected = tokens[0].lower() if tokens else ""
+        actual = file_digest(path, algorithm)
+        if expected != actual:
+            raise ChecksumMismatch(
+                f"{path} does not match its {algorithm} sidecar {os.path.basename(sidecar)}: "
+                f"expected {expected or '(empty sidecar)'}, actual {actual}",
+                path,
+                expected,
+                actual,
+            )
+
+
+def write_checksum_sidecar(path: str, data_path: str | None = None) -> str:
+    """Write ``<path>.sha256`` in ``sha256sum`` format for the content of ``data_path``
+    (default ``path``) atomically; returns the digest."""
+    digest = file_digest(data_path or path, "sha256")
+    sidecar = path + ".sha256"
+    partial = _partial_name(sidecar)
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(f"{digest}  {os.path.basename(path)}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, sidecar)
+    return digest
+
+
+# ------------------------------------------------------------------------------- input lines
+class LineSource:
+    """An input file read line by line in binary, with the byte offset and the number of the
+    last physical line read kept exactly, so a checkpoint can seek straight back to them.
+
+    Iterating yields decoded lines (line endings kept), which is what ``csv.reader`` wants;
+    it is a plain iterator object, not a generator, so it stays usable after it raised
+    :class:`ItemParseError` for undecodable bytes. Line splitting is on ``\\n``: the encoding
+    must be ASCII-compatible (UTF-8, Latin-1, cp1252, ...).
+    """
+
+    def __init__(self, path: str, encoding: str) -> None:
+        self.path = path
+        self.encoding = encoding
+        self.offset = 0  # byte offset of the next unread line
+        self.line = 0  # number of physical lines before ``offset``
+        try:
+            self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
+        except FileNotFoundError:
+            raise InputFileNotFound(errno.ENOENT, "input file not found", path) from None
+        except IsADirectoryError:
+            raise InputFileNotFound(errno.EISDIR, "input path is a directory", path) from None
+
+    def seek(self, offset: int, line: int) -> None:
+        """Continue at ``offset``, the start of physical line ``line + 1``."""
+        size = os.fstat(self._file.fileno()).st_size
+        if offset > size:
+            raise CheckpointMismatch(
+                f"cannot resume reading {self.path}: the checkpoint is at byte {offset} "
+                f"but the file has only {size} bytes (was it replaced?)"
+            )
+        self._file.seek(offset)
+        self.offset = offset
+        self.line = line
+
+    def align(self, offset: int) -> None:
+        """Continue at the first line that starts at or after byte ``offset`` (partitions by
+        byte range: a line belongs to the range its first byte is in)."""
+        if offset <= self.offset:
+            return
+        self._file.seek(self.offset)
+        lines = self.line
+        remaining = offset - 1 - self.offset  # bytes strictly before ``offset - 1``
+        while remaining > 0:
+            block = self._file.read(min(remaining, _READ_BLOCK))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            remaining -= len(block)
+        self._file.seek(offset - 1)
+        rest = self._file.readline()  # ends the line that byte ``offset - 1`` is in
+        if rest.endswith(b"\n"):
+            lines += 1
+        self.offset = offset - 1 + len(rest)
+        self.line = lines
+
+    def readline(self) -> bytes:
+        """The next raw line (with its ``\\n``), or ``b""`` at the end."""
+        raw = self._file.readline()
+        if raw:
+            self.offset += len(raw)
+            self.line += 1
+        return raw
+
+    def decode(self, raw: bytes, line: int, *, first: bool = False) -> str:
+        try:
+            text = raw.decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            raise parse_error(
+                self.path, line, None, f"cannot decode bytes as {self.encoding}: {exc.reason} "
+                f"at column {exc.start + 1}"
+            ) from None
+        if first and text.startswith("\ufeff"):
+            text = text[1:]  # a byte-order mark is not part of the first field
+        return text
+
+    def __iter__(self) -> LineSource:
+        return self
+
+    def __next__(self) -> str:
+        first = self.offset == 0
+        raw = self.readline()
+        if not raw:
+            raise StopIteration
+        return self.decode(raw, self.line, first=first)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class FileItemReader(ItemReader):
+    """Base of the line-based file readers.
+
+    ExecutionContext keys (``<name>`` is the class name or ``name=``): ``<name>.offset``, the
+    byte offset after the last item handed out by ``read()``, and ``<name>.line``, the number
+    of physical lines before it. ``open(ctx)`` resolves the path template, verifies checksum
+    sidecars, then seeks to the saved offset (or to ``ctx.partition["start_offset"]`` on a
+    first run) and stops at lines starting at or after ``ctx.partition["end_offset"]``.
+    """
+
+    _runtime: tuple[str, ...] = ("_source", "_path", "_end")
+
+    def __init__(self, path: PathLike, *, encoding: str = "utf-8", name: str | None = None):
+        super().__init__(name)
+        self.path = path
+        self.encoding = encoding
+        self._source: LineSource | None = None
+        self._path: str | None = None
+        self._end: int | None = None
+
+    @property
+    def resolved_path(self) -> str | None:
+        """The path being read (template filled), once opened."""
+        return self._path
+
+    def open(self, ctx: ExecutionContext) -> None:
+        self.close()
+        path = resolve_path(self.path, ctx)
+        source = LineSource(path, self.encoding)
+        try:
+            verify_checksums(path)
+            self._path = path
+            self._begin(source)
+            partition = ctx.partition or {}
+            saved = ctx.get(self.key("offset"))
+            if saved is not None:
+                source.seek(int(saved), int(ctx.get(self.key("line"), 0)))
+            elif partition.get("start_offset"):
+                source.align(int(partition["start_offset"]))
+            end = partition.get("end_offset")
+            self._end = None if end is None else int(end)
+        except BaseException:
+            source.close()
+            raise
+        self._source = source
+
+    def _begin(self, source: LineSource) -> None:
+        """Read what comes before the records (a header) from offset 0."""
+
+    def _next_line(self) -> tuple[int, bytes] | None:
+        """(line number, raw bytes) of the next line of this reader's range, or None."""
+        source = self._opened()
+        if self._end is not None and source.offset >= self._end:
+            return None
+        raw = source.readline()
+        return (source.line, raw) if raw else None
+
+    def _at_end(self) -> bool:
+        source = self._opened()
+        return self._end is not None and source.offset >= self._end
+
+    def _opened(self) -> LineSource:
+        if self._source is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        return self._source
+
+    def _error(self, line: int | None, field: str | None, message: str) -> ItemParseError:
+        return parse_error(self._path or os.fspath(self.path), line, field, message)
+
+    def _errors_at(self, line: int) -> Callable[[str | None, str], ItemParseError]:
+        """How a record starting at ``line`` reports a bad field."""
+
+        def error(field: str | None, message: str) -> ItemParseError:
+            return self._error(line, field, message)
+
+        return error
+
+    def update(self, ctx: ExecutionContext) -> None:
+        if self._source is not None:
+            ctx[self.key("offset")] = self._source.offset
+            ctx[self.key("line")] = self._source.line
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+
+# ------------------------------------------------------------------------------- output files
+def _partial_name(path: str) -> str:
+    directory, base = os.path.split(path)
+    return os.path.join(directory, f".{base}.partial")
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot sync a directory: nothing to do then
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _output_error(exc: OSError, path: str, doing: str) -> OutputFileError:
+    reason = exc.strerror or str(exc)
+    return OutputFileError(exc.errno or errno.EIO, f"cannot {doing} output file: {reason}", path)
+
+
+class RestartableOutput:
+    """One output file written restartably and published atomically.
+
+    Bytes go to ``.<name>.partial`` beside the target. Each :meth:`append` is all or
+    nothing (on an error such as ENOSPC the file is cut back to where it was, so the
+    committed part stays intact). :meth:`checkpoint` returns the size to record at a commit;
+    :meth:`open` with a recorded size truncates the partial file to it and appends from
+    there. :meth:`publish` fsyncs and renames the partial file onto the target (and writes a
+    ``.sha256`` sidecar if asked), then fsyncs the directory.
+    """
+
+    def __init__(self, path: str, *, fsync: bool = True) -> None:
+        self.path = path
+        self.partial_path = _partial_name(path)
+        self.fsync = fsync
+        self.size = 0
+        self._file: IO[bytes] | None = None
+
+    def open(self, committed: int | None) -> None:
+        """Start empty (``committed`` None: a first run), or resume at ``committed`` bytes."""
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            if committed is None:
+                self._file = open(self.partial_path, "wb", buffering=0)  # noqa: SIM115
+                self.size = 0
+                return
+            if not os.path.lexists(self.partial_path) and os.path.exists(self.path):
+                # Published, but the step was not recorded complete (crash in between):
+                # take the file back and carry on from the checkpoint.
+                os.replace(self.path, self.partial_path)
+            try:
+                f = open(self.partial_path, "r+b", buffering=0)  # noqa: SIM115
+            except FileNotFoundError:
+                raise OutputCheckpointError(
+                    f"cannot resume output {self.path}: neither it nor its partial file "
+                    f"{self.partial_path} exists, but the checkpoint records "
+                    f"{committed} bytes written"
+                ) from None
+            actual = os.fstat(f.fileno()).st_size
+            if actual < committed:
+                f.close()
+                raise OutputCheckpointError(
+                    f"cannot resume output {self.path}: {self.partial_path} is {actual} bytes, "
+                    f"shorter than its checkpoint ({committed} bytes); "
+                    "it was changed outside batchd"
+                )
+            f.truncate(committed)
+            f.seek(committed)
+            self._file = f
+            self.size = committed
+        except OSError as exc:
+            if isinstance(exc, OutputFileError):
+                raise
+            raise _output_error(exc, self.path, "open") from exc
+
+    def append(self, data: bytes) -> None:
+        f = self._opened()
+        start = self.size
+        view = memoryview(data)
+        try:
+            while view:
+                written = f.write(view)
+                if written is None:  # pragma: no cover - only non-blocking files
+                    continue
+                view = view[written:]
+        except OSError as exc:
+            try:  # keep the file as it was before this call
+                f.truncate(start)
+                f.seek(start)
+            except OSError:
+                pass
+            raise _output_error(exc, self.path, "write") from exc
+        self.size += len(data)
+
+    def checkpoint(self) -> int:
+        """The size to record with the commit (synced to disk first when ``fsync``)."""
+        f = self._opened()
+        if self.fsync:
+            try:
+                os.fsync(f.fileno())
+            except OSError as exc:
+                raise _output_error(exc, self.path, "sync") from exc
+        return self.size
+
+    def publish(self, *, checksum: bool = False) -> None:
+        """Make the output appear at its final path, atomically."""
+        f = self._opened()
+        try:
+            os.fsync(f.fileno())
+            f.close()
+            self._file = None
+            if checksum:
+                write_checksum_sidecar(self.path, self.partial_path)
+            os.replace(self.partial_path, self.path)
+            _fsync_directory(os.path.dirname(self.path))
+        except OSError as exc:
+            raise _output_error(exc, self.path, "publish") from exc
+
+    def _opened(self) -> IO[bytes]:
+        if self._file is None:
+            raise RuntimeError(f"output {self.path} is not open: call open(ctx) first")
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class FileItemWriter(ItemWriter):
+    """Base of the file writers: restartable, atomic output through :class:`RestartableOutput`.
+
+    ExecutionContext key: ``<name>.size``, the bytes of output committed. ``open(ctx)``
+    resolves the path template; without a recorded size it starts a new partial file,
+    with one it truncates the partial file to it and appends. ``complete(ctx)`` publishes
+    the file (and with ``checksum=True`` its ``.sha256`` sidecar). Every ``write()`` is all
+    or nothing: it formats the whole list before writing, and cuts the file back if writing
+    fails. Output after a crash and a restart is byte for byte that of an uninterrupted run.
+    """
+
+    _runtime: tuple[str, ...] = ("_output",)
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        name: str | None = None,
+        checksum: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        super().__init__(name)
+        self.path = path
+        self.checksum = checksum
+        self.fsync = fsync
+        self._output: RestartableOutput | None = None
+
+    @property
+    def resolved_path(self) -> str | None:
+        """The final path of the output (template filled), once opened."""
+        return self._output.path if self._output is not None else None
+
+    def open(self, ctx: ExecutionContext) -> None:
+        self.close()
+        output = RestartableOutput(resolve_path(self.path, ctx), fsync=self.fsync)
+        committed = ctx.get(self.key("size"))
+        output.open(None if committed is None else int(committed))
+        self._output = output
+        try:
+            self._begin(ctx)
+        except BaseException:
+            self.close()
+            raise
+
+    def _begin(self, ctx: ExecutionContext) -> None:
+        """Restore format state from ``ctx`` and write what starts a new file (a header)."""
+
+    @abstractmethod
+    def _encode(self, items: list[Any]) -> bytes:
+        """The bytes of ``items``; raises before anything is written if one cannot be."""
+
+    def _encode_text(self, text: str, encoding: str) -> bytes:
+        """``text`` in ``encoding``, or ItemFormatError naming what cannot be encoded."""
+        try:
+            return text.encode(encoding)
+        except UnicodeEncodeError as exc:
+            raise ItemFormatError(
+                f"cannot encode {text[exc.start:exc.end]!r} as {encoding} "
+                f"for {self.resolved_path}"
+            ) from None
+
+    def _append(self, data: bytes) -> None:
+        if self._output is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        if data:
+            self._output.append(data)
+
+    @property
+    def _empty(self) -> bool:
+        return self._output is None or self._output.size == 0
+
+    def write(self, items: list[Any]) -> None:
+        if self._output is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        self._append(self._encode(items))
+
+    def update(self, ctx: ExecutionContext) -> None:
+        if self._output is not None:
+            ctx[self.key("size")] = self._output.checkpoint()
+
+    def complete(self, ctx: ExecutionContext) -> None:
+        if self._output is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        self._output.publish(checksum=self.checksum)
+        self._output = None
+
+    def close(self) -> None:
+        if self._output is not None:
+            self._output.close()
+            self._output = None

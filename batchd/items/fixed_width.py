@@ -1,0 +1,186 @@
+"""Fixed-width text files: each line is a record, each field a column of fixed width."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from batchd.errors import ItemFormatError
+from batchd.items.convert import ItemModel, convert_value, format_text, item_to_dict
+from batchd.items.files import FileItemReader, FileItemWriter, PathLike
+
+_NUMERIC = (int, float, Decimal)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One fixed-width column: its ``name``, ``width`` in characters and value ``type``
+    (str, int, float, Decimal, bool, date, datetime). ``align`` is ``"<"`` (left) or
+    ``">"`` (right); by default numbers are right-aligned and the rest left-aligned."""
+
+    name: str
+    width: int
+    type: Any = str
+    align: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"column {self.name!r}: width must be positive, not {self.width}")
+        if self.align not in (None, "<", ">"):
+            raise ValueError(f"column {self.name!r}: align must be '<' or '>'")
+
+    @property
+    def alignment(self) -> str:
+        if self.align is not None:
+            return self.align
+        numeric = isinstance(self.type, type) and issubclass(self.type, _NUMERIC)
+        return ">" if numeric and self.type is not bool else "<"
+
+
+ColumnSpec = Column | tuple[str, int] | tuple[str, int, Any]
+
+
+def as_columns(columns: Sequence[ColumnSpec]) -> list[Column]:
+    """``Column`` objects from Columns or ``(name, width)`` / ``(name, width, type)``."""
+    result = []
+    for spec in columns:
+        result.append(spec if isinstance(spec, Column) else Column(*spec))
+    if not result:
+        raise ValueError("a fixed-width layout needs at least one column")
+    names = [c.name for c in result]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate column names: {', '.join(duplicates)}")
+    return result
+
+
+class FixedWidthItemReader(FileItemReader):
+    """Reads fixed-width lines into dicts (or ``model`` instances).
+
+    Each column's text is stripped of its padding and converted to the column's ``type``;
+    a blank value is None for a non-text column. A line shorter than the layout is padded
+    (trailing blanks are often trimmed); a longer one, or a value that does not convert,
+    raises :class:`batchd.errors.ItemParseError` (a ``ValueError``) naming the file, line and
+    field, after which the reader continues with the next line. Blank lines are skipped.
+
+    Restart: ExecutionContext keys ``<name>.offset`` and ``<name>.line``, as for
+    :class:`batchd.items.CsvItemReader` (path templates, checksum sidecars and byte-range
+    partitions work the same way).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        columns: Sequence[ColumnSpec],
+        *,
+        model: type[Any] | None = None,
+        encoding: str = "utf-8",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(path, encoding=encoding, name=name)
+        self.columns = as_columns(columns)
+        self.model = model
+        self.width = sum(c.width for c in self.columns)
+        self._item_model = ItemModel(model, blank_is_none=False)
+        missing = self._item_model.missing_fields([c.name for c in self.columns])
+        if missing:
+            raise ValueError(f"the columns do not include {missing[0]!r}, which the model needs")
+
+    def read(self) -> Any:
+        source = self._opened()
+        while True:
+            first = source.offset == 0
+            entry = self._next_line()
+            if entry is None:
+                return None
+            line, raw = entry
+            text = source.decode(raw, line, first=first).rstrip("\r\n")
+            if not text.strip():
+                continue
+            if len(text) > self.width:
+                raise self._error(
+                    line, None,
+                    f"line is {len(text)} characters long, the columns take {self.width}",
+                )
+            record: dict[str, Any] = {}
+            position = 0
+            for column in self.columns:
+                value = text[position : position + column.width].strip()
+                position += column.width
+                if column.type is str:
+                    record[column.name] = value
+                elif not value:
+                    record[column.name] = None
+                else:
+                    try:
+                        record[column.name] = convert_value(value, column.type)
+                    except ValueError as exc:
+                        raise self._error(line, column.name, str(exc)) from None
+            return self._item_model.build(record, self._errors_at(line))
+
+
+class FixedWidthItemWriter(FileItemWriter):
+    """Writes items as fixed-width lines (``\\n``-terminated) laid out by ``columns``.
+
+    Text is left-aligned and numbers right-aligned (unless a column says ``align``), padded
+    with ``fill``; None is blank; dates are ISO 8601. A value wider than its column, or
+    containing a line break, raises :class:`batchd.errors.ItemFormatError` (a ``ValueError``)
+    naming the field, before anything of the ``write()`` call reaches the file. Keys of an
+    item that are not columns are left out.
+
+    Restartable and atomic like :class:`batchd.items.CsvItemWriter`: ExecutionContext key
+    ``<name>.size``; ``complete(ctx)`` renames ``.<file>.partial`` onto the target (with a
+    ``.sha256`` sidecar when ``checksum=True``).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        columns: Sequence[ColumnSpec],
+        *,
+        fill: str = " ",
+        encoding: str = "utf-8",
+        name: str | None = None,
+        checksum: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        super().__init__(path, name=name, checksum=checksum, fsync=fsync)
+        if len(fill) != 1:
+            raise ValueError("fill must be a single character")
+        self.columns = as_columns(columns)
+        self.fill = fill
+        self.encoding = encoding
+
+    def _format_line(self, item: Any) -> str:
+        record = item_to_dict(item)
+        parts = []
+        for column in self.columns:
+            value = record.get(column.name)
+            text = format_text(value)
+            if "\n" in text or "\r" in text:
+                raise ItemFormatError(
+                    f"field {column.name!r}: value {text!r} contains a line break", column.name
+                )
+            if len(text) > column.width:
+                raise ItemFormatError(
+                    f"field {column.name!r}: value {text!r} is {len(text)} characters, "
+                    f"wider than its column ({column.width})",
+                    column.name,
+                )
+            align = column.alignment
+            if column.align is None and isinstance(value, _NUMERIC) and not isinstance(
+                value, bool
+            ):
+                align = ">"
+            parts.append(
+                text.rjust(column.width, self.fill)
+                if align == ">"
+                else text.ljust(column.width, self.fill)
+            )
+        return "".join(parts) + "\n"
+
+    def _encode(self, items: list[Any]) -> bytes:
+        text = "".join(self._format_line(item) for item in items)
+        return self._encode_text(text, self.encoding)

@@ -1,0 +1,111 @@
+"""JSON Lines files: one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from batchd.errors import ItemFormatError
+from batchd.items.convert import ItemModel, item_to_dict
+from batchd.items.files import FileItemReader, FileItemWriter, PathLike
+
+
+class JsonLinesItemReader(FileItemReader):
+    """Reads a JSON Lines file: each non-blank line is one JSON object.
+
+    Items are dicts, or instances of ``model`` (a pydantic model, validated with
+    ``model_validate``, or a dataclass whose fields are converted by their type hints).
+    A line that is not valid JSON, not an object, or fails the model raises
+    :class:`batchd.errors.ItemParseError` (a ``ValueError``) naming the file, the line and
+    the field; the reader has moved past it, so a skipping step continues with the next line.
+
+    Restart: ExecutionContext keys ``<name>.offset`` and ``<name>.line`` (byte offset and
+    physical lines after the last item read); ``open(ctx)`` seeks there. Path templates,
+    checksum sidecars and byte-range partitions (``start_offset``/``end_offset``) work as
+    for :class:`batchd.items.CsvItemReader`.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        model: type[Any] | None = None,
+        encoding: str = "utf-8",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(path, encoding=encoding, name=name)
+        self.model = model
+        self._item_model = ItemModel(model, blank_is_none=False)
+
+    def read(self) -> Any:
+        source = self._opened()
+        while True:
+            first = source.offset == 0
+            entry = self._next_line()
+            if entry is None:
+                return None
+            line, raw = entry
+            text = source.decode(raw, line, first=first).strip()
+            if not text:
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise self._error(
+                    line, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+                ) from None
+            if not isinstance(value, dict):
+                raise self._error(
+                    line, None, f"expected a JSON object, found {type(value).__name__}"
+                )
+            return self._item_model.build(value, self._errors_at(line))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, date | datetime | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class JsonLinesItemWriter(FileItemWriter):
+    """Writes each item as one line of compact JSON (UTF-8, non-ASCII kept as is).
+
+    Items are dicts, pydantic models (``model_dump(mode="json")``), dataclasses or named
+    tuples; dates are written ISO 8601, Decimals and UUIDs as strings. A value that cannot
+    be written raises :class:`batchd.errors.ItemFormatError` before anything of the
+    ``write()`` call reaches the file.
+
+    Restartable and atomic like :class:`batchd.items.CsvItemWriter`: ExecutionContext key
+    ``<name>.size``; ``complete(ctx)`` renames ``.<file>.partial`` onto the target (with a
+    ``.sha256`` sidecar when ``checksum=True``).
+    """
+
+    def _encode(self, items: list[Any]) -> bytes:
+        lines = []
+        for item in items:
+            try:
+                text = json.dumps(
+                    item_to_dict(item, json_mode=True),
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                    default=_json_default,
+                    allow_nan=False,
+                )
+                lines.append(f"{text}\n".encode())
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, ItemFormatError):
+                    raise
+                raise ItemFormatError(
+                    f"cannot write an item as JSON to {self.resolved_path}: {exc}"
+                ) from None
+        return b"".join(lines)

@@ -1,0 +1,407 @@
+"""Relational databases through SQLAlchemy: a keyset-paginated reader and a writer that joins
+the chunk's transaction when it targets the job repository's own database."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import MetaData, Table, create_engine, insert, select
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.sql import ColumnElement, Select
+
+from batchd.errors import ItemFormatError
+from batchd.items.base import ItemReader, ItemStream, ItemWriter
+from batchd.items.convert import convert_value, item_to_dict
+from batchd.model import ChunkTransaction, ExecutionContext, current_chunk_transaction
+from batchd.model import database_identity as _database_identity
+
+# One Engine per URL and process: copies of a reader/writer (one per execution or
+# partition) share its connection pool; after a fork the child makes its own.
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """The process's shared Engine for ``url``, created on first use."""
+    key = (os.getpid(), url)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = create_engine(url)
+            _ENGINES[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close the pools of the Engines created for URLs (tests, shutdown)."""
+    with _ENGINES_LOCK:
+        engines = [e for (pid, _), e in _ENGINES.items() if pid == os.getpid()]
+        _ENGINES.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+class _SqlStream(ItemStream):
+    """Holds a URL (the Engine comes from :func:`engine_for` in ``open()``) or a user's
+    Engine. A pickled copy carries the Engine's URL instead, since an Engine does not pickle
+    (give a URL for process executors when the Engine has settings of its own)."""
+
+    def __init__(self, url_or_engine: str | URL | Engine, name: str | None) -> None:
+        super().__init__(name)
+        if isinstance(url_or_engine, Engine):
+            self.url: str = url_or_engine.url.render_as_string(hide_password=False)
+            self._user_engine: Engine | None = url_or_engine
+        elif isinstance(url_or_engine, str | URL):
+            self.url = (
+                url_or_engine.render_as_string(hide_password=False)
+                if isinstance(url_or_engine, URL)
+                else url_or_engine
+            )
+            self._user_engine = None
+        else:
+            raise TypeError(f"expected a database URL or an Engine, not {url_or_engine!r}")
+        self._engine: Engine | None = None
+        self._database_id: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_user_engine"] = None
+        state["_engine"] = None
+        return state
+
+    def _connect_engine(self) -> Engine:
+        engine = self._user_engine or engine_for(self.url)
+        self._engine = engine
+        self._database_id = _database_identity(engine.url)
+        return engine
+
+    def _joined(self) -> ChunkTransaction | None:
+        """The chunk's transaction when it is on this object's database, else None."""
+        tx = current_chunk_transaction.get()
+        if tx is None or self._engine is None:
+            return None
+        if tx.engine is self._engine or tx.database_id == self._database_id:
+            return tx
+        return None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        return self._engine
+
+
+# -------------------------------------------------------------------------- keys in the context
+def encode_key(value: Any) -> Any:
+    """A key value in JSON-serialisable form (for the ExecutionContext)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"cannot save a key of type {type(value).__name__} in the checkpoint")
+
+
+def decode_key(value: Any) -> Any:
+    """The inverse of :func:`encode_key`."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return value
+    ((tag, text),) = value.items()
+    decoders: dict[str, Any] = {
+        "$datetime": datetime.fromisoformat,
+        "$date": date.fromisoformat,
+        "$time": time.fromisoformat,
+        "$decimal": Decimal,
+        "$uuid": uuid.UUID,
+        "$bytes": base64.b64decode,
+    }
+    return decoders[tag](text) if tag in decoders else value
+
+
+def _key_value(value: Any, column: Any) -> Any:
+    """A bound from a partition context (JSON: a date arrives as text) as the column's type."""
+    value = decode_key(value)
+    try:
+        python_type = column.type.python_type
+    except (AttributeError, NotImplementedError):
+        return value
+    if isinstance(value, str) and python_type is not str:
+        try:
+            return convert_value(value, python_type)
+        except ValueError:
+            return value
+    return value
+
+
+# -------------------------------------------------------------------------------------- reader
+class SqlItemReader(_SqlStream, ItemReader):
+    """Reads the rows of a query as dicts, page by page, with keyset pagination.
+
+    ``select`` is a SQLAlchemy ``Select`` (or a ``Table``); ``key`` names one of its columns
+    that is unique and ordered (the primary key, typically). Each page is
+    ``select.where(key > last_key).order_by(key).limit(page_size)`` — never OFFSET, so every
+    page costs the same and rows inserted behind the reader do not shift it. Each page is
+    read in a short transaction of its own (none is held across chunks), or on the chunk's
+    connection when the engine has one open on the same database.
+
+    Restart: ExecutionContext key ``<name>.last_key``, the key of the last item handed out
+    by ``read()`` (not the last fetched); ``open(ctx)`` resumes after it. In a partition,
+    ``ctx.partition`` ``{"start": a, "end": b}`` restricts the keys to ``a <= key <= b``.
+    ``url_or_engine`` is a URL (the Engine is created in ``open()``, one per URL and
+    process) or an Engine.
+    """
+
+    _runtime: tuple[str, ...] = ("_engine", "_database_id", "_buffer", "_query")
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        select: Select[Any] | Table,
+        *,
+        key: str,
+        page_size: int = 1000,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(url_or_engine, name)
+        if page_size <= 0:
+            raise ValueError("page_size must be positive")
+        self.select = select
+        self.key_name = key
+        self.page_size = page_size
+        self._buffer: deque[dict[str, Any]] | None = None
+        self._query: Select[Any] | None = None
+        self._key_column: ColumnElement[Any] | None = None
+        self._exhausted = False
+        self._positioned = False  # whether _last_key holds a position to save
+        self._last_key: Any = None  # key of the last item handed out (or the saved one)
+        self._fetched = False  # whether _fetched_key bounds the next page
+        self._fetched_key: Any = None  # key of the last row fetched
+
+    def open(self, ctx: ExecutionContext) -> None:
+        self._connect_engine()
+        query = self.select if isinstance(self.select, Select) else select(self.select)
+        try:
+            key_column = query.selected_columns[self.key_name]
+        except KeyError:
+            names = ", ".join(c.key for c in query.selected_columns if c.key)
+            raise ValueError(
+                f"{self.name}: key {self.key_name!r} is not a column of the query ({names})"
+            ) from None
+        partition = ctx.partition or {}
+        if "start" in partition:
+            query = query.where(key_column >= _key_value(partition["start"], key_column))
+        if "end" in partition:
+            query = query.where(key_column <= _key_value(partition["end"], key_column))
+        self._query = query.order_by(None).order_by(key_column).limit(self.page_size)
+        self._key_column = key_column
+        saved = ctx.get(self.key("last_key"), _MISSING)
+        self._positioned = self._fetched = saved is not _MISSING
+        self._last_key = self._fetched_key = decode_key(saved) if self._positioned else None
+        self._buffer = deque()
+        self._exhausted = False
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        tx = self._joined()
+        if tx is not None:
+            yield tx.connection
+            return
+        with self.engine.connect() as connection:
+            yield connection  # leaving rolls the read-only transaction back at once
+
+    def _fetch(self, buffer: deque[dict[str, Any]]) -> None:
+        if self._query is None or self._key_column is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        query = self._query
+        if self._fetched:
+            query = query.where(self._key_column > self._fetched_key)
+        with self._connection() as connection:
+            rows = connection.execute(query).all()
+        if len(rows) < self.page_size:
+            self._exhausted = True
+        buffer.extend(row._asdict() for row in rows)
+        if rows:
+            self._fetched_key = rows[-1]._mapping[self.key_name]
+            self._fetched = True
+
+    def read(self) -> dict[str, Any] | None:
+        buffer = self._buffer
+        if buffer is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        if not buffer and not self._exhausted:
+            self._fetch(buffer)
+        if not buffer:
+            return None
+        item = buffer.popleft()
+        self._last_key = item[self.key_name]
+        self._positioned = True
+        return item
+
+    def update(self, ctx: ExecutionContext) -> None:
+        if self._positioned:
+            ctx[self.key("last_key")] = encode_key(self._last_key)
+
+    def close(self) -> None:
+        self._buffer = None
+        self._query = None
+
+
+_MISSING = object()
+
+
+# -------------------------------------------------------------------------------------- writer
+class SqlItemWriter(_SqlStream, ItemWriter):
+    """Inserts items (dicts, pydantic models, dataclasses) into a table, one executemany
+    INSERT per ``write()``; with ``upsert_on=[columns]`` an upsert on those columns
+    (``INSERT ... ON CONFLICT (...) DO UPDATE`` on PostgreSQL and SQLite, ``ON DUPLICATE KEY
+    UPDATE`` on MySQL/MariaDB).
+
+    Transactions: when the engine has a chunk transaction open on the same database
+    (``batchd.model.current_chunk_transaction``: the same Engine, or the same database after
+    URL normalisation, e.g. the job repository's own), the rows are written on that
+    connection and not committed here: the engine commits them with the checkpoint, so
+    each item is written exactly once, even across a crash and a restart. On SQLite this
+    is required, not an optimisation (a second connection would wait on the file lock the
+    chunk holds). Otherwise the rows are written and committed in a transaction of their
+    own just before the checkpoint commits: **at-least-once** — after a crash between the
+    two, a restart writes the chunk again (use ``upsert_on`` to make that harmless).
+
+    ``table`` is a ``Table`` or a table name (reflected in ``open()``; ``schema=`` for a
+    schema). The writer keeps nothing in the ExecutionContext.
+    """
+
+    _runtime: tuple[str, ...] = ("_engine", "_database_id", "_table")
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        table: Table | str,
+        *,
+        upsert_on: Sequence[str] | None = None,
+        schema: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(url_or_engine, name)
+        self.table = table
+        self.schema = schema
+        self.upsert_on = list(upsert_on) if upsert_on else None
+        self._table: Table | None = table if isinstance(table, Table) else None
+
+    def open(self, ctx: ExecutionContext) -> None:
+        engine = self._connect_engine()
+        if isinstance(self.table, Table):
+            table = self.table
+        else:
+            table = Table(self.table, MetaData(), schema=self.schema, autoload_with=engine)
+        if self.upsert_on:
+            unknown = [c for c in self.upsert_on if c not in table.c]
+            if unknown:
+                raise ValueError(f"{self.name}: upsert_on names unknown column {unknown[0]!r}")
+            if engine.dialect.name not in ("postgresql", "sqlite", "mysql", "mariadb"):
+                raise ValueError(
+                    f"{self.name}: upsert is not supported on {engine.dialect.name}"
+                )
+        self._table = table
+
+    def _statement(self, table: Table, keys: tuple[str, ...]) -> Any:
+        if not self.upsert_on:
+            return insert(table)
+        updates = [k for k in keys if k not in self.upsert_on]
+        dialect = self.engine.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            my_stmt = mysql_insert(table)
+            if not updates:  # MySQL has no DO NOTHING: set a key column to itself
+                return my_stmt.on_duplicate_key_update(
+                    {self.upsert_on[0]: table.c[self.upsert_on[0]]}
+                )
+            return my_stmt.on_duplicate_key_update({k: my_stmt.inserted[k] for k in updates})
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            pg_stmt = pg_insert(table)
+            if not updates:
+                return pg_stmt.on_conflict_do_nothing(index_elements=self.upsert_on)
+            return pg_stmt.on_conflict_do_update(
+                index_elements=self.upsert_on, set_={k: pg_stmt.excluded[k] for k in updates}
+            )
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite_stmt = sqlite_insert(table)
+        if not updates:
+            return lite_stmt.on_conflict_do_nothing(index_elements=self.upsert_on)
+        return lite_stmt.on_conflict_do_update(
+            index_elements=self.upsert_on, set_={k: lite_stmt.excluded[k] for k in updates}
+        )
+
+    def _rows(self, table: Table, items: list[Any]) -> list[dict[str, Any]]:
+        rows = []
+        for item in items:
+            row = item_to_dict(item)
+            unknown = [k for k in row if k not in table.c]
+            if unknown:
+                raise ItemFormatError(
+                    f"table {table.name!r} has no column {unknown[0]!r}", unknown[0]
+                )
+            rows.append(row)
+        return rows
+
+    def _execute(self, connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        # executemany needs one set of columns: send each run of rows with equal keys
+        # together, in order.
+        start = 0
+        while start < len(rows):
+            keys = tuple(rows[start])
+            end = start + 1
+            while end < len(rows) and tuple(rows[end]) == keys:
+                end += 1
+            connection.execute(self._statement(table, keys), rows[start:end])
+            start = end
+
+    def write(self, items: list[Any]) -> None:
+        if self._table is None or self._engine is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
+        table = self._table
+        rows = self._rows(table, items)
+        if not rows:
+            return
+        tx = self._joined()
+        if tx is not None:
+            self._execute(tx.connection, table, rows)  # committed by the engine
+            return
+        with self.engine.begin() as connection:
+            self._execute(connection, table, rows)
+
+    @property
+    def table_object(self) -> Table | None:
+        """The Table written to, once opened."""
+        return self._table
+
+
+__all__ = [
+    "SqlItemReader",
+    "SqlItemWriter",
+    "decode_key",
+    "dispose_engines",
+    "encode_key",
+    "engine_for",
+]
