@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from batchd import JobOperator, JobRegistry, SqlJobRepository
 from tests.pgserver import PostgresNotFound, PostgresServer
 
 TEMPLATE_DB = "batchd_template"
@@ -105,3 +106,24 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """The test runs twice: on a SQLite file and on a fresh PostgreSQL database."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def repository(database_url: str) -> Iterator[SqlJobRepository]:
+    """A job repository on ``database_url`` (so: once on SQLite, once on PostgreSQL)."""
+    repo = SqlJobRepository(database_url)
+    yield repo
+    repo.dispose()
+
+
+@pytest.fixture
+def registry() -> JobRegistry:
+    return JobRegistry()
+
+
+@pytest.fixture
+def operator(repository: SqlJobRepository, registry: JobRegistry) -> Iterator[JobOperator]:
+    """An operator with a short heartbeat, shut down after the test."""
+    op = JobOperator(repository, registry, max_concurrent_jobs=4, heartbeat=0.2)
+    yield op
+    op.shutdown(wait=True)

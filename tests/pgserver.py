@@ -60,8 +60,9 @@ def find_bindir() -> Path:
         except ValueError:
             return 0
 
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version,
-                                           reverse=True)]
+    candidates += [
+        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    ]
     for d in candidates:
         if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
             return d
@@ -152,8 +153,18 @@ class PostgresServer:
             os.chown(self.tmpdir, pw.pw_uid, pw.pw_gid)
         os.chmod(self.tmpdir, 0o700)
 
-        r = self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
-                      "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions")
+        r = self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
         if r.returncode != 0:
             raise PostgresStartError(
                 f"initdb failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
@@ -162,23 +173,39 @@ class PostgresServer:
         last_err = ""
         for _attempt in range(3):  # the free port can be taken between probe and bind: retry
             self.port = _free_port()
-            opts = " ".join([
-                "-h 127.0.0.1",
-                f"-p {self.port}",
-                f"-k {self.tmpdir}",
-                "-c fsync=off",
-                "-c full_page_writes=off",
-                "-c max_connections=200",
-                "-c max_wal_size=256MB",  # keep the cluster small (it may live in tmpfs)
-                "-c shared_buffers=32MB",
-                "-c log_min_messages=warning",
-            ])
-            r = self._run("pg_ctl", "start", "-D", str(self.datadir), "-l", str(self.logfile),
-                          "-o", opts, "-w", "-t", str(int(timeout)), timeout=timeout + 10)
+            opts = " ".join(
+                [
+                    "-h 127.0.0.1",
+                    f"-p {self.port}",
+                    f"-k {self.tmpdir}",
+                    "-c fsync=off",
+                    "-c full_page_writes=off",
+                    "-c max_connections=200",
+                    "-c max_wal_size=256MB",  # keep the cluster small (it may live in tmpfs)
+                    "-c shared_buffers=32MB",
+                    "-c log_min_messages=warning",
+                ]
+            )
+            r = self._run(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                timeout=timeout + 10,
+            )
             if r.returncode == 0:
                 break
-            last_err = f"pg_ctl start failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}\n" \
-                       f"--- server log ---\n{self._log_tail()}"
+            last_err = (
+                f"pg_ctl start failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}\n"
+                f"--- server log ---\n{self._log_tail()}"
+            )
             if "already in use" not in self._log_tail():
                 raise PostgresStartError(last_err)
         else:
@@ -205,8 +232,9 @@ class PostgresServer:
     def stop(self) -> None:
         """Stop the server at once (``-m immediate``) and remove its directory."""
         if self.datadir is not None and (self.datadir / "postmaster.pid").exists():
-            self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w",
-                      timeout=60)
+            self._run(
+                "pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w", timeout=60
+            )
         self._cleanup()
 
     def _cleanup(self) -> None:

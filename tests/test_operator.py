@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,6 @@ from batchd.repository.tables import job_execution, job_instance, step_execution
 from tests.support.jobs import CountingReader, JsonLinesLog, blocking_tasklet, chunk_job
 
 DAY = {"date": "2026-11-21"}
-
-
-@pytest.fixture
-def repository(database_url: str) -> Iterator[SqlJobRepository]:
-    repo = SqlJobRepository(database_url)
-    yield repo
-    repo.dispose()
-
-
-@pytest.fixture
-def registry() -> JobRegistry:
-    return JobRegistry()
-
-
-@pytest.fixture
-def operator(repository: SqlJobRepository, registry: JobRegistry) -> Iterator[JobOperator]:
-    op = JobOperator(repository, registry, max_concurrent_jobs=4, heartbeat=0.2)
-    yield op
-    op.shutdown(wait=True)
 
 
 def table_counts(repository: SqlJobRepository) -> tuple[int, int, int]:
@@ -486,8 +467,11 @@ def test_async_starts_are_bounded_by_max_concurrent_jobs(
     registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(tasklet).build()).build())
     with JobOperator(repository, registry, max_concurrent_jobs=2, heartbeat=0.2) as operator:
         executions = [operator.start_async("eod", {"date": f"d{i}"}) for i in range(5)]
-        waiting = [operator.get_execution(e.id).status for e in executions]
-        assert waiting.count(BatchStatus.STARTING) >= 3
+        deadline = time.monotonic() + 10
+        while running < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        statuses = [operator.get_execution(e.id).status for e in executions]
+        assert statuses.count(BatchStatus.STARTING) == 3  # queued behind the two running
         release.set()
         ended = [operator.wait(e.id, timeout=10) for e in executions]
     assert {e.status for e in ended} == {BatchStatus.COMPLETED}

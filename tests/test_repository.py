@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from batchd.repository import Owner, migrate
 from batchd.repository.tables import job_execution, metadata
 
 OWNER = Owner(host="test", pid=1)
-
-
-@pytest.fixture
-def repository(database_url: str) -> Iterator[SqlJobRepository]:
-    repo = SqlJobRepository(database_url)
-    yield repo
-    repo.dispose()
 
 
 def create(repo: SqlJobRepository, key: str = "k1") -> Any:

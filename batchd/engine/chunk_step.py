@@ -158,10 +158,16 @@ class _ChunkRun:
                 self.listeners.call("before_chunk", chunk)
             try:
                 tally = _ChunkTally()
-                end = self._read_chunk(chunk.items, tally)
-                if not chunk.items and not tally.skipped:
-                    return BatchStatus.COMPLETED
-                self._process_and_write(chunk.items, tally)
+                try:
+                    end = self._read_chunk(chunk.items, tally)
+                except Exception:
+                    # What was read of the chunk is dropped: a rollback like any other.
+                    self.step_execution.rollback_count += 1
+                    raise
+                # A last chunk that read nothing commits nothing, but still ends with
+                # after_chunk: listeners get one after_chunk or on_chunk_error per before_chunk.
+                if chunk.items or tally.skipped:
+                    self._process_and_write(chunk.items, tally)
             except ExecutionLost:
                 raise
             except Exception as error:

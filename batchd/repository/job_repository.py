@@ -142,7 +142,7 @@ class SqlJobRepository:
                     f"{_first_line(exc.orig)}"
                 ) from None
 
-    def _reading(self) -> Connection:
+    def reading(self) -> Connection:
         """A connection for reads only (on SQLite it never takes the write lock)."""
         return self.engine.connect().execution_options(**{READ_ONLY_OPTION: True})
 
@@ -258,7 +258,7 @@ class SqlJobRepository:
         )
 
     def get_instance(self, instance_id: int) -> JobInstance | None:
-        with self._reading() as conn:
+        with self.reading() as conn:
             row = (
                 conn.execute(select(job_instance).where(job_instance.c.id == instance_id))
                 .mappings()
@@ -267,7 +267,7 @@ class SqlJobRepository:
         return to_instance(row) if row is not None else None
 
     def find_instance(self, job_name: str, job_key: str) -> JobInstance | None:
-        with self._reading() as conn:
+        with self.reading() as conn:
             row = (
                 conn.execute(
                     select(job_instance).where(
@@ -281,13 +281,13 @@ class SqlJobRepository:
 
     def job_names(self) -> list[str]:
         """Every job name the repository has an instance of."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             return list(conn.execute(select(job_instance.c.job_name).distinct()).scalars())
 
     # ----------------------------------------------------------------- executions
 
     def get_execution(self, execution_id: int) -> JobExecution | None:
-        with self._reading() as conn:
+        with self.reading() as conn:
             found = self._executions(conn, job_execution.c.id == execution_id, limit=1)
         return found[0] if found else None
 
@@ -313,11 +313,11 @@ class SqlJobRepository:
             conditions.append(job_execution.c.status == BatchStatus(status).value)
         if instance_id is not None:
             conditions.append(job_execution.c.instance_id == instance_id)
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._executions(conn, and_(True, *conditions), limit=limit)
 
     def running_executions(self) -> list[JobExecution]:
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._executions(conn, job_execution.c.status.in_(RUNNING), limit=None)
 
     def newest_execution_of_job(self, job_name: str) -> JobExecution | None:
@@ -325,7 +325,7 @@ class SqlJobRepository:
         return found[0] if found else None
 
     def last_execution_of_instance(self, instance_id: int) -> JobExecution | None:
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._last_execution_of_instance(conn, instance_id)
 
     def _last_execution_of_instance(
@@ -456,7 +456,7 @@ class SqlJobRepository:
         )
 
     def load_job_context(self, execution_id: int) -> dict[str, Any]:
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._load_job_context(conn, execution_id)
 
     @staticmethod
@@ -472,7 +472,7 @@ class SqlJobRepository:
 
     def step_history(self, instance_id: int, step_name: str) -> StepHistory:
         """The newest execution of ``step_name`` in the instance, and how often it started."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             rows = (
                 conn.execute(
                     select(step_execution)
@@ -588,7 +588,7 @@ class SqlJobRepository:
         step.version += 1
 
     def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
-        with self._reading() as conn:
+        with self.reading() as conn:
             text_value = conn.execute(
                 select(step_context.c.context).where(
                     step_context.c.instance_id == instance_id,

@@ -156,3 +156,32 @@ step_context = Table(
     Column("step_name", String(200), primary_key=True),
     Column("context", Text, nullable=False),
 )
+
+# Daemon triggers (migration 0002). One row per schedule fire and per claimed file: the
+# unique keys make each fire run, and each file start, at most once across restarts.
+schedule_fire = Table(
+    "batch_schedule_fire",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("schedule_name", String(200), nullable=False),
+    Column("fire_time", UTCDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("job_execution_id", Id),
+    Column("message", Text),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
+)
+
+trigger_file = Table(
+    "batch_trigger_file",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("watch_name", String(200), nullable=False),
+    Column("file_name", String(1000), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("job_execution_id", Id),
+    Column("reason", Text),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file"),
+)

@@ -123,13 +123,13 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 
 def test_restart_with_multiline_quoted_fields(tmp_path: Path) -> None:
     text = (
-        'id,text\n'
+        "id,text\n"
         '1,"one\nline two"\n'
-        '2,plain\n'
+        "2,plain\n"
         '3,"three\n\nlines, with a comma"\n'
         '4,"x ""quoted"""\n'
-        '5,bad,row\n'
-        '6,last\n'
+        "5,bad,row\n"
+        "6,last\n"
     )
     path = write(tmp_path, text, "notes.csv")
     reader = copy.copy(CsvItemReader(path))

@@ -47,9 +47,7 @@ READERS: dict[str, Callable[[Path], Any]] = {
 
 
 def rows(start: int, stop: int) -> list[dict[str, Any]]:
-    return [
-        {"id": i, "name": f"name-{i}", "amount": Decimal(i) / 4} for i in range(start, stop)
-    ]
+    return [{"id": i, "name": f"name-{i}", "amount": Decimal(i) / 4} for i in range(start, stop)]
 
 
 CHUNKS = [rows(0, 3), rows(3, 6), rows(6, 9), rows(9, 10)]

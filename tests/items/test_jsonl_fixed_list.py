@@ -48,7 +48,10 @@ def test_jsonl_round_trip_with_types(tmp_path: Path) -> None:
     run_writer(JsonLinesItemWriter(path), [items])
     lines = path.read_text(encoding="utf-8").splitlines()
     assert json.loads(lines[0]) == {
-        "id": 1, "at": "2026-11-21T08:30:00", "amount": "1.10", "tag": "é"
+        "id": 1,
+        "at": "2026-11-21T08:30:00",
+        "amount": "1.10",
+        "tag": "é",
     }
     assert "é" in lines[0]  # non-ASCII written as is
     events = read_all(JsonLinesItemReader(path, model=Event))
@@ -91,7 +94,12 @@ def test_jsonl_reader_restart(tmp_path: Path) -> None:
     reader.close()
     assert set(ctx) == {"src.offset", "src.line"}
     assert [i["n"] for i in read_all(JsonLinesItemReader(path, name="src"), persisted(ctx))] == [
-        4, 5, 6, 7, 8, 9
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
     ]
 
 
@@ -124,8 +132,7 @@ def test_fixed_width_round_trip(tmp_path: Path) -> None:
     ]
     run_writer(FixedWidthItemWriter(path, ACCOUNT_COLUMNS), [accounts])
     assert path.read_text() == (
-        "A-1     2020-01-31    12.50true \n"
-        "B-22    2021-06-01       -3false\n"
+        "A-1     2020-01-31    12.50true \nB-22    2021-06-01       -3false\n"
     )
     back = read_all(FixedWidthItemReader(path, ACCOUNT_COLUMNS, model=Account))
     assert back == [
@@ -134,7 +141,10 @@ def test_fixed_width_round_trip(tmp_path: Path) -> None:
     ]
     as_dicts = read_all(FixedWidthItemReader(path, ACCOUNT_COLUMNS))
     assert as_dicts[0] == {
-        "number": "A-1", "opened": date(2020, 1, 31), "balance": Decimal("12.50"), "active": True
+        "number": "A-1",
+        "opened": date(2020, 1, 31),
+        "balance": Decimal("12.50"),
+        "active": True,
     }
 
 
@@ -156,8 +166,12 @@ def test_fixed_width_errors_name_line_and_field(tmp_path: Path) -> None:
         assert (caught.value.line, caught.value.field) == (line, field)
         assert str(caught.value).startswith(f"accounts.txt line {line}")
     # a short line: trailing blanks trimmed, missing values are None
-    assert reader.read() == {"number": "A-5", "opened": date(2020, 1, 1), "balance": None,
-                             "active": None}
+    assert reader.read() == {
+        "number": "A-5",
+        "opened": date(2020, 1, 1),
+        "balance": None,
+        "active": None,
+    }
     assert reader.read() is None
 
 

@@ -43,9 +43,7 @@ payments = Table(
     Column("payer", String(50), nullable=False),
     Column("amount", Integer, nullable=False),
 )
-days = Table(
-    "days", metadata, Column("day", Date, primary_key=True), Column("n", Integer)
-)
+days = Table("days", metadata, Column("day", Date, primary_key=True), Column("n", Integer))
 target = Table(
     "target",
     metadata,
@@ -254,9 +252,7 @@ def test_writer_errors(database_url: str, engine: Engine) -> None:
         copy.copy(SqlItemWriter(database_url, "target", upsert_on=["name2"])).open(make_ctx())
 
 
-def test_writer_pickles_and_keeps_nothing_in_the_context(
-    database_url: str, engine: Engine
-) -> None:
+def test_writer_pickles_and_keeps_nothing_in_the_context(database_url: str, engine: Engine) -> None:
     writer = SqlItemWriter(engine, "target")
     clone = pickle.loads(pickle.dumps(writer))
     ctx = make_ctx()

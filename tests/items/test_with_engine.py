@@ -73,8 +73,10 @@ def run_job(
     make_input(root / "in")
     metadata = MetaData()
     table = Table(
-        f"ledger_{root.name}", metadata,
-        Column("id", Integer, primary_key=True), Column("payer", String(40)),
+        f"ledger_{root.name}",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("payer", String(40)),
         Column("amount", Numeric(10, 2)),
     )
     metadata.create_all(repository.engine)
@@ -84,14 +86,21 @@ def run_job(
         StepBuilder("post")
         .reader(CsvItemReader(str(root / "in" / "payments_{date:%Y%m%d}.csv"), model=Payment))
         .processor(processor)
-        .writer(_Tee([
-            CsvItemWriter(str(root / "out" / "report_{date:%Y%m%d}.csv"), fields=fields,
-                          checksum=True),
-            JsonLinesItemWriter(str(root / "out" / "report_{date:%Y%m%d}.jsonl")),
-            FixedWidthItemWriter(str(root / "out" / "report_{date:%Y%m%d}.txt"),
-                                 [("id", 4, int), ("payer", 10), ("amount", 8, Decimal)]),
-            SqlItemWriter(database_url, table),
-        ]))
+        .writer(
+            _Tee(
+                [
+                    CsvItemWriter(
+                        str(root / "out" / "report_{date:%Y%m%d}.csv"), fields=fields, checksum=True
+                    ),
+                    JsonLinesItemWriter(str(root / "out" / "report_{date:%Y%m%d}.jsonl")),
+                    FixedWidthItemWriter(
+                        str(root / "out" / "report_{date:%Y%m%d}.txt"),
+                        [("id", 4, int), ("payer", 10), ("amount", 8, Decimal)],
+                    ),
+                    SqlItemWriter(database_url, table),
+                ]
+            )
+        )
         .chunk_size(7)
         .skip(on=(ValueError,), limit=10)
         .build()
@@ -157,7 +166,9 @@ def test_restart_output_equals_uninterrupted_run(
     expected_files, expected_rows, _ = run_job(repository, database_url, tmp_path / "a", None)
     assert len(expected_rows) == 47 - 4  # rows 10, 20, 30, 40 skipped
     assert set(expected_files) == {
-        "report_20261121.csv", "report_20261121.csv.sha256", "report_20261121.jsonl",
+        "report_20261121.csv",
+        "report_20261121.csv.sha256",
+        "report_20261121.jsonl",
         "report_20261121.txt",
     }
     files, rows, statuses = run_job(repository, database_url, tmp_path / "b", 33)
@@ -173,10 +184,8 @@ def test_sql_to_sql_on_the_repository_database(
     repository: SqlJobRepository, database_url: str
 ) -> None:
     metadata = MetaData()
-    source = Table("src", metadata, Column("id", Integer, primary_key=True),
-                   Column("v", Integer))
-    sink = Table("sink", metadata, Column("id", Integer, primary_key=True),
-                 Column("v", Integer))
+    source = Table("src", metadata, Column("id", Integer, primary_key=True), Column("v", Integer))
+    sink = Table("sink", metadata, Column("id", Integer, primary_key=True), Column("v", Integer))
     metadata.create_all(repository.engine)
     with repository.engine.begin() as conn:
         conn.execute(source.insert(), [{"id": i, "v": i * i} for i in range(1, 101)])

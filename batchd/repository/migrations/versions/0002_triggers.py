@@ -1,0 +1,49 @@
+"""Schedule fires and claimed trigger files.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-23
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from batchd.repository.tables import Id, UTCDateTime
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "batch_schedule_fire",
+        sa.Column("id", Id, primary_key=True, autoincrement=True),
+        sa.Column("schedule_name", sa.String(200), nullable=False),
+        sa.Column("fire_time", UTCDateTime, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("job_execution_id", Id),
+        sa.Column("message", sa.Text),
+        sa.Column("recorded_at", UTCDateTime, nullable=False),
+        sa.UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
+    )
+    op.create_table(
+        "batch_trigger_file",
+        sa.Column("id", Id, primary_key=True, autoincrement=True),
+        sa.Column("watch_name", sa.String(200), nullable=False),
+        sa.Column("file_name", sa.String(1000), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("job_execution_id", Id),
+        sa.Column("reason", sa.Text),
+        sa.Column("claimed_at", UTCDateTime, nullable=False),
+        sa.UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("batch_trigger_file")
+    op.drop_table("batch_schedule_fire")
