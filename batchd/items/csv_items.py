@@ -94,9 +94,7 @@ class CsvItemReader(FileItemReader):
             if not row:
                 continue  # a blank line
             if len(row) != len(header):
-                raise self._error(
-                    start, None, f"expected {len(header)} fields, found {len(row)}"
-                )
+                raise self._error(start, None, f"expected {len(header)} fields, found {len(row)}")
             record = dict(zip(header, row, strict=True))
             return self._item_model.build(record, self._errors_at(start))
 

@@ -185,8 +185,10 @@ class LineSource:
             text = raw.decode(self.encoding)
         except UnicodeDecodeError as exc:
             raise parse_error(
-                self.path, line, None, f"cannot decode bytes as {self.encoding}: {exc.reason} "
-                f"at column {exc.start + 1}"
+                self.path,
+                line,
+                None,
+                f"cannot decode bytes as {self.encoding}: {exc.reason} at column {exc.start + 1}",
             ) from None
         if first and text.startswith("\ufeff"):
             text = text[1:]  # a byte-order mark is not part of the first field
@@ -485,7 +487,7 @@ class FileItemWriter(ItemWriter):
             return text.encode(encoding)
         except UnicodeEncodeError as exc:
             raise ItemFormatError(
-                f"cannot encode {text[exc.start:exc.end]!r} as {encoding} "
+                f"cannot encode {text[exc.start : exc.end]!r} as {encoding} "
                 f"for {self.resolved_path}"
             ) from None
 

@@ -101,7 +101,8 @@ class FixedWidthItemReader(FileItemReader):
                 continue
             if len(text) > self.width:
                 raise self._error(
-                    line, None,
+                    line,
+                    None,
                     f"line is {len(text)} characters long, the columns take {self.width}",
                 )
             record: dict[str, Any] = {}
@@ -170,9 +171,7 @@ class FixedWidthItemWriter(FileItemWriter):
                     column.name,
                 )
             align = column.alignment
-            if column.align is None and isinstance(value, _NUMERIC) and not isinstance(
-                value, bool
-            ):
+            if column.align is None and isinstance(value, _NUMERIC) and not isinstance(value, bool):
                 align = ">"
             parts.append(
                 text.rjust(column.width, self.fill)

@@ -316,9 +316,7 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             if unknown:
                 raise ValueError(f"{self.name}: upsert_on names unknown column {unknown[0]!r}")
             if engine.dialect.name not in ("postgresql", "sqlite", "mysql", "mariadb"):
-                raise ValueError(
-                    f"{self.name}: upsert is not supported on {engine.dialect.name}"
-                )
+                raise ValueError(f"{self.name}: upsert is not supported on {engine.dialect.name}")
         self._table = table
 
     def _statement(self, table: Table, keys: tuple[str, ...]) -> Any:

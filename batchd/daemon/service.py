@@ -1,0 +1,207 @@
+"""``batchd run``: the long-running service.
+
+Start-up: config, repository, crash recovery, schedules and watches, then READY=1.
+Signals: SIGTERM/SIGINT stop taking triggers, ask every running execution to stop, wait up
+to ``stop_grace`` and exit (what still runs is left to crash recovery); a second one exits
+at once. SIGHUP reloads the config: schedules and watches change, running jobs do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
+from batchd.daemon.notify import SystemdNotifier
+from batchd.daemon.scheduler import Scheduler
+from batchd.daemon.settings import Settings
+from batchd.daemon.watcher import Watcher
+from batchd.engine import JobOperator
+from batchd.errors import RepositoryError
+from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
+
+log = logging.getLogger(__name__)
+
+# sysexits.h: the database could not be reached (systemd restarts the unit for it).
+EX_UNAVAILABLE = 69
+# A second SIGTERM/SIGINT while stopping: leave at once.
+EX_FORCED = 1
+
+
+class Daemon:
+    """One run of the service, from start-up to exit status."""
+
+    def __init__(self, config_path: Path | None, *, notifier: SystemdNotifier | None = None):
+        self.config_path = config_path
+        self.notifier = notifier or SystemdNotifier()
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    # ------------------------------------------------------------------ start-up
+
+    def run(self) -> int:
+        """Run until a stop signal; returns the exit status."""
+        try:
+            settings, registry = load_config(self.config_path)
+            parse_database_url(settings.database_url)
+        except (ConfigError, RepositoryError) as error:
+            log.error("bad config %s:\n%s", self.config_path or "(defaults)", error)
+            return EX_CONFIG
+        try:
+            repository = SqlJobRepository(settings.database_url)
+        except RepositoryError as error:
+            log.error("%s", error)
+            return EX_UNAVAILABLE
+        self.settings = settings
+        self.operator = JobOperator(
+            repository,
+            registry,
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            heartbeat=settings.heartbeat.total_seconds(),
+        )
+        self._recover()
+        store = TriggerStore(repository)
+        self.scheduler = Scheduler(
+            settings.schedules, self.operator, store, timezone=settings.timezone
+        )
+        self.watcher = Watcher(settings.watches, self.operator, store, timezone=settings.timezone)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.scheduler.start()
+        self.watcher.start()
+        log.info(
+            "batchd running: %d jobs, %d schedules, %d watches, repository %s",
+            len(registry.names()),
+            len(settings.schedules),
+            len(settings.watches),
+            repository.url.render_as_string(hide_password=True),
+        )
+        self.notifier.ready(self._status())
+        return self._serve()
+
+    def _status(self) -> str:
+        running = len(self.operator.active_handles())
+        return (
+            f"{running} running; {len(self.settings.schedules)} schedules, "
+            f"{len(self.settings.watches)} watches"
+        )
+
+    # ------------------------------------------------------------------ main loop
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.put(signum)
+
+    def _serve(self) -> int:
+        recover_every = self.settings.recover_every.total_seconds()
+        watchdog_every = self.notifier.watchdog_interval
+        next_recover = time.monotonic() + recover_every
+        next_watchdog = time.monotonic() if watchdog_every else float("inf")
+        while True:
+            now = time.monotonic()
+            if now >= next_watchdog and watchdog_every:
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_every
+            if now >= next_recover:
+                self._recover()
+                self.notifier.status(self._status())
+                next_recover = now + recover_every
+            timeout = max(0.0, min(next_recover, next_watchdog) - time.monotonic())
+            try:
+                signum = self._signals.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if signum == signal.SIGHUP:
+                self._reload()
+            else:
+                return self._shutdown(signal.Signals(signum).name)
+
+    def _recover(self) -> None:
+        try:
+            recovered = self.operator.recover(lease=self.settings.lease)
+        except Exception:
+            log.exception("crash recovery failed; trying again later")
+            return
+        for execution in recovered:
+            log.warning(
+                "job execution %d (%s %s) FAILED by recovery: %s",
+                execution.id,
+                execution.job_name,
+                execution.params,
+                execution.exit_message,
+            )
+
+    # ------------------------------------------------------------------ reload
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        log.info("SIGHUP: reloading %s", self.config_path)
+        try:
+            settings, _registry = load_config(self.config_path, reload=True)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config:\n%s", error)
+            self.notifier.ready(self._status())
+            return
+        self._warn_about_restart_only_settings(settings)
+        self.scheduler.reconfigure(settings.schedules)
+        self.watcher.reconfigure(settings.watches)
+        self.settings = self.settings.model_copy(
+            update={"schedules": settings.schedules, "watches": settings.watches}
+        )
+        log.info(
+            "reloaded: %d schedules, %d watches", len(settings.schedules), len(settings.watches)
+        )
+        self.notifier.ready(self._status())
+
+    def _warn_about_restart_only_settings(self, new: Settings) -> None:
+        for key in ("database_url", "max_concurrent_jobs", "control", "metrics", "heartbeat"):
+            if getattr(new, key) != getattr(self.settings, key):
+                log.warning("%s changed: it takes effect only when batchd restarts", key)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self, reason: str) -> int:
+        # From now on a second stop signal leaves at once.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _exit_at_once)
+        handles = self.operator.active_handles()
+        self.notifier.stopping(f"{reason}: stopping {len(handles)} running executions")
+        log.info("%s: no more triggers; asking %d running executions to stop", reason, len(handles))
+        self.scheduler.shutdown()
+        self.watcher.stop()
+        for handle in handles:
+            self.operator.stop(handle.execution_id)
+        deadline = time.monotonic() + self.settings.stop_grace.total_seconds()
+        for handle in handles:
+            handle.done.wait(max(0.0, deadline - time.monotonic()))
+        still_running = [h.execution_id for h in self.operator.active_handles()]
+        if still_running:
+            log.warning(
+                "stop_grace passed; executions %s still run and are left to crash recovery",
+                still_running,
+            )
+            logging.shutdown()
+            os._exit(0)  # job threads cannot be interrupted; recovery takes over
+        self.operator.shutdown(wait=True)
+        self.operator.repository.dispose()
+        log.info("batchd stopped")
+        return 0
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    log.warning("second %s: exiting at once", signal.Signals(signum).name)
+    logging.shutdown()
+    os._exit(EX_FORCED)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One line per event on stderr (journald adds time and unit)."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,157 @@
+"""The daemon's configuration: a TOML file overridden by ``BATCHD_...`` variables.
+
+Field names are the config keys of DESIGN §4. Validation that needs the jobs (is the job
+registered, do the templates use only known variables) is done by ``check`` in
+``batchd.daemon.config`` after the job modules are imported.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from batchd.daemon.durations import parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_OCTAL_MODE = re.compile(r"0?[0-7]{3}")
+_DISABLED = ("", "off", "none")
+
+
+def _check_timezone(name: str | None) -> str | None:
+    """An IANA time zone name; ValueError (not zoneinfo's KeyError) when it is unknown."""
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (write e.g. 'Europe/Berlin' or 'UTC')"
+        ) from None
+    return name
+
+
+def _check_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("must not be empty")
+    return name
+
+
+def _check_positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+class Section(BaseModel):
+    """Config sections refuse keys they do not know (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ControlSettings(Section):
+    socket: Path = Path("/run/batchd/control.sock")
+    mode: str = "0660"
+    allowed_groups: list[str] = Field(default_factory=list)
+    allowed_users: list[str] = Field(default_factory=list)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: Any) -> Any:
+        # A number would be ambiguous (TOML's 0o660 and a decimal 660 both arrive as int).
+        if not isinstance(value, str) or not _OCTAL_MODE.fullmatch(value):
+            raise ValueError(f'not an octal file mode string like "0660": {value!r}')
+        return value
+
+
+class MetricsSettings(Section):
+    listen: str | None = "127.0.0.1:9464"  # "" or "off" turns the metrics listener off
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _DISABLED):
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f'not "host:port": {value!r}')
+        host, sep, port = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # [::1]:9464
+        elif ":" in host:
+            host = ""  # an IPv6 address needs brackets, else the port is ambiguous
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f'not "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"): {value!r}')
+        return value
+
+
+class ScheduleSettings(Section):
+    """A job fired by a cron expression or an interval, parameters from the fire time."""
+
+    name: str
+    job: str
+    cron: str | None = None
+    interval: Duration | None = None
+    jitter: Duration | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Literal["none", "latest", "all"] = "none"
+    misfire_grace: Duration = timedelta(hours=1)
+    timezone: str | None = None  # defaults to the daemon's
+    paused: bool = False
+
+    _name = field_validator("name")(_check_name)
+    _timezone = field_validator("timezone")(_check_timezone)
+
+
+class WatchSettings(Section):
+    """A job started for each file that appears in a directory."""
+
+    name: str
+    job: str
+    directory: Path
+    pattern: str | None = None  # glob on the file name; default "*"
+    regex: str | None = None  # or a regex with named groups usable in params
+    params: dict[str, Any] = Field(default_factory=dict)
+    stable_for: Duration = timedelta(seconds=1)  # size-stable fallback without close-write
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"bad regex {value!r}: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _pattern_or_regex(self) -> WatchSettings:
+        if self.pattern is not None and self.regex is not None:
+            raise ValueError("give pattern or regex, not both")
+        return self
+
+
+class Settings(Section):
+    database_url: str = "sqlite:///batchd.db"
+    jobs: list[str] = Field(default_factory=list)
+    max_concurrent_jobs: int = Field(default=4, ge=1)
+    timezone: str = "UTC"
+    stop_grace: Duration = timedelta(seconds=60)
+    heartbeat: Duration = timedelta(seconds=5)
+    lease: Duration = timedelta(seconds=60)
+    recover_every: Duration = timedelta(seconds=30)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    schedules: list[ScheduleSettings] = Field(default_factory=list)
+    watches: list[WatchSettings] = Field(default_factory=list)
+
+    _timezone = field_validator("timezone")(_check_timezone)
+    _positive = field_validator("stop_grace", "heartbeat", "lease", "recover_every")(
+        _check_positive
+    )

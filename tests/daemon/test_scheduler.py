@@ -1,0 +1,472 @@
+"""Schedules: catch-up across restarts, outcomes of a fire, pause/resume/fire, reload,
+crontab weekdays. Real SQLite repository, operator, TriggerStore and APScheduler; time comes
+from an injected clock except in the one real-time test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import batchd
+from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, StepBuilder, StepContext
+from batchd.daemon.scheduler import (
+    CATCH_UP_LIMIT,
+    NoSuchSchedule,
+    Scheduler,
+    build_trigger,
+    crontab_day_of_week,
+    validate_schedule,
+)
+from batchd.daemon.settings import ScheduleSettings
+from batchd.repository import SqlJobRepository, TriggerStore
+
+UTC = dt.UTC
+# A daily time twelve hours away from the wall clock: APScheduler (which runs on wall time)
+# cannot fire it while a test runs, so only the injected clock decides what fires.
+SAFE_HOUR = (dt.datetime.now(UTC).hour + 12) % 24
+# "Today" for the catch-up tests: half an hour after that day's fire.
+DAY = dt.datetime(2030, 3, 10, SAFE_HOUR, 30, tzinfo=UTC)
+WAIT = 15.0
+
+
+class DailyParams(BaseModel):
+    date: dt.date
+
+
+def make_registry() -> JobRegistry:
+    """``daily`` takes a typed date; ``plain`` takes anything."""
+    registry = JobRegistry()
+
+    def noop(ctx: StepContext) -> None:
+        pass
+
+    registry.register(
+        JobBuilder("daily")
+        .params_model(DailyParams)
+        .step(StepBuilder("run").tasklet(noop).build())
+        .build()
+    )
+    registry.register(JobBuilder("plain").step(StepBuilder("run").tasklet(noop).build()).build())
+    return registry
+
+
+class Clock:
+    """A clock the test sets."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+class FireLog:
+    """A schedule listener that keeps every (schedule, outcome) it hears."""
+
+    def __init__(self) -> None:
+        self.fires: list[tuple[str, str]] = []
+        self._changed = threading.Condition()
+
+    def on_schedule_fire(self, name: str, outcome: str) -> None:
+        with self._changed:
+            self.fires.append((name, outcome))
+            self._changed.notify_all()
+
+    def wait_for(self, fire: tuple[str, str], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: fire in self.fires, timeout)
+
+
+def daily(name: str = "eod", **overrides: Any) -> ScheduleSettings:
+    values: dict[str, Any] = {
+        "name": name,
+        "job": "daily",
+        "cron": f"0 {SAFE_HOUR} * * *",
+        "params": {"date": "{fire_date-1d}"},
+        "timezone": "UTC",
+    }
+    values.update(overrides)
+    return ScheduleSettings(**values)
+
+
+class Node:
+    """One run of the daemon's scheduling part: repository, operator, store, scheduler."""
+
+    def __init__(
+        self,
+        url: str,
+        schedules: list[ScheduleSettings],
+        clock: Callable[[], dt.datetime],
+        listener: object | None = None,
+    ) -> None:
+        self.repository = SqlJobRepository(url)
+        self.operator = JobOperator(self.repository, make_registry(), heartbeat=0.2)
+        self.store = TriggerStore(self.repository)
+        self.stopped = False
+        self.listener = listener if listener is not None else FireLog()
+        self.scheduler = Scheduler(
+            schedules,
+            self.operator,
+            self.store,
+            timezone="UTC",
+            clock=clock,
+            listener=self.listener,
+        )
+
+    def started_executions(self, schedule: str) -> list[batchd.JobExecution]:
+        """The executions the schedule's fires started, each waited for."""
+        return [
+            self.operator.wait(fire["job_execution_id"], timeout=WAIT)
+            for fire in self.store.fires(schedule)
+            if fire["job_execution_id"] is not None
+        ]
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.scheduler.shutdown()
+        self.operator.shutdown()
+        self.repository.dispose()
+
+
+@pytest.fixture
+def nodes(sqlite_url: str) -> Iterator[Callable[..., Node]]:
+    """Makes Nodes on one SQLite database; stops each one left running at the end."""
+    made: list[Node] = []
+
+    def make(
+        schedules: list[ScheduleSettings],
+        clock: Callable[[], dt.datetime] | None = None,
+        listener: object | None = None,
+    ) -> Node:
+        node = Node(sqlite_url, schedules, clock or Clock(DAY), listener)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+
+
+def fire_at(day: dt.datetime) -> dt.datetime:
+    """The daily schedule's fire time on ``day``."""
+    return day.replace(hour=SAFE_HOUR, minute=0)
+
+
+def instance_dates(node: Node, job: str = "daily") -> list[str]:
+    return sorted(e.params["date"] for e in node.operator.list_executions(job, limit=1000))
+
+
+# --------------------------------------------------------------------------------- catch-up
+
+
+def test_catch_up_all_fires_each_missed_day_once_across_two_restarts(
+    nodes: Callable[..., Node],
+) -> None:
+    schedule = daily(catch_up="all")
+    first = nodes([schedule])
+    first.store.record_fire("eod", fire_at(DAY - dt.timedelta(days=3)))  # last fire: D-3
+
+    first.scheduler.start()
+    executions = first.started_executions("eod")
+    expected = [str((DAY - dt.timedelta(days=n)).date()) for n in (3, 2, 1)]  # fire_date - 1d
+    assert sorted(e.params["date"] for e in executions) == expected
+    assert all(e.status == BatchStatus.COMPLETED for e in executions)
+    assert first.listener.fires == [("eod", "started")] * 3  # type: ignore[attr-defined]
+    first.stop()
+
+    # Restart on the same database at the same time, then later on the same day.
+    for clock in (Clock(DAY), Clock(DAY + dt.timedelta(hours=12))):
+        node = nodes([schedule], clock)
+        node.scheduler.start()
+        assert node.listener.fires == []  # type: ignore[attr-defined]
+        node.stop()
+
+    last = nodes([schedule])
+    executions = last.operator.list_executions("daily", limit=100)
+    assert sorted(e.params["date"] for e in executions) == expected  # one execution per date
+    assert all(e.status == BatchStatus.COMPLETED for e in executions)
+    fires = last.store.fires("eod")
+    assert [f["fire_time"] for f in fires] == [
+        fire_at(DAY - dt.timedelta(days=n)) for n in (3, 2, 1, 0)
+    ]
+    assert [f["outcome"] for f in fires] == ["claimed", "started", "started", "started"]
+
+
+def test_catch_up_latest_fires_only_the_newest_missed_day(nodes: Callable[..., Node]) -> None:
+    node = nodes([daily(catch_up="latest")])
+    node.store.record_fire("eod", fire_at(DAY - dt.timedelta(days=3)))
+    node.scheduler.start()
+    executions = node.started_executions("eod")
+    assert [e.params["date"] for e in executions] == [str((DAY - dt.timedelta(days=1)).date())]
+    assert executions[0].status == BatchStatus.COMPLETED
+
+
+def test_catch_up_none_and_never_fired_schedules_fire_nothing(
+    nodes: Callable[..., Node],
+) -> None:
+    node = nodes([daily("off", catch_up="none"), daily("new", catch_up="all")])
+    node.store.record_fire("off", fire_at(DAY - dt.timedelta(days=3)))
+    node.scheduler.start()
+    assert node.listener.fires == []  # type: ignore[attr-defined]
+    assert node.operator.list_executions("daily") == []
+    assert node.store.last_fire("new") is None  # a new schedule does not fire its past
+
+
+def test_catch_up_keeps_the_newest_fires_beyond_the_limit(nodes: Callable[..., Node]) -> None:
+    every_minute = ScheduleSettings(
+        name="often", job="plain", cron="* * * * *", catch_up="all", timezone="UTC"
+    )
+    node = nodes([every_minute])
+    node.store.record_fire("often", DAY - dt.timedelta(minutes=CATCH_UP_LIMIT + 500))
+    missed = node.scheduler.missed_fire_times("often")
+    assert len(missed) == CATCH_UP_LIMIT
+    assert missed[-1] == DAY.replace(second=0)
+    assert missed[0] == DAY.replace(second=0) - dt.timedelta(minutes=CATCH_UP_LIMIT - 1)
+
+
+# ---------------------------------------------------------------------- real time
+
+
+def test_interval_schedule_fires_on_wall_time(nodes: Callable[..., Node]) -> None:
+    fires = FireLog()
+    every_second = ScheduleSettings(
+        name="tick", job="plain", interval="1s", params={"at": "{fire_time}", "by": "{schedule}"}
+    )
+    # Jitter delays the run, not its name: the fire time stays on the one-second grid.
+    jittered = ScheduleSettings(
+        name="jittered",
+        job="plain",
+        interval="1s",
+        jitter="1s",
+        params={"at": "{fire_time}", "by": "{schedule}"},
+    )
+    paused = ScheduleSettings(name="held", job="plain", interval="1s", paused=True)
+    node = nodes([every_second, jittered, paused], lambda: dt.datetime.now(UTC), fires)
+    deadline = time.monotonic() + 2.9
+    node.scheduler.start()
+    assert fires.wait_for(("tick", "started"), timeout=deadline - time.monotonic())
+    assert fires.wait_for(("jittered", "started"), timeout=deadline - time.monotonic())
+    for name in ("tick", "jittered"):
+        execution = node.started_executions(name)[0]
+        assert execution.status == BatchStatus.COMPLETED
+        # Fire times are whole seconds in the schedule's time zone.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", execution.params["at"])
+    assert "held" not in {name for name, _ in fires.fires}
+
+
+# ------------------------------------------------------------------------ outcomes
+
+
+def test_fire_of_a_completed_instance_is_counted_complete_not_error(
+    nodes: Callable[..., Node],
+) -> None:
+    node = nodes([daily()])
+    node.operator.start("daily", {"date": str((DAY - dt.timedelta(days=1)).date())})
+    assert node.scheduler.fire("eod") == "complete"
+    assert node.scheduler.fire_counts() == {("eod", "complete"): 1}
+    assert node.listener.fires == [("eod", "complete")]  # type: ignore[attr-defined]
+    (fire,) = node.store.fires("eod")
+    assert fire["outcome"] == "complete" and fire["job_execution_id"] is None
+    assert "COMPLETED" in fire["message"]
+    assert len(node.operator.list_executions("daily")) == 1
+
+
+def test_invalid_params_start_nothing_and_the_scheduler_keeps_working(
+    nodes: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    node = nodes(
+        [
+            daily("bad_date", params={"date": "day {fire_date}"}),
+            daily("bad_template", params={"date": "{no_such_variable}"}),
+            daily("no_job", job="not_registered"),
+            daily("good"),
+        ]
+    )
+    node.scheduler.start()
+    assert node.scheduler.fire("bad_date") == "invalid"
+    assert node.scheduler.fire("bad_template") == "invalid"
+    assert node.scheduler.fire("no_job") == "error"
+    assert node.operator.list_executions() == []
+    assert "date" in caplog.text and "no_such_variable" in caplog.text
+    (fire,) = node.store.fires("bad_date")
+    assert fire["outcome"] == "invalid" and "date" in fire["message"]
+
+    assert node.scheduler.fire("good") == "started"
+    (execution,) = node.started_executions("good")
+    assert execution.status == BatchStatus.COMPLETED
+    assert node.scheduler.describe()[3]["last_outcome"] == "started"
+
+
+# ------------------------------------------------------------- pause, resume, fire
+
+
+def test_pause_resume_and_fire_now(nodes: Callable[..., Node]) -> None:
+    node = nodes([daily(), daily("held", paused=True)])
+    scheduler = node.scheduler
+    scheduler.start()
+    assert scheduler.next_fire_times()["held"] is None
+    next_eod = scheduler.next_fire_times()["eod"]
+    assert next_eod is not None and next_eod.tzinfo is not None and next_eod.hour == SAFE_HOUR
+
+    scheduler.pause("eod")
+    assert scheduler.next_fire_times()["eod"] is None
+    assert [s["paused"] for s in scheduler.describe()] == [True, True]
+    scheduler.resume("eod")
+    scheduler.resume("held")
+    assert scheduler.next_fire_times()["eod"] == next_eod
+    assert scheduler.next_fire_times()["held"] == next_eod
+
+    # Fire now: runs even if paused; the same second again is the same fire.
+    scheduler.pause("held")
+    assert scheduler.fire("held") == "started"
+    assert scheduler.fire("held") == "duplicate"
+    (execution,) = node.started_executions("held")
+    assert execution.params == {"date": str((DAY - dt.timedelta(days=1)).date())}
+    described = {s["name"]: s for s in scheduler.describe()}["held"]
+    assert described["last_fire"] == DAY.isoformat()
+    assert described["last_outcome"] == "duplicate"
+    assert described["trigger"] == f"cron 0 {SAFE_HOUR} * * *"
+
+    with pytest.raises(NoSuchSchedule):
+        scheduler.pause("nope")
+    with pytest.raises(NoSuchSchedule):
+        scheduler.fire("nope")
+
+
+def test_fire_time_is_in_the_schedules_time_zone(nodes: Callable[..., Node]) -> None:
+    berlin = ScheduleSettings(
+        name="berlin",
+        job="plain",
+        cron="30 0 * * *",
+        timezone="Europe/Berlin",
+        params={"date": "{fire_date}", "at": "{fire_time:%H:%M %z}", "schedule": "{schedule}"},
+    )
+    node = nodes([berlin], Clock(dt.datetime(2026, 11, 20, 23, 30, tzinfo=UTC)))
+    assert node.scheduler.fire("berlin") == "started"
+    (execution,) = node.started_executions("berlin")
+    assert execution.params == {"date": "2026-11-21", "at": "00:30 +0100", "schedule": "berlin"}
+
+
+# ------------------------------------------------------------------------- reload
+
+
+def test_reconfigure_adds_removes_and_replaces_schedules(nodes: Callable[..., Node]) -> None:
+    keep, gone = daily("keep"), daily("gone")
+    node = nodes([keep, gone])
+    scheduler = node.scheduler
+    scheduler.start()
+    scheduler.pause("keep")  # a run-time pause survives a reload that leaves it unchanged
+
+    added = daily("added", cron=f"15 {SAFE_HOUR} * * 1-5")
+    scheduler.reconfigure([keep, added])
+    assert scheduler.names() == ["keep", "added"]
+    times = scheduler.next_fire_times()
+    assert times["keep"] is None
+    assert times["added"] is not None and times["added"].minute == 15
+    assert times["added"].weekday() < 5
+    with pytest.raises(NoSuchSchedule):
+        scheduler.fire("gone")
+    assert scheduler.fire("added") == "started"
+
+    changed = daily("added", cron=f"45 {SAFE_HOUR} * * *")
+    scheduler.reconfigure([keep, changed])
+    described = {s["name"]: s for s in scheduler.describe()}
+    assert described["added"]["trigger"] == f"cron 45 {SAFE_HOUR} * * *"
+    assert described["added"]["next_fire_time"].endswith(f"{SAFE_HOUR:02d}:45:00+00:00")
+    assert described["keep"]["paused"] is True
+
+    with pytest.raises(ValueError, match="bad cron"):
+        scheduler.reconfigure([daily("broken", cron="61 * * * *")])
+    assert scheduler.names() == ["keep", "added"]  # a bad config changes nothing
+
+
+# ------------------------------------------------------------------- crontab weekdays
+
+
+@pytest.mark.parametrize(
+    ("crontab", "names"),
+    [
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1", "mon"),
+        ("6,0", "sat,sun"),
+        ("5-1", "mon,fri,sat,sun"),  # wraps round the week
+        ("6-7", "sat,sun"),
+        ("0-7", "mon,tue,wed,thu,fri,sat,sun"),
+        ("*/2", "tue,thu,sat,sun"),  # crontab: 0,2,4,6
+        ("1-5/2", "mon,wed,fri"),
+        ("mon-fri", "mon,tue,wed,thu,fri"),
+        ("fri-mon", "mon,fri,sat,sun"),
+        ("*", "*"),
+    ],
+)
+def test_crontab_day_of_week_numbers_sunday_zero(crontab: str, names: str) -> None:
+    assert crontab_day_of_week(crontab) == names
+
+
+@pytest.mark.parametrize("bad", ["8", "mon-xyz", "1-", "L", "1,,2"])
+def test_bad_day_of_week_is_a_value_error(bad: str) -> None:
+    with pytest.raises(ValueError, match="bad cron expression"):
+        validate_schedule(daily(cron=f"0 1 * * {bad}"), "UTC")
+
+
+def next_fires(cron: str, start: dt.datetime, count: int) -> list[dt.datetime]:
+    trigger = build_trigger(daily(cron=cron), "UTC")
+    times: list[dt.datetime] = []
+    previous = None
+    for _ in range(count):
+        previous = trigger.get_next_fire_time(previous, previous or start)
+        times.append(previous)
+    return times
+
+
+def test_cron_weekdays_fire_on_the_crontab_days() -> None:
+    saturday = dt.datetime(2026, 11, 21, tzinfo=UTC)
+    weekdays = next_fires("30 1 * * 1-5", saturday, 6)
+    assert [t.strftime("%a %H:%M") for t in weekdays] == [
+        "Mon 01:30",
+        "Tue 01:30",
+        "Wed 01:30",
+        "Thu 01:30",
+        "Fri 01:30",
+        "Mon 01:30",
+    ]
+    assert [t.strftime("%a") for t in next_fires("0 0 * * 0", saturday, 2)] == ["Sun", "Sun"]
+    assert [t.strftime("%a") for t in next_fires("0 0 * * 7", saturday, 1)] == ["Sun"]
+
+
+def test_restricted_day_of_month_and_week_fire_on_either_as_in_cron() -> None:
+    fires = next_fires("0 0 13 * 5", dt.datetime(2026, 11, 1, tzinfo=UTC), 6)
+    assert [t.date().isoformat() for t in fires] == [
+        "2026-11-06",
+        "2026-11-13",
+        "2026-11-20",
+        "2026-11-27",
+        "2026-12-04",
+        "2026-12-11",
+    ]
+    # 2026-12-13 is a Sunday: the 13th fires whatever its weekday (AND would skip it).
+    sunday_13th, friday = next_fires("0 0 13 * 5", dt.datetime(2026, 12, 12, tzinfo=UTC), 2)
+    assert sunday_13th.strftime("%a %d") == "Sun 13"
+    assert friday.strftime("%a %d") == "Fri 18"
+
+
+def test_only_the_scheduler_module_imports_apscheduler() -> None:
+    package = Path(batchd.__file__).parent
+    importers = [
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+apscheduler\b", path.read_text(), re.MULTILINE)
+    ]
+    assert importers == ["daemon/scheduler.py"]
