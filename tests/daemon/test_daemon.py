@@ -215,63 +215,95 @@ def test_a_second_sigterm_exits_at_once(
     assert time.monotonic() - begun < 5
 
 
+def schedule(name: str, interval: str = "1s") -> str:
+    return (
+        f'[[schedules]]\nname = "{name}"\njob = "dated"\ninterval = "{interval}"\n'
+        'params = { date = "{fire_date}" }\n'
+    )
+
+
 def test_sighup_changes_triggers_without_touching_a_running_job(
     tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    daemon = start_daemon(config(tmp_path, watch(tmp_path)), env={"BATCHD_TEST_DELAY": "0.01"})
+    # Before: watch "numbers" and a schedule that would fire only in an hour.
+    before = watch(tmp_path) + schedule("hourly", "1h")
+    daemon = start_daemon(config(tmp_path, before), env={"BATCHD_TEST_DELAY": "0.01"})
     daemon.notify.wait_for("READY=1")
     drop(tmp_path / "drop-numbers", "long.txt", range(1, 301))
     wait_until(lambda: executions(tmp_path, "count_file"))
-    # New config: the watch is gone, a schedule appears.
-    schedule = (
-        '[[schedules]]\nname = "every_second"\njob = "dated"\ninterval = "1s"\n'
-        'params = { date = "{fire_date}" }\n'
-    )
-    daemon.config_path.write_text(config(tmp_path, schedule))
+    # After: the watch and the schedule are gone; a new watch and a new schedule appear.
+    after = watch(tmp_path, "more") + schedule("every_second")
+    daemon.config_path.write_text(config(tmp_path, after))
     daemon.signal(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
-    wait_until(lambda: executions(tmp_path, "dated"), timeout=10)
-    drop(tmp_path / "drop-numbers", "ignored.txt", range(1, 3))
+    wait_until(lambda: executions(tmp_path, "dated"), timeout=10)  # the new schedule fires
+    drop(tmp_path / "drop-more", "new.txt", range(1, 3))  # the new watch takes files
+    wait_until(lambda: (tmp_path / "drop-more" / "processed" / "new.txt").exists())
+    drop(tmp_path / "drop-numbers", "ignored.txt", range(1, 3))  # the old one does not
     # A bad config on SIGHUP keeps the running one.
     daemon.config_path.write_text(config(tmp_path, "[[schedules]]\nname = 1\n"))
     daemon.signal(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
     assert "reload refused" in daemon.output()
-    long_run = executions(tmp_path, "count_file")[-1]
-    finished = wait_until(
-        lambda: [e for e in executions(tmp_path, "count_file") if e.status == "COMPLETED"],
+    long_run = executions(tmp_path, "count_file")[-1]  # the oldest: long.txt
+    wait_until(
+        lambda: [
+            e
+            for e in executions(tmp_path, "count_file")
+            if e.id == long_run.id and e.status == "COMPLETED"
+        ],
         timeout=30,
-    )
-    assert [e.id for e in finished] == [long_run.id]  # completed, never stopped
-    assert (tmp_path / "drop-numbers" / "ignored.txt").exists()  # the watch is gone
+    )  # completed, never stopped
+    assert all(e.status != "STOPPED" for e in executions(tmp_path, "count_file"))
+    assert (tmp_path / "drop-numbers" / "ignored.txt").exists()
+    assert "hourly" not in daemon.output().split("reloaded")[-1]
     assert daemon.proc.poll() is None
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 
 
-def test_start_up_recovers_executions_of_a_dead_process(
+def test_periodic_recovery_fails_executions_whose_owner_died(
     tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'batchd.db'}"
+    daemon = start_daemon(config(tmp_path, recover_every='"0.5s"'))
+    daemon.notify.wait_for("READY=1")
+    orphan = orphan_execution(tmp_path)
+    recovered = wait_until(
+        lambda: [e for e in executions(tmp_path) if e.id == orphan and e.status == "FAILED"],
+        timeout=10,
+    )
+    assert recovered
+
+
+def orphan_execution(tmp_path: Path) -> int:
+    """An execution left STARTING by a process of this host that is gone."""
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    repo = SqlJobRepository(url)
-    orphan, _ = repo.create_execution(
+    repo = SqlJobRepository(f"sqlite:///{tmp_path / 'batchd.db'}")
+    execution, _ = repo.create_execution(
         job_name="dated",
-        job_key="k",
+        job_key=f"k{time.monotonic_ns()}",
         identifying_params={"date": "2026-11-21"},
         params={"date": "2026-11-21"},
         owner=Owner(socket.gethostname(), int(dead.stdout)),
         decide=lambda last: None,
     )
     repo.dispose()
+    return execution.id
+
+
+def test_start_up_recovers_executions_of_a_dead_process(
+    tmp_path: Path, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    SqlJobRepository(f"sqlite:///{tmp_path / 'batchd.db'}").dispose()
+    orphan = orphan_execution(tmp_path)
     daemon = start_daemon(config(tmp_path))
     daemon.notify.wait_for("READY=1")
-    recovered = next(e for e in executions(tmp_path) if e.id == orphan.id)
+    recovered = next(e for e in executions(tmp_path) if e.id == orphan)
     assert recovered.status == BatchStatus.FAILED
     assert "recovered" in (recovered.exit_message or "")
 
