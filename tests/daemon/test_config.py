@@ -575,12 +575,18 @@ def test_check_config_command_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_passes(tmp_path: Path) -> None:
+    spool = tmp_path / "payments"
+    spool.mkdir()
+    example = (REPO / "etc" / "batchd.toml").read_text()
+    assert '"/var/spool/batchd/payments"' in example
+    config = tmp_path / "batchd.toml"
+    config.write_text(example.replace("/var/spool/batchd/payments", str(spool)))
     result = run_cli(
         "check-config",
         "--config",
-        str(REPO / "etc" / "batchd.toml"),
+        str(config),
         cwd=REPO,
         env={"BATCHD_DATABASE_URL": f"sqlite:///{tmp_path / 'batchd.db'}"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 1 jobs, 1 schedules, 0 watches"
+    assert result.stdout.strip() == "config OK: 2 jobs, 1 schedules, 1 watches"
