@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,18 @@ class SqlTableWriter:
         )
 
 
-def create_output_table(url: str) -> None:
+def create_tables(url: str, *tables: Callable[[MetaData], Table]) -> None:
+    """Create the tables that ``tables`` define, in the database at ``url``."""
+    metadata = MetaData()
+    for define in tables:
+        define(metadata)
     engine = create_engine(url)
-    output_table_md = MetaData()
-    output_table(output_table_md)
-    output_table_md.create_all(engine)
+    metadata.create_all(engine)
     engine.dispose()
+
+
+def create_output_table(url: str) -> None:
+    create_tables(url, output_table)
 
 
 def slow_processor(delay: float) -> Any:
@@ -162,11 +169,7 @@ def target_table(metadata: MetaData | None = None) -> Table:
 
 
 def create_target_table(url: str) -> None:
-    engine = create_engine(url)
-    target_metadata = MetaData()
-    target_table(target_metadata)
-    target_metadata.create_all(engine)
-    engine.dispose()
+    create_tables(url, target_table)
 
 
 def file_jobs(url: str, workdir: Path) -> JobRegistry:
