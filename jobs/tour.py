@@ -1,4 +1,4 @@
-"""A tour of batchd on SQLite, in a fresh temporary directory: ``python -m jobs.demo``.
+"""A tour of the Python API on SQLite, in a fresh temporary directory: ``python -m jobs.tour``.
 
 It runs the end-of-day job for two business dates, shows that a completed date is never
 run again, lets a run fail because its input has not arrived, and restarts it.
