@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
 from batchd import __version__
+from batchd.ctl import (
+    DEFAULT_TIMEOUT,
+    EXIT_ERROR,
+    RENDERERS,
+    ControlClient,
+    ControlError,
+    make_console,
+    socket_path,
+)
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.errors import BatchError
+from batchd.model import BatchStatus
 from batchd.repository import SqlJobRepository, migrate
 
 
@@ -115,6 +130,294 @@ def run(config_path: Path, log_level: str) -> None:
 
     configure_logging(log_level)
     sys.exit(Daemon(config_path).run())
+
+
+# ---------------------------------------------------------------------------- batchd ctl
+
+
+@dataclass
+class _CtlOptions:
+    as_json: bool = False
+    socket: Path | None = None
+    config: Path | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def _ctl_options(function: Callable[..., None]) -> Callable[..., None]:
+    """``--json``, ``--socket``, ``--config`` and ``--timeout``, accepted by ``batchd ctl``
+    and by each of its commands (``batchd ctl --json executions`` or ``... executions
+    --json``); a command's own value wins."""
+
+    @functools.wraps(function)
+    def wrapper(
+        *args: Any,
+        as_json: bool,
+        socket_path: Path | None,
+        ctl_config: Path | None,
+        timeout: float | None,
+        **kwargs: Any,
+    ) -> None:
+        ctx = click.get_current_context()
+        options = ctx.find_object(_CtlOptions) or _CtlOptions()
+        ctx.obj = _CtlOptions(
+            as_json=as_json or options.as_json,
+            socket=socket_path or options.socket,
+            config=ctl_config or options.config,
+            timeout=timeout if timeout is not None else options.timeout,
+        )
+        function(*args, **kwargs)
+
+    for option in reversed(_CTL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+_CTL_OPTIONS = [
+    click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON."),
+    click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The control socket (default: control.socket of the config).",
+    ),
+    click.option(
+        "--config",
+        "ctl_config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The daemon's config, to find its socket (or BATCHD_CONFIG).",
+    ),
+    click.option("--timeout", type=float, help="Seconds to wait for an answer (default 60)."),
+]
+
+
+@main.group("ctl")
+@_ctl_options
+def ctl() -> None:
+    """Talk to the running daemon over its control socket.
+
+    Tables for people, --json for scripts. Exit status 0 on success; 1 with
+    "batchd: <Type>: <message>" on stderr when the daemon answers with an error; 69 when it
+    cannot be reached. Times are shown in local time.
+    """
+
+
+def _call(op: str, **args: Any) -> Any:
+    """Send one request with the ctl options in effect; print its result; exit non-zero
+    with the error on stderr if it fails."""
+    options = click.get_current_context().find_object(_CtlOptions) or _CtlOptions()
+    try:
+        path = socket_path(options.socket, options.config)
+        with ControlClient(path, timeout=options.timeout) as client:
+            result = client.call(op, **args)
+    except ControlError as problem:
+        _fail(problem.type, problem.message, problem.exit_status)
+    if options.as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        RENDERERS[op](make_console(), result)
+    return result
+
+
+def _fail(type_: str, message: str, status: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"batchd: {type_}: {message}", err=True)
+    sys.exit(status)
+
+
+def _key_values(pairs: tuple[str, ...]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected NAME=VALUE, not {pair!r}", param_hint="--param")
+        values[key] = value
+    return values
+
+
+def _params(params_json: str | None, pairs: tuple[str, ...]) -> dict[str, Any]:
+    """Parameters from a JSON object argument, with ``--param NAME=VALUE`` over it."""
+    values: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as problem:
+            raise click.BadParameter(f"not JSON: {problem}", param_hint="PARAMS") from None
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="PARAMS")
+        values.update(loaded)
+    values.update(_key_values(pairs))
+    return values
+
+
+PARAM = click.option(
+    "--param",
+    "param_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A job parameter (a string); repeat for more.",
+)
+
+
+@ctl.command("ping")
+@_ctl_options
+def ctl_ping() -> None:
+    """Is the daemon up? Its version, pid, uptime and database state."""
+    _call("ping")
+
+
+@ctl.command("jobs")
+@_ctl_options
+def ctl_jobs() -> None:
+    """The registered jobs."""
+    _call("jobs")
+
+
+@ctl.command("schedules")
+@_ctl_options
+def ctl_schedules() -> None:
+    """The schedules, with their next and last fires."""
+    _call("schedules")
+
+
+@ctl.command("executions")
+@click.argument("job_argument", metavar="[JOB]", required=False)
+@click.option("--job", help="Only this job's executions.")
+@click.option(
+    "--status",
+    type=click.Choice([status.value for status in BatchStatus], case_sensitive=False),
+    help="Only executions with this status.",
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@_ctl_options
+def ctl_executions(
+    job_argument: str | None, job: str | None, status: str | None, limit: int
+) -> None:
+    """Executions, newest first, with the progress of running ones."""
+    _call("executions", job=job or job_argument, status=status and status.upper(), limit=limit)
+
+
+@ctl.command("execution")
+@click.argument("execution_id", type=int)
+@_ctl_options
+def ctl_execution(execution_id: int) -> None:
+    """One execution and its steps."""
+    _call("execution", id=execution_id)
+
+
+@ctl.command("start")
+@click.argument("job")
+@click.argument("params_json", metavar="[PARAMS]", required=False)
+@PARAM
+@_ctl_options
+def ctl_start(job: str, params_json: str | None, param_pairs: tuple[str, ...]) -> None:
+    """Start JOB with PARAMS (a JSON object) and/or --param NAME=VALUE; returns at once."""
+    _call("start", job=job, params=_params(params_json, param_pairs))
+
+
+@ctl.command("stop")
+@click.argument("job_or_id")
+@_ctl_options
+def ctl_stop(job_or_id: str) -> None:
+    """Stop the running executions of a job (by name) or one execution (by id)."""
+    _call("stop", job=job_or_id)
+
+
+@ctl.command("restart")
+@click.argument("job_or_id")
+@_ctl_options
+def ctl_restart(job_or_id: str) -> None:
+    """Restart a job's newest instance (by name) or an execution's instance (by id)."""
+    _call("restart", job=job_or_id)
+
+
+@ctl.command("abandon")
+@click.argument("execution_id", type=int)
+@_ctl_options
+def ctl_abandon(execution_id: int) -> None:
+    """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it is never restarted."""
+    _call("abandon", id=execution_id)
+
+
+@ctl.command("pause")
+@click.argument("schedule")
+@_ctl_options
+def ctl_pause(schedule: str) -> None:
+    """Stop firing a schedule until it is resumed."""
+    _call("pause", schedule=schedule)
+
+
+@ctl.command("resume")
+@click.argument("schedule")
+@_ctl_options
+def ctl_resume(schedule: str) -> None:
+    """Fire a paused schedule on time again."""
+    _call("resume", schedule=schedule)
+
+
+@ctl.command("fire")
+@click.argument("schedule")
+@_ctl_options
+def ctl_fire(schedule: str) -> None:
+    """Fire a schedule now (paused or not)."""
+    _call("fire", schedule=schedule)
+
+
+@ctl.command("backfill")
+@click.argument("job")
+@click.option("--from", "first", required=True, metavar="DATE", help="First date (ISO).")
+@click.option("--to", "last", required=True, metavar="DATE", help="Last date (ISO), included.")
+@click.option(
+    "--date-param", default="date", show_default=True, help="The parameter that takes the date."
+)
+@click.option("--params", "params_json", metavar="JSON", help="Other parameters, as JSON.")
+@PARAM
+@click.option("--max-concurrent", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Only show which dates would run.")
+@_ctl_options
+def ctl_backfill(
+    job: str,
+    first: str,
+    last: str,
+    date_param: str,
+    params_json: str | None,
+    param_pairs: tuple[str, ...],
+    max_concurrent: int,
+    dry_run: bool,
+) -> None:
+    """Run JOB for every date from --from to --to, skipping dates already complete."""
+    _call(
+        "backfill",
+        job=job,
+        param=date_param,
+        params=_params(params_json, param_pairs),
+        max_concurrent=max_concurrent,
+        dry_run=dry_run,
+        **{"from": first, "to": last},
+    )
+
+
+@ctl.command("reload")
+@_ctl_options
+def ctl_reload() -> None:
+    """Reload the config (as SIGHUP does); fails if the new config is bad."""
+    result = _call("reload")
+    if not result.get("accepted"):
+        _fail("ReloadRefused", "the new config is bad; batchd keeps the running one (see its log)")
+
+
+@ctl.command("recover")
+@_ctl_options
+def ctl_recover() -> None:
+    """Mark FAILED the running executions whose owner is gone."""
+    _call("recover")
+
+
+@ctl.command("purge")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Keep this many days.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@_ctl_options
+def ctl_purge(days: int, dry_run: bool) -> None:
+    """Delete the history of complete instances that ended more than --days days ago."""
+    _call("purge", days=days, dry_run=dry_run)
 
 
 # ---------------------------------------------------------------------------- helpers

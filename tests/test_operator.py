@@ -490,3 +490,17 @@ def test_wait_times_out(operator: JobOperator, registry: JobRegistry) -> None:
         operator.wait(execution.id, timeout=0.1)
     release.set()
     assert operator.wait(execution.id, timeout=10).status == BatchStatus.COMPLETED
+
+
+def test_start_async_returns_the_execution_as_created(
+    operator: JobOperator, registry: JobRegistry
+) -> None:
+    registry.register(
+        JobBuilder("quick").step(StepBuilder("s").tasklet(lambda ctx: None).build()).build()
+    )
+    for day in range(1, 21):
+        execution = operator.start_async("quick", {"date": f"2026-11-{day:02d}"})
+        operator.wait(execution.id, timeout=10)
+        # Even once the run has ended, the returned record still says what start_async saw.
+        assert execution.status == BatchStatus.STARTING
+        assert execution.step_executions == []

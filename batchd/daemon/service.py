@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
+from batchd.daemon.control import ControlServer
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # sysexits.h: the database could not be reached (systemd restarts the unit for it).
 EX_UNAVAILABLE = 69
+# sysexits.h: the control socket cannot be created.
+EX_CANTCREAT = 73
 # A second SIGTERM/SIGINT while stopping: leave at once.
 EX_FORCED = 1
 
@@ -81,6 +84,13 @@ class Daemon:
             len(settings.watches),
             repository.url.render_as_string(hide_password=True),
         )
+        self.control = ControlServer(self)
+        try:
+            self.control.start()
+        except OSError as error:
+            log.error("cannot open the control socket: %s", error)
+            self._shutdown("no control socket")
+            return EX_CANTCREAT
         self.notifier.ready(self._status())
         return self._serve()
 
@@ -137,7 +147,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
+        """Reload the config; False (keeping the running one) when the new one is bad."""
         self.notifier.reloading()
         log.info("SIGHUP: reloading %s", self.config_path)
         try:
@@ -145,7 +156,7 @@ class Daemon:
         except ConfigError as error:
             log.error("reload refused, keeping the running config:\n%s", error)
             self.notifier.ready(self._status())
-            return
+            return False
         self._warn_about_restart_only_settings(settings)
         self.scheduler.reconfigure(settings.schedules)
         self.watcher.reconfigure(settings.watches)
@@ -156,6 +167,7 @@ class Daemon:
             "reloaded: %d schedules, %d watches", len(settings.schedules), len(settings.watches)
         )
         self.notifier.ready(self._status())
+        return True
 
     def _warn_about_restart_only_settings(self, new: Settings) -> None:
         for key in ("database_url", "max_concurrent_jobs", "control", "metrics", "heartbeat"):
@@ -165,6 +177,7 @@ class Daemon:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self, reason: str) -> int:
+        self.control.close()
         # From now on a second stop signal leaves at once.
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _exit_at_once)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -242,8 +243,11 @@ class JobOperator:
     def _run_later(
         self, job: Job, execution: JobExecution, job_params: JobParameters
     ) -> JobExecution:
+        # The caller gets the execution as created (STARTING); the runner thread changes
+        # its own copy from here on.
+        as_created = copy.deepcopy(execution)
         self._pool.submit(self._run, job, execution, job_params)
-        return execution
+        return as_created
 
     def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
         handle = self._handles[execution.id]

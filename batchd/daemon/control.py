@@ -1,0 +1,663 @@
+"""The control socket: JSON lines over a Unix stream socket (DESIGN §4).
+
+One thread accepts connections; each connection gets its own thread, so a client that is
+slow, silent or stuck holds up nobody but itself. A connection may send several requests,
+one per line, and gets one response line for each, in order. The first request must arrive
+whole within ``read_timeout`` seconds of the connection, and every later one within
+``read_timeout`` of its first byte: a client that sends nothing, or half a line, is dropped
+after that. Between requests a client may stay silent for ``idle_timeout`` seconds.
+
+Peers are checked with ``SO_PEERCRED`` before anything is read: root, the daemon's own
+user, users named in ``control.allowed_users`` and members of ``control.allowed_groups``
+(primary or supplementary group) may talk to the daemon; others get one
+``PermissionDenied`` response and are disconnected.
+
+What each operation takes and answers is in :mod:`batchd.daemon.protocol` and the
+``_op_*`` methods below.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+
+from batchd import __version__
+from batchd.daemon.protocol import (
+    BAD_REQUEST,
+    BUSY,
+    INTERNAL_ERROR,
+    MAX_BACKFILL_DAYS,
+    MAX_REQUEST_BYTES,
+    PERMISSION_DENIED,
+    REQUEST_TOO_LARGE,
+    ProtocolError,
+    encode,
+    error,
+    execution_view,
+    iso,
+    ok,
+    parse_request,
+)
+from batchd.errors import BatchError
+from batchd.model import BatchStatus
+
+if TYPE_CHECKING:
+    from batchd.daemon.service import Daemon
+
+log = logging.getLogger(__name__)
+
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_MAX_SUN_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
+INVALID_OP = "invalid"  # the ``op`` reported to the listener for unparseable requests
+DENIED_OP = "denied"  # ... and for peers that are refused
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    pid, uid, gid = _CREDENTIALS.unpack(raw)
+    return pid, uid, gid
+
+
+def _ids(names: list[str], lookup: Callable[[str], int]) -> set[int]:
+    """Numeric ids of user or group names (a string of digits is an id already)."""
+    found = set()
+    for name in names:
+        if name.isdigit():
+            found.add(int(name))
+            continue
+        try:
+            found.add(lookup(name))
+        except KeyError:
+            log.warning("control socket: no user or group named %r on this host", name)
+    return found
+
+
+def peer_allowed(
+    uid: int, gid: int, *, allowed_users: list[str], allowed_groups: list[str]
+) -> bool:
+    """Whether a peer running as ``uid`` (with primary group ``gid``) may use the socket:
+    root and the daemon's own user always may; others if their user is in
+    ``allowed_users`` or one of their groups in ``allowed_groups``."""
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        user: pwd.struct_passwd | None = pwd.getpwuid(uid)
+    except KeyError:
+        user = None  # a uid without a name (a container's, say): only its gid can match
+    if uid in _ids(allowed_users, lambda name: pwd.getpwnam(name).pw_uid):
+        return True
+    if not allowed_groups:
+        return False
+    groups = {gid}
+    if user is not None:
+        groups.update(os.getgrouplist(user.pw_name, user.pw_gid))
+    return bool(groups & _ids(allowed_groups, lambda name: grp.getgrnam(name).gr_gid))
+
+
+class ControlServer:
+    """Serves the control socket of a running :class:`~batchd.daemon.service.Daemon`.
+
+    ``listener``, if it has ``on_control_request(op, outcome)``, hears every request
+    (``outcome`` ``"ok"`` or ``"error"``; ``op`` is ``"invalid"`` for a request that names no
+    known operation or cannot be read, ``"denied"`` for a refused peer).
+    """
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        listener: object | None = None,
+        *,
+        read_timeout: float = 5.0,
+        idle_timeout: float = 60.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.daemon = daemon
+        self.listener = listener
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        control = daemon.settings.control
+        self.path = Path(control.socket)
+        self.mode = int(control.mode, 8)
+        self.allowed_users = list(control.allowed_users)
+        self.allowed_groups = list(control.allowed_groups)
+        self.started_at = time.monotonic()
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, Callable[..., Any]] = {
+            name.removeprefix("_op_"): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("_op_")
+        }
+
+    # ------------------------------------------------------------------ socket
+
+    def start(self) -> None:
+        """Create the socket (mode ``control.mode``) and serve it on a background thread.
+        OSError if it cannot be created or another process already listens on it."""
+        self._sock = self._listen()
+        self._thread = threading.Thread(
+            target=self._accept_loop, name="batchd-control", daemon=True
+        )
+        self._thread.start()
+        log.info("control socket %s (mode %04o)", self.path, self.mode)
+
+    def _listen(self) -> socket.socket:
+        path = self.path
+        if len(os.fsencode(path)) > _MAX_SUN_PATH:
+            raise OSError(f"control socket path {path} is longer than {_MAX_SUN_PATH} bytes")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bind under a temporary name, set the mode, then rename: the socket never
+        # exists under its real name with a mode looser than the configured one.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        if len(os.fsencode(temporary)) > _MAX_SUN_PATH:
+            temporary = path
+        try:
+            if temporary != path:
+                temporary.unlink(missing_ok=True)
+            sock.bind(os.fspath(temporary))
+            os.chmod(temporary, self.mode)
+            if temporary != path:
+                os.rename(temporary, path)
+            info = os.stat(path)
+            self._inode = (info.st_dev, info.st_ino)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            if temporary != path:
+                temporary.unlink(missing_ok=True)
+            raise
+        return sock
+
+    @staticmethod
+    def _remove_stale_socket(path: Path) -> None:
+        """Remove a socket file nobody listens on (left by a daemon that was killed)."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            raise OSError(f"{path} exists and is not a socket: not removing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fspath(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            log.info("removed the stale control socket %s", path)
+            return
+        finally:
+            probe.close()
+        raise OSError(f"another process already listens on the control socket {path}")
+
+    def close(self) -> None:
+        """Stop accepting, disconnect every client and remove the socket file."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+            self._remove_own_socket_file()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the connection's thread
+            except OSError:
+                pass
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._sock is not None:
+            log.info("control socket %s closed", self.path)
+
+    def _remove_own_socket_file(self) -> None:
+        # Only if it is still ours: a newer daemon may have taken the path over.
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino) == self._inode:
+            self.path.unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- connections
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self._sock, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._closing.is_set():
+                try:
+                    ready = selector.select()
+                    if any(key.fileobj is self._wake_r for key, _ in ready):
+                        return
+                    self._accept()
+                except Exception:
+                    # Out of file descriptors, say: log, breathe, and keep serving.
+                    log.exception("control socket: accepting a connection failed")
+                    time.sleep(0.1)
+        finally:
+            selector.close()
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(True)
+        with self._lock:
+            busy = len(self._connections) >= self.max_connections
+            if not busy:
+                self._connections.add(conn)
+        if busy:
+            log.warning(
+                "control socket: %d connections already; refusing one", len(self._connections)
+            )
+            self._count(INVALID_OP, "error")
+            self._send_and_close(conn, error(BUSY, "too many control connections; try again"))
+            return
+        threading.Thread(
+            target=self._serve_connection, args=(conn,), name="batchd-control-client", daemon=True
+        ).start()
+
+    @staticmethod
+    def _send_and_close(conn: socket.socket, response: dict[str, Any]) -> None:
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(encode(response))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        try:
+            self._converse(conn)
+        except OSError as problem:  # the client went away, or stopped reading
+            log.debug("control client dropped: %s", problem)
+        except Exception:
+            log.exception("control socket: a connection failed")
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _converse(self, conn: socket.socket) -> None:
+        pid, uid, gid = peer_credentials(conn)
+        if not peer_allowed(
+            uid, gid, allowed_users=self.allowed_users, allowed_groups=self.allowed_groups
+        ):
+            log.warning("control socket: refused pid %d uid %d gid %d", pid, uid, gid)
+            self._count(DENIED_OP, "error")
+            message = (
+                f"uid {uid} may not use the batchd control socket (allow the user in "
+                "control.allowed_users or a group in control.allowed_groups)"
+            )
+            self._last_word(conn, error(PERMISSION_DENIED, message))
+            return
+        peer = f"pid {pid} uid {uid}"
+        for line in self._lines(conn, peer):
+            response = self.handle(line, peer=peer)
+            try:
+                data = encode(response)
+            except (TypeError, ValueError) as problem:  # a result JSON cannot hold
+                log.exception("control: cannot encode a response")
+                data = encode(error(INTERNAL_ERROR, f"cannot encode the response: {problem}"))
+            conn.settimeout(self.read_timeout)
+            conn.sendall(data)
+
+    def _lines(self, conn: socket.socket, peer: str) -> Iterator[bytes]:
+        """Request lines as they arrive, until EOF, a timeout or an oversized request
+        (which is answered here). The first request, and every request once its first
+        byte has arrived, must be complete within ``read_timeout``; between requests a
+        client may stay silent for ``idle_timeout``."""
+        buffer = bytearray()
+        served = 0
+        deadline = time.monotonic() + self.read_timeout
+        while not self._closing.is_set():
+            newline = buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(buffer[:newline])
+                del buffer[: newline + 1]
+                line = line[:-1] if line.endswith(b"\r") else line
+                if len(line) > MAX_REQUEST_BYTES:
+                    self._too_large(conn)
+                    return
+                yield line
+                served += 1
+                wait = self.read_timeout if buffer else self.idle_timeout
+                deadline = time.monotonic() + wait
+                continue
+            if len(buffer) > MAX_REQUEST_BYTES + 1:  # +1: a trailing \r is allowed
+                self._too_large(conn)
+                return
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                conn.settimeout(remaining)
+                chunk = conn.recv(MAX_REQUEST_BYTES)
+            except TimeoutError:
+                if buffer:
+                    self._dropped(peer, buffer, "sent half a request and then nothing")
+                elif not served:
+                    self._dropped(peer, buffer, "connected and sent nothing")
+                else:
+                    log.debug("control client %s idle for %gs: closed", peer, self.idle_timeout)
+                return
+            if not chunk:
+                if buffer:
+                    self._dropped(peer, buffer, "disconnected in the middle of a request")
+                return
+            if not buffer:  # a request begins: it must be complete within read_timeout
+                deadline = time.monotonic() + self.read_timeout
+            buffer += chunk
+
+    def _too_large(self, conn: socket.socket) -> None:
+        """Answer an oversized request and give up the connection: what follows it cannot
+        be trusted to start a new request."""
+        self._count(INVALID_OP, "error")
+        message = f"request line longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
+        self._last_word(conn, error(REQUEST_TOO_LARGE, message))
+
+    @staticmethod
+    def _last_word(conn: socket.socket, response: dict[str, Any]) -> None:
+        """Send a final response, then read (and drop) what the client is still sending
+        for a moment before the connection closes: a client that is still writing its
+        request then gets to read the answer instead of a broken pipe."""
+        conn.settimeout(1.0)
+        conn.sendall(encode(response))
+        conn.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 0.5
+        drained = 0
+        while drained < 4 * MAX_REQUEST_BYTES and time.monotonic() < deadline:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = conn.recv(MAX_REQUEST_BYTES)
+            except (TimeoutError, OSError):
+                return
+            if not chunk:
+                return
+            drained += len(chunk)
+
+    def _dropped(self, peer: str, buffer: bytearray, why: str) -> None:
+        log.info("control client %s %s (%d bytes pending): dropped", peer, why, len(buffer))
+        self._count(INVALID_OP, "error")
+
+    # ---------------------------------------------------------------- requests
+
+    def handle(self, line: bytes, *, peer: str = "?") -> dict[str, Any]:
+        """The response to one request line. Never raises."""
+        op = INVALID_OP
+        try:
+            request = parse_request(line)
+            op = request.op
+            if op not in _READ_ONLY:
+                log.info("control: %s from %s %s", op, peer, _summary(request.args))
+            response = ok(self._handlers[op](**request.args))
+        except ProtocolError as problem:
+            op = problem.op or op
+            response = error(problem.type, problem.message)
+        except BatchError as problem:
+            response = error(type(problem).__name__, str(problem))
+        except Exception as problem:
+            log.exception("control: %s failed", op)
+            response = error(INTERNAL_ERROR, f"{type(problem).__name__}: {problem}")
+        self._count(op, "ok" if response["ok"] else "error")
+        return response
+
+    def _count(self, op: str, outcome: str) -> None:
+        hook = getattr(self.listener, "on_control_request", None)
+        if callable(hook):
+            try:
+                hook(op, outcome)
+            except Exception:
+                log.exception("control listener failed in on_control_request")
+
+    # -------------------------------------------------------------- operations
+
+    def _op_ping(self) -> dict[str, Any]:
+        try:
+            with self.daemon.operator.repository.reading() as conn:
+                conn.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception as problem:
+            lines = str(problem).strip().splitlines()
+            database = f"{type(problem).__name__}: {lines[0] if lines else ''}"
+        return {
+            "pong": True,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
+            "database": database,
+        }
+
+    def _op_jobs(self) -> dict[str, Any]:
+        return {"jobs": [job.describe() for job in self.daemon.operator.registry.jobs()]}
+
+    def _op_schedules(self) -> dict[str, Any]:
+        return {"schedules": self.daemon.scheduler.describe()}
+
+    def _op_executions(
+        self, job: str | None, status: BatchStatus | None, limit: int
+    ) -> dict[str, Any]:
+        found = self.daemon.operator.list_executions(job_name=job, status=status, limit=limit)
+        return {"executions": [execution_view(execution) for execution in found]}
+
+    def _op_execution(self, id: int) -> dict[str, Any]:
+        return execution_view(self.daemon.operator.get_execution(id))
+
+    def _op_start(self, job: str, params: dict[str, Any] | str) -> dict[str, Any]:
+        created = self.daemon.operator.start_async(job, params)
+        return self._fresh_view(created.id)
+
+    def _op_stop(self, job: str | int | None, id: int | None) -> dict[str, Any]:
+        target = job if job is not None else id
+        assert target is not None
+        stopped = self.daemon.operator.stop(target)
+        return {"stopped": [execution_view(execution) for execution in stopped]}
+
+    def _op_restart(self, job: str | int | None, id: int | None) -> dict[str, Any]:
+        target = job if job is not None else id
+        assert target is not None
+        created = self.daemon.operator.restart_async(target)
+        return self._fresh_view(created.id)
+
+    def _fresh_view(self, execution_id: int) -> dict[str, Any]:
+        # Read back rather than send the record start_async returned: the job's thread
+        # may already be updating that very object.
+        return execution_view(self.daemon.operator.get_execution(execution_id))
+
+    def _op_abandon(self, id: int) -> dict[str, Any]:
+        return execution_view(self.daemon.operator.abandon(id))
+
+    def _op_pause(self, schedule: str) -> dict[str, Any]:
+        self.daemon.scheduler.pause(schedule)
+        return {"schedule": schedule, "paused": True}
+
+    def _op_resume(self, schedule: str) -> dict[str, Any]:
+        self.daemon.scheduler.resume(schedule)
+        return {"schedule": schedule, "paused": False}
+
+    def _op_fire(self, schedule: str) -> dict[str, Any]:
+        outcome = self.daemon.scheduler.fire(schedule)
+        last = self.daemon.scheduler.last_result(schedule)
+        return {
+            "schedule": schedule,
+            "outcome": outcome,
+            "fire_time": iso(last.fire_time) if last is not None else None,
+            "execution_id": last.execution_id if last is not None else None,
+            "params": last.params if last is not None else None,
+            "message": last.message if last is not None else None,
+        }
+
+    def _op_backfill(
+        self,
+        job: str,
+        first: date,
+        last: date,
+        param: str,
+        params: dict[str, Any],
+        max_concurrent: int,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        if last < first:
+            raise ProtocolError(BAD_REQUEST, f"'to' ({last}) is before 'from' ({first})")
+        days = (last - first).days + 1
+        if days > MAX_BACKFILL_DAYS:
+            raise ProtocolError(
+                BAD_REQUEST, f"{days} dates is more than one backfill runs ({MAX_BACKFILL_DAYS})"
+            )
+        operator = self.daemon.operator
+        repository = operator.repository
+        definition = operator.registry.get(job)
+        to_run: list[tuple[str, dict[str, Any]]] = []
+        skipped: list[dict[str, Any]] = []
+        for offset in range(days):
+            day = (first + timedelta(days=offset)).isoformat()
+            values = {**params, param: day}
+            key = definition.parameters(values).job_key  # InvalidJobParameters: nothing runs
+            instance = repository.find_instance(job, key)
+            previous = (
+                repository.last_execution_of_instance(instance.id) if instance is not None else None
+            )
+            if previous is not None and (
+                previous.status in (BatchStatus.COMPLETED, BatchStatus.ABANDONED)
+                or previous.status.is_running
+            ):
+                skipped.append(
+                    {"date": day, "status": previous.status.value, "execution_id": previous.id}
+                )
+            else:
+                to_run.append((day, values))
+        if to_run and not dry_run:
+            threading.Thread(
+                target=self._backfill,
+                args=(job, to_run, max_concurrent),
+                name=f"batchd-backfill-{job}",
+                daemon=True,
+            ).start()
+        return {
+            "job": job,
+            "param": param,
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "dry_run": dry_run,
+            "max_concurrent": max_concurrent,
+            "dates": [day for day, _ in to_run],
+            "skipped": skipped,
+        }
+
+    def _backfill(
+        self, job: str, to_run: list[tuple[str, dict[str, Any]]], max_concurrent: int
+    ) -> None:
+        """Start ``job`` for each date, at most ``max_concurrent`` running at once."""
+        operator = self.daemon.operator
+        running: list[int] = []
+        started = failed = 0
+        log.info("backfill of %s: %d dates, %d at a time", job, len(to_run), max_concurrent)
+        for day, values in to_run:
+            while len(running) >= max_concurrent and not self._closing.is_set():
+                running = [i for i in running if not self._ended(i, timeout=0.5)]
+            if self._closing.is_set():
+                log.warning("backfill of %s interrupted by shutdown before %s", job, day)
+                return
+            try:
+                execution = operator.start_async(job, values)
+            except Exception as problem:
+                failed += 1
+                log.warning("backfill of %s for %s not started: %s", job, day, problem)
+                continue
+            started += 1
+            running.append(execution.id)
+        while running and not self._closing.is_set():
+            running = [i for i in running if not self._ended(i, timeout=0.5)]
+        log.info("backfill of %s done: %d started, %d not started", job, started, failed)
+
+    def _ended(self, execution_id: int, *, timeout: float) -> bool:
+        try:
+            self.daemon.operator.wait(execution_id, timeout=timeout)
+        except TimeoutError:
+            return False
+        except Exception:
+            log.exception("backfill: cannot follow execution %d", execution_id)
+        return True
+
+    def _op_reload(self) -> dict[str, Any]:
+        with self._reload_lock:
+            accepted = self.daemon._reload()
+        settings = self.daemon.settings
+        return {
+            "accepted": accepted,
+            "schedules": len(settings.schedules),
+            "watches": len(settings.watches),
+        }
+
+    def _op_recover(self) -> dict[str, Any]:
+        recovered = self.daemon.operator.recover(lease=self.daemon.settings.lease)
+        for execution in recovered:
+            log.warning(
+                "job execution %d (%s %s) FAILED by recovery: %s",
+                execution.id,
+                execution.job_name,
+                execution.params,
+                execution.exit_message,
+            )
+        return {"recovered": [execution_view(execution) for execution in recovered]}
+
+    def _op_purge(self, days: int, dry_run: bool) -> dict[str, Any]:
+        repository = self.daemon.operator.repository
+        before = repository.clock() - timedelta(days=days)
+        counts = repository.purge(before, dry_run=dry_run)
+        return {
+            "days": days,
+            "before": iso(before),
+            "dry_run": dry_run,
+            "executions": counts.executions,
+            "step_executions": counts.step_executions,
+            "instances": counts.instances,
+        }
+
+
+# Operations that change nothing: not logged at INFO level (monitoring polls them).
+_READ_ONLY = frozenset({"ping", "jobs", "schedules", "executions", "execution"})
+
+
+def _summary(args: dict[str, Any]) -> str:
+    shown = {key: value for key, value in args.items() if value is not None}
+    return " ".join(f"{key}={value}" for key, value in shown.items())
+
+
+__all__ = ["ControlServer", "peer_allowed", "peer_credentials"]

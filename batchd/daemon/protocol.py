@@ -1,0 +1,322 @@
+"""The control socket's protocol: JSON lines, one request and one response per line.
+
+A request is a JSON object ``{"v": 1, "op": "<operation>", <arguments>...}`` on one line of at
+most :data:`MAX_REQUEST_BYTES` bytes; ``v`` may be left out (it defaults to 1). A response is
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"type": ..., "message": ...}}``.
+
+This module parses and validates requests (:func:`parse_request`, which raises
+:class:`ProtocolError` with the error type to send) and turns records into their JSON form
+(:func:`execution_view`). It does no I/O: the server is ``batchd.daemon.control``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from batchd.model import BatchStatus, JobExecution, StepExecution
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 65536  # a request line longer than this (newline excluded) is refused
+MAX_LIMIT = 1000  # most executions one ``executions`` request returns
+MAX_BACKFILL_DAYS = 3660  # about ten years: a typo in a year must not start 100,000 runs
+MAX_BACKFILL_CONCURRENCY = 64
+_MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names no execution
+_MAX_NAME = 200  # job and schedule names are String(200) in the repository
+_SHOWN = 60  # characters of a bad value repeated in an error message
+
+# Error types the protocol itself sends (errors of batchd keep their class name).
+BAD_REQUEST = "BadRequest"
+REQUEST_TOO_LARGE = "RequestTooLarge"
+UNKNOWN_OPERATION = "UnknownOperation"
+UNSUPPORTED_VERSION = "UnsupportedVersion"
+PERMISSION_DENIED = "PermissionDenied"
+BUSY = "Busy"
+INTERNAL_ERROR = "InternalError"
+
+
+class ProtocolError(Exception):
+    """A request that cannot be carried out as sent; ``type`` is the error type to answer."""
+
+    def __init__(self, type_: str, message: str, op: str | None = None) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.op = op  # the operation, when the request named a known one
+
+
+def shown(value: Any) -> str:
+    """A short ``repr`` of a value from a request, for error messages."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+# ------------------------------------------------------------------------------ arguments
+
+Check = Callable[[str, Any], Any]
+
+
+def _bad(name: str, expected: str, value: Any) -> ProtocolError:
+    return ProtocolError(BAD_REQUEST, f"argument {name!r} must be {expected}, not {shown(value)}")
+
+
+def _name(name: str, value: Any) -> str:
+    """A job or schedule name: a non-empty string without control characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(name, "a non-empty string", value)
+    if len(value) > _MAX_NAME or not value.isprintable():
+        raise _bad(name, f"a printable name of at most {_MAX_NAME} characters", value)
+    return value
+
+
+def _execution_id(name: str, value: Any) -> int:
+    """An execution id: a positive integer, or a string of digits."""
+    if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+        raise _bad(name, "an execution id (a positive integer)", value)
+    return value
+
+
+def _job_or_id(name: str, value: Any) -> str | int:
+    """DESIGN §3.1: an int or a string of digits is an execution id, else a job name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _execution_id(name, value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return _execution_id(name, value)
+    if not isinstance(value, str):
+        raise _bad(name, "a job name or an execution id", value)
+    return _name(name, value)
+
+
+def _params(name: str, value: Any) -> dict[str, Any] | str:
+    """Job parameters: a JSON object, or a string holding one (the job validates it)."""
+    if isinstance(value, dict | str):
+        return value
+    raise _bad(name, "a JSON object (or a string of one)", value)
+
+
+def _object(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(name, "a JSON object", value)
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(name, "true or false", value)
+    return value
+
+
+def _status(name: str, value: Any) -> BatchStatus:
+    if isinstance(value, str) and value in BatchStatus.__members__:
+        return BatchStatus(value)
+    raise _bad(name, "one of " + ", ".join(BatchStatus.__members__), value)
+
+
+def _iso_date(name: str, value: Any) -> date:
+    if isinstance(value, str) and len(value) <= 10:
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _bad(name, "an ISO date like 2026-11-21", value)
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _bad(name, f"an integer from {low} to {high}", value)
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an operation: how to check it, whether it must be given, its default
+    and, when the wire name is a Python keyword, the name the handler receives it as."""
+
+    check: Check
+    required: bool = False
+    default: Any = None
+    dest: str | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An operation's arguments; ``one_of`` names arguments of which exactly one is given."""
+
+    args: Mapping[str, Arg] = field(default_factory=dict)
+    one_of: tuple[str, ...] = ()
+
+
+OPERATIONS: dict[str, Operation] = {
+    "ping": Operation(),
+    "jobs": Operation(),
+    "schedules": Operation(),
+    "executions": Operation(
+        {
+            "job": Arg(_name),
+            "status": Arg(_status),
+            "limit": Arg(_integer(1, MAX_LIMIT), default=50),
+        }
+    ),
+    "execution": Operation({"id": Arg(_execution_id, required=True)}),
+    "start": Operation({"job": Arg(_name, required=True), "params": Arg(_params, default={})}),
+    "stop": Operation({"job": Arg(_job_or_id), "id": Arg(_execution_id)}, one_of=("job", "id")),
+    "restart": Operation({"job": Arg(_job_or_id), "id": Arg(_execution_id)}, one_of=("job", "id")),
+    "abandon": Operation({"id": Arg(_execution_id, required=True)}),
+    "pause": Operation({"schedule": Arg(_name, required=True)}),
+    "resume": Operation({"schedule": Arg(_name, required=True)}),
+    "fire": Operation({"schedule": Arg(_name, required=True)}),
+    "backfill": Operation(
+        {
+            "job": Arg(_name, required=True),
+            "from": Arg(_iso_date, required=True, dest="first"),
+            "to": Arg(_iso_date, required=True, dest="last"),
+            "param": Arg(_name, default="date"),
+            "params": Arg(_object, default={}),
+            "max_concurrent": Arg(_integer(1, MAX_BACKFILL_CONCURRENCY), default=2),
+            "dry_run": Arg(_boolean, default=False),
+        }
+    ),
+    "reload": Operation(),
+    "recover": Operation(),
+    "purge": Operation(
+        {"days": Arg(_integer(1, 100_000), required=True), "dry_run": Arg(_boolean, default=False)}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A valid request: its operation and its checked arguments (defaults filled in), by
+    the names the operation's handler takes."""
+
+    op: str
+    args: dict[str, Any]
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse and check one request line (without its newline). Raises ProtocolError."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ProtocolError(
+            REQUEST_TOO_LARGE,
+            f"request of {len(line)} bytes is longer than {MAX_REQUEST_BYTES} bytes",
+        )
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ProtocolError(BAD_REQUEST, f"request is not UTF-8: {error}") from None
+    if not text.strip():
+        raise ProtocolError(BAD_REQUEST, "empty request: send one JSON object per line")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError(BAD_REQUEST, f"request is not valid JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            BAD_REQUEST, f"request must be a JSON object, not {type(message).__name__}"
+        )
+    version = message.pop("v", PROTOCOL_VERSION)
+    if isinstance(version, bool) or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            UNSUPPORTED_VERSION,
+            f"protocol version {shown(version)} is not supported (this daemon speaks v=1)",
+        )
+    if "op" not in message:
+        raise ProtocolError(BAD_REQUEST, 'request has no "op" (the operation to carry out)')
+    op = message.pop("op")
+    if not isinstance(op, str):
+        raise ProtocolError(BAD_REQUEST, f'"op" must be a string, not {shown(op)}')
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        raise ProtocolError(
+            UNKNOWN_OPERATION,
+            f"unknown operation {shown(op)}; known: {', '.join(OPERATIONS)}",
+        )
+    try:
+        args = _check_arguments(op, operation, message)
+    except ProtocolError as problem:
+        problem.op = op
+        raise
+    return Request(op, args)
+
+
+def _check_arguments(op: str, operation: Operation, given: dict[str, Any]) -> dict[str, Any]:
+    unknown = [key for key in given if key not in operation.args]
+    if unknown:
+        takes = ", ".join(operation.args) or "no arguments"
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"unknown argument {shown(unknown[0])} for operation {op!r} (it takes: {takes})",
+        )
+    if operation.one_of:
+        present = [name for name in operation.one_of if given.get(name) is not None]
+        if len(present) != 1:
+            names = " or ".join(repr(name) for name in operation.one_of)
+            raise ProtocolError(BAD_REQUEST, f"operation {op!r} takes exactly one of {names}")
+    args: dict[str, Any] = {}
+    for name, arg in operation.args.items():
+        value = given.get(name)
+        if value is None:
+            if arg.required:
+                raise ProtocolError(BAD_REQUEST, f"operation {op!r} needs the argument {name!r}")
+            value = arg.default
+        else:
+            value = arg.check(name, value)
+        args[arg.dest or name] = value
+    return args
+
+
+# ------------------------------------------------------------------------------- responses
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def error(type_: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"type": type_, "message": message}}
+
+
+def encode(response: Mapping[str, Any]) -> bytes:
+    """One response line."""
+    return json.dumps(response, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``+00:00`` offset (as ``schedules`` sends its times), or None."""
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def step_view(step: StepExecution) -> dict[str, Any]:
+    return {
+        "name": step.step_name,
+        "status": step.status.value,
+        **step.counters(),
+        "start_time": iso(step.start_time),
+        "end_time": iso(step.end_time),
+        "exit_message": step.exit_message,
+    }
+
+
+def execution_view(execution: JobExecution) -> dict[str, Any]:
+    """An execution as DESIGN §4 sends it; ``node`` is the owner's host name."""
+    return {
+        "id": execution.id,
+        "job": execution.job_name,
+        "instance_id": execution.instance_id,
+        "params": execution.params,
+        "status": execution.status.value,
+        "create_time": iso(execution.create_time),
+        "start_time": iso(execution.start_time),
+        "end_time": iso(execution.end_time),
+        "exit_message": execution.exit_message,
+        "node": execution.node,
+        "steps": [step_view(step) for step in execution.step_executions],
+    }
