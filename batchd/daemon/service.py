@@ -19,6 +19,7 @@ from types import FrameType
 
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
+from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
@@ -67,15 +68,30 @@ class Daemon:
             max_concurrent_jobs=settings.max_concurrent_jobs,
             heartbeat=settings.heartbeat.total_seconds(),
         )
+        # Metrics watch the engine through its observer hooks and the triggers through
+        # their listeners; the job gauges start from what the repository knows.
+        self.metrics = Metrics(repository)
+        self.operator.add_observer(self.metrics)
         self._recover()
         store = TriggerStore(repository)
         self.scheduler = Scheduler(
-            settings.schedules, self.operator, store, timezone=settings.timezone
+            settings.schedules,
+            self.operator,
+            store,
+            timezone=settings.timezone,
+            listener=self.metrics,
         )
-        self.watcher = Watcher(settings.watches, self.operator, store, timezone=settings.timezone)
+        self.watcher = Watcher(
+            settings.watches,
+            self.operator,
+            store,
+            timezone=settings.timezone,
+            listener=self.metrics,
+        )
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.scheduler.start()
+        self.metrics.refresh_schedules(self.scheduler)
         self.watcher.start()
         log.info(
             "batchd running: %d jobs, %d schedules, %d watches, repository %s",
@@ -84,12 +100,14 @@ class Daemon:
             len(settings.watches),
             repository.url.render_as_string(hide_password=True),
         )
-        self.control = ControlServer(self)
+        self.control = ControlServer(self, listener=self.metrics)
         try:
             self.control.start()
+            if settings.metrics.listen:
+                self.metrics.start(settings.metrics.listen)
         except OSError as error:
-            log.error("cannot open the control socket: %s", error)
-            self._shutdown("no control socket")
+            log.error("cannot open the control socket or the metrics listener: %s", error)
+            self._shutdown("no control socket or metrics listener")
             return EX_CANTCREAT
         self.notifier.ready(self._status())
         return self._serve()
@@ -137,6 +155,7 @@ class Daemon:
             log.exception("crash recovery failed; trying again later")
             return
         for execution in recovered:
+            self.metrics.on_execution_recovered(execution)
             log.warning(
                 "job execution %d (%s %s) FAILED by recovery: %s",
                 execution.id,
@@ -144,6 +163,11 @@ class Daemon:
                 execution.params,
                 execution.exit_message,
             )
+        try:
+            # Also brings in what other processes sharing the repository did.
+            self.metrics.initialise_from(self.operator.repository, self.operator.registry.names())
+        except Exception:
+            log.exception("reading job states for the metrics failed; trying again later")
 
     # ------------------------------------------------------------------ reload
 
@@ -201,6 +225,7 @@ class Daemon:
             os._exit(0)  # job threads cannot be interrupted; recovery takes over
         self.operator.shutdown(wait=True)
         self.operator.repository.dispose()
+        self.metrics.stop()
         log.info("batchd stopped")
         return 0
 

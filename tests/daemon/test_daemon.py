@@ -155,7 +155,7 @@ def test_systemd_notifications(tmp_path: Path, start_daemon: Callable[..., Daemo
     daemon = start_daemon(config(tmp_path), env={"WATCHDOG_USEC": "400000"})
     ready = daemon.notify.wait_for("READY=1")
     assert any(line.startswith("STATUS=") for line in ready)
-    daemon.notify.wait_for("WATCHDOG=1", timeout=5)
+    daemon.notify.wait_for("WATCHDOG=1")
     daemon.signal(signal.SIGHUP)
     daemon.notify.wait_for("RELOADING=1")
     daemon.notify.wait_for("READY=1")
