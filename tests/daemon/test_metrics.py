@@ -646,17 +646,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def daemon_serves_metrics() -> bool:
-    """Whether service.py wires Metrics in yet (the lead does; until then the test says so)."""
-    source = (ROOT / "batchd" / "daemon" / "service.py").read_text()
-    return "Metrics(" in source
-
-
 def test_the_daemon_serves_metrics_and_keeps_job_gauges_across_a_restart(
     tmp_path: Path,
 ) -> None:
-    if not daemon_serves_metrics():
-        pytest.skip("batchd/daemon/service.py does not create Metrics yet (wiring pending)")
     port = free_port()
     schedule = (
         '[[schedules]]\nname = "new_year"\njob = "dated"\ncron = "0 0 1 1 *"\n'
