@@ -262,6 +262,21 @@ def _as_path(raw: bytes | str) -> Path | None:
     return Path(text) if text else None
 
 
+# How long watchdog holds a "moved out" event to pair it with its "moved in" (its default
+# 0.5 s). Every event queued behind one waits too, and each file taken is moved out into
+# processed/, so the next file dropped within 0.5 s would wait for it. The kernel reports
+# both halves of a rename in the same read, so 10 ms is ample.
+MOVE_PAIRING_SECONDS = 0.01
+
+
+def _shorten_move_pairing() -> None:
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # another watchdog layout: keep its default
+        return
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
+
+
 def _make_observer(close_events: bool | None) -> tuple[BaseObserver, bool]:
     """The observer, and whether it reports close-write (inotify, with unmatched moves
     reported as moves so that a file moved in from elsewhere is taken at once)."""
@@ -269,6 +284,7 @@ def _make_observer(close_events: bool | None) -> tuple[BaseObserver, bool]:
         try:
             from watchdog.observers.inotify import InotifyObserver
 
+            _shorten_move_pairing()
             return InotifyObserver(generate_full_events=True), True
         except Exception as error:  # not Linux, or no inotify instance left
             if close_events:

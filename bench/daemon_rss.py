@@ -1,0 +1,92 @@
+"""Resident memory of the real daemon after many short executions.
+
+A daemon subprocess (SQLite repository in a temporary directory, see ``daemon_latency.py``)
+runs ``--n`` executions of a one-tasklet job that does nothing, each started over the control
+socket with ``start`` and distinct parameters, at most ``--in-flight`` at a time. VmRSS
+(``/proc/<pid>/status``) is read once the first ``--first`` executions have all ended
+(COMPLETED in the repository) and then every ``--every`` executions; the growth is that of
+the last reading against the first. A run that passes ``--max-seconds`` stops starting
+executions and reports what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import benchkit  # first: puts the repository root first on sys.path
+from daemon_latency import Client, Daemon, Repository
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    readings: list[tuple[int, int, float]] = []  # (executions ended, VmRSS KiB, seconds)
+    with Daemon(tmp, max_jobs=args.in_flight) as daemon:
+        repo = Repository(daemon.database)
+        client = Client(daemon.socket_path)
+        begin = time.monotonic()
+        started = ended = 0
+        checkpoints = [args.first, *range(args.every, args.n + 1, args.every)]
+        checkpoints = sorted({c for c in checkpoints if c <= args.n} | {args.n})
+
+        def count_ended() -> int:
+            return int(
+                repo.scalar("SELECT count(*) FROM batch_job_execution WHERE end_time IS NOT NULL")
+            )
+
+        try:
+            for checkpoint in checkpoints:
+                while ended < checkpoint:
+                    if started < checkpoint and started - ended < args.in_flight:
+                        client.call("start", job="noop", params={"key": f"r{started}"})
+                        started += 1
+                        continue
+                    time.sleep(0.002)
+                    ended = count_ended()
+                failed = repo.scalar(
+                    "SELECT count(*) FROM batch_job_execution WHERE status != 'COMPLETED'"
+                )
+                if failed:
+                    raise RuntimeError(f"{failed} executions did not complete")
+                time.sleep(0.2)  # let the job threads and the socket settle
+                readings.append((ended, daemon.rss_kib(), time.monotonic() - begin))
+                print(f"#   {ended:>6} ended: VmRSS {readings[-1][1]:,} KiB", flush=True)
+                if time.monotonic() - begin > args.max_seconds:
+                    print(f"# stopped after {args.max_seconds} s, at {ended} executions")
+                    break
+        finally:
+            client.close()
+            repo.close()
+    first, last = readings[0], readings[-1]
+    growth = (last[1] - first[1]) / first[1] * 100
+    rows: list[list[Any]] = [
+        [f"{n:,}", f"{kib / 1024:.1f}", f"{(kib - first[1]) / first[1] * 100:+.1f}", f"{s:.0f}"]
+        for n, kib, s in readings
+    ]
+    print(benchkit.table(["executions ended", "VmRSS MiB", "vs first %", "elapsed s"], rows))
+    verdict = "met" if growth < 10 else "MISSED"
+    print(
+        f"# growth {first[0]:,} -> {last[0]:,} executions: {growth:+.1f} % "
+        f"(target < 10 %: {verdict}); {last[0] / last[2]:.0f} executions/s overall"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000, help="executions in all")
+    parser.add_argument("--first", type=int, default=100, help="executions before the baseline")
+    parser.add_argument("--every", type=int, default=1000, help="executions between readings")
+    parser.add_argument("--in-flight", type=int, default=8, help="most executions at once")
+    parser.add_argument("--max-seconds", type=float, default=300, help="stop starting after")
+    parser.add_argument("--tmpdir", default=None, help="where the temporary directory goes")
+    args = parser.parse_args(argv)
+    print(f"# daemon RSS, {benchkit.machine()}")
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        run(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
