@@ -190,6 +190,8 @@ class ItemModel:
 def item_to_dict(item: Any, *, json_mode: bool = False) -> dict[str, Any]:
     """A dict (as it is), a pydantic model (``model_dump``; ``mode="json"`` when
     ``json_mode``), a dataclass instance or a named tuple as a dict."""
+    if type(item) is dict:  # the usual case, without the slower check against the Mapping ABC
+        return dict(item)
     if isinstance(item, Mapping):
         return dict(item)
     if isinstance(item, BaseModel):

@@ -79,14 +79,21 @@ class CsvItemReader(FileItemReader):
             )
 
     def read(self) -> Any:
-        source = self._opened()
+        # Once per item, so the checks of _opened() and _at_end() are inlined, and the
+        # error closure for the model is built only when there is a model (a dict record
+        # cannot fail to build).
+        source = self._source
+        if source is None:
+            raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
         header = self._header or []
+        rows = self._rows
+        end = self._end
         while True:
-            if self._at_end():
-                return None
+            if end is not None and source.offset >= end:
+                return None  # the partition's byte range is done
             start = source.line + 1
             try:
-                row = next(self._rows)
+                row = next(rows)
             except StopIteration:
                 return None
             except csv.Error as exc:
@@ -95,7 +102,11 @@ class CsvItemReader(FileItemReader):
                 continue  # a blank line
             if len(row) != len(header):
                 raise self._error(start, None, f"expected {len(header)} fields, found {len(row)}")
-            record = dict(zip(header, row, strict=True))
+            # The lengths are equal (checked above); zip's strict=True would cost a third
+            # of the record's construction (keyword arguments take zip's slow path).
+            record = dict(zip(header, row))  # noqa: B905
+            if self.model is None:
+                return record
             return self._item_model.build(record, self._errors_at(start))
 
 
@@ -168,20 +179,31 @@ class CsvItemWriter(FileItemWriter):
             fields = field_names(items[0])
         if self.header and self._empty:
             rows.append(list(fields))
+        # Once per item, so: a plain dict is used as it is (item_to_dict would copy it),
+        # unknown keys are found with one set test (the error's details are worked out only
+        # when there is one), and format_text is called only for values that are not str.
+        allowed = set(fields) if derived or self.fields is None else None
         for item in items:
-            record = item_to_dict(item)
-            if derived or self.fields is None:
-                unknown = [key for key in record if key not in fields]
-                if unknown:
-                    raise ItemFormatError(
-                        f"item has field {unknown[0]!r}, which is not a column of "
-                        f"{self.resolved_path} ({', '.join(fields)})",
-                        unknown[0],
-                    )
-            rows.append([format_text(record.get(name)) for name in fields])
+            record = item if type(item) is dict else item_to_dict(item)
+            if allowed is not None and not allowed.issuperset(record):
+                raise self._unknown_field(record, fields)
+            rows.append(
+                [
+                    value if type(value) is str else format_text(value)
+                    for value in map(record.get, fields)
+                ]
+            )
         data = self._format(rows)
         self._fields = fields  # only once the rows are sure to be written
         return data
+
+    def _unknown_field(self, record: dict[str, Any], fields: list[str]) -> ItemFormatError:
+        unknown = next(key for key in record if key not in fields)
+        return ItemFormatError(
+            f"item has field {unknown!r}, which is not a column of "
+            f"{self.resolved_path} ({', '.join(fields)})",
+            unknown,
+        )
 
     def update(self, ctx: ExecutionContext) -> None:
         super().update(ctx)

@@ -138,6 +138,7 @@ class LineSource:
             raise InputFileNotFound(errno.ENOENT, "input file not found", path) from None
         except IsADirectoryError:
             raise InputFileNotFound(errno.EISDIR, "input path is a directory", path) from None
+        self._readline = self._file.readline  # bound once: __next__ runs once per line
 
     def seek(self, offset: int, line: int) -> None:
         """Continue at ``offset``, the start of physical line ``line + 1``."""
@@ -198,11 +199,22 @@ class LineSource:
         return self
 
     def __next__(self) -> str:
-        first = self.offset == 0
-        raw = self.readline()
+        # Called once per line by ``csv.reader``: this is the readers' hot path, so it does
+        # the work of readline() and decode() inline (one Python frame per line) and leaves
+        # the byte-order mark and the error message to decode(), for the first line and for
+        # undecodable bytes only.
+        raw = self._readline()
         if not raw:
             raise StopIteration
-        return self.decode(raw, self.line, first=first)
+        first = self.offset == 0
+        self.offset += len(raw)
+        self.line += 1
+        if first:
+            return self.decode(raw, self.line, first=True)
+        try:
+            return raw.decode(self.encoding)
+        except UnicodeDecodeError:
+            return self.decode(raw, self.line)  # raises the ItemParseError naming the line
 
     def close(self) -> None:
         self._file.close()

@@ -100,6 +100,11 @@ class _SqlStream(ItemStream):
         return self._engine
 
 
+# Dialects whose page reads run in autocommit mode (see SqlItemReader._connection). Not
+# SQLite: pysqlite does not BEGIN before a SELECT anyway, so there is nothing to save.
+_AUTOCOMMIT_READS = frozenset({"postgresql"})
+
+
 # -------------------------------------------------------------------------- keys in the context
 def encode_key(value: Any) -> Any:
     """A key value in JSON-serialisable form (for the ExecutionContext)."""
@@ -159,8 +164,9 @@ class SqlItemReader(_SqlStream, ItemReader):
     that is unique and ordered (the primary key, typically). Each page is
     ``select.where(key > last_key).order_by(key).limit(page_size)`` — never OFFSET, so every
     page costs the same and rows inserted behind the reader do not shift it. Each page is
-    read in a short transaction of its own (none is held across chunks), or on the chunk's
-    connection when the engine has one open on the same database.
+    read in a short transaction of its own (none is held across chunks; on PostgreSQL an
+    autocommit SELECT, without BEGIN and ROLLBACK), or on the chunk's connection when the
+    engine has one open on the same database.
 
     Restart: ExecutionContext key ``<name>.last_key``, the key of the last item handed out
     by ``read()`` (not the last fetched); ``open(ctx)`` resumes after it. In a partition,
@@ -225,7 +231,12 @@ class SqlItemReader(_SqlStream, ItemReader):
             yield tx.connection
             return
         with self.engine.connect() as connection:
-            yield connection  # leaving rolls the read-only transaction back at once
+            if connection.dialect.name in _AUTOCOMMIT_READS:
+                # A page is one SELECT, which is a transaction of its own in autocommit mode
+                # (same snapshot rules as BEGIN; SELECT; ROLLBACK) without the round trips
+                # of BEGIN and ROLLBACK. The pool resets the connection when it comes back.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection  # leaving ends the read (a rollback without autocommit)
 
     def _fetch(self, buffer: deque[dict[str, Any]]) -> None:
         if self._query is None or self._key_column is None:
@@ -352,14 +363,18 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         )
 
     def _rows(self, table: Table, items: list[Any]) -> list[dict[str, Any]]:
+        # Once per item: one set test, and the (slower) lookups in table.c that name the
+        # unknown column only when that test fails.
+        columns = set(table.c.keys())
         rows = []
         for item in items:
             row = item_to_dict(item)
-            unknown = [k for k in row if k not in table.c]
-            if unknown:
-                raise ItemFormatError(
-                    f"table {table.name!r} has no column {unknown[0]!r}", unknown[0]
-                )
+            if not columns.issuperset(row):
+                unknown = [k for k in row if k not in table.c]
+                if unknown:
+                    raise ItemFormatError(
+                        f"table {table.name!r} has no column {unknown[0]!r}", unknown[0]
+                    )
             rows.append(row)
         return rows
 
