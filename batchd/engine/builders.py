@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,6 +12,8 @@ from batchd.engine.chunk_step import ChunkStep
 from batchd.engine.faults import ErrorTypes, FaultPolicy
 from batchd.engine.job import Job, Step
 from batchd.engine.listeners import Listeners
+from batchd.engine.partition_executors import check_executor_spec
+from batchd.engine.partition_step import PartitionStep
 from batchd.engine.tasklet_step import Tasklet, TaskletStep
 
 
@@ -29,7 +32,8 @@ def _check_name(name: str, what: str) -> str:
 
 
 class StepBuilder:
-    """Builds a tasklet step (``.tasklet(fn)``) or a chunk step (``.reader().writer()``)."""
+    """Builds a tasklet step (``.tasklet(fn)``) or a chunk step (``.reader().writer()``),
+    partitioned with ``.partitioner(p, partitions=N)``."""
 
     def __init__(self, name: str) -> None:
         self._name = _check_name(name, "step")
@@ -42,6 +46,11 @@ class StepBuilder:
         self._listeners: list[Any] = []
         self._allow_start_if_complete = False
         self._start_limit: int | None = None
+        self._partitioner: Any = None
+        self._partitions = 0
+        self._aggregator: Any = None
+        self._executor: Any = None
+        self._workers: int | None = None
 
     def tasklet(self, fn: Tasklet) -> StepBuilder:
         """``fn(ctx: StepContext) -> None`` runs once per execution."""
@@ -130,6 +139,48 @@ class StepBuilder:
         self._start_limit = limit
         return self
 
+    def partitioner(self, partitioner: Any, *, partitions: int | None = None) -> StepBuilder:
+        """Split the step into partitions: ``partitioner.partition(n, params)`` (or
+        ``partitioner(n, params)``) returns one context dict per partition, which its copy
+        of the reader and writer find in ``ctx.partition``. ``partitions`` is the ``n``
+        asked for (default: the number of CPUs)."""
+        call = getattr(partitioner, "partition", partitioner)
+        if not callable(call):
+            raise TypeError(
+                f"a partitioner must be callable or have partition(n, params): {partitioner!r}"
+            )
+        count = partitions if partitions is not None else (os.cpu_count() or 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"partitions must be a positive integer, not {partitions!r}")
+        self._partitioner = partitioner
+        self._partitions = count
+        return self
+
+    def aggregator(self, aggregator: Any) -> StepBuilder:
+        """Run ``aggregator.aggregate(step_execution, partitions)`` (or
+        ``aggregator(step_execution, partitions)``) once, after every partition COMPLETED."""
+        call = getattr(aggregator, "aggregate", aggregator)
+        if not callable(call):
+            raise TypeError(
+                f"an aggregator must be callable or have aggregate(step_execution, "
+                f"partitions): {aggregator!r}"
+            )
+        self._aggregator = aggregator
+        return self
+
+    def executor(self, executor: Any, *, workers: int | None = None) -> StepBuilder:
+        """Where partitions run: ``"threads"`` (the default), ``"processes"`` (spawned
+        worker processes, which receive pickled copies of the reader, processor and
+        writer), any ``concurrent.futures.Executor``, or a Dask ``distributed.Client``.
+        ``workers`` caps the threads or processes (default: one per partition, and for
+        processes at most one per CPU)."""
+        check_executor_spec(executor)
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        self._executor = executor
+        self._workers = workers
+        return self
+
     def build(self) -> Step:
         listeners = Listeners(self._listeners)
         common: dict[str, Any] = {
@@ -138,18 +189,40 @@ class StepBuilder:
             "allow_start_if_complete": self._allow_start_if_complete,
             "start_limit": self._start_limit,
         }
+        if self._partitioner is None and (
+            self._aggregator is not None or self._executor is not None
+        ):
+            raise ValueError(
+                f"step {self._name!r} has an aggregator or executor but no partitioner"
+            )
         if self._tasklet is not None:
             if self._reader is not None or self._writer is not None:
                 raise ValueError(f"step {self._name!r} has a tasklet and a reader/writer")
+            if self._partitioner is not None:
+                raise ValueError(
+                    f"step {self._name!r}: only chunk steps (reader and writer) can be "
+                    "partitioned"
+                )
             return TaskletStep(tasklet=self._tasklet, **common)
         if self._reader is None or self._writer is None:
             raise ValueError(f"step {self._name!r} needs a tasklet, or a reader and a writer")
-        return ChunkStep(
+        chunk_step = ChunkStep(
             reader=self._reader,
             processor=self._processor,
             writer=self._writer,
             chunk_size=self._chunk_size,
             faults=self._faults,
+            **common,
+        )
+        if self._partitioner is None:
+            return chunk_step
+        return PartitionStep(
+            worker=chunk_step,
+            partitioner=self._partitioner,
+            partitions=self._partitions,
+            aggregator=self._aggregator,
+            executor=self._executor or "threads",
+            workers=self._workers,
             **common,
         )
 

@@ -108,7 +108,11 @@ class _ChunkRun:
             for part in (self.reader, self.processor, self.writer)
             if part is not None and callable(getattr(part, "open", None))
         ]
-        self.ctx = ExecutionContext(run.step_execution.execution_context, params=run.params)
+        self.ctx = ExecutionContext(
+            run.step_execution.execution_context,
+            params=run.params,
+            partition=run.step_execution.partition,
+        )
         self.committed_context = canonical_json(dict(self.ctx))
         # Looked up once: most steps have no chunk listeners and this is the hot loop.
         self.hooks = {

@@ -17,7 +17,7 @@ class StepRun:
     """One step execution in progress."""
 
     repository: SqlJobRepository
-    job_execution: JobExecution
+    job_execution: JobExecution | None  # None in a partition run by a worker process
     step_execution: StepExecution
     params: Any
     listeners: Listeners

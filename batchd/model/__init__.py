@@ -8,7 +8,13 @@ from batchd.model.params import (
     canonical_json,
     job_key,
 )
-from batchd.model.records import STEP_COUNTERS, JobExecution, JobInstance, StepExecution
+from batchd.model.records import (
+    PARTITION_KEY,
+    STEP_COUNTERS,
+    JobExecution,
+    JobInstance,
+    StepExecution,
+)
 from batchd.model.status import RESTARTABLE_STATUSES, RUNNING_STATUSES, BatchStatus
 from batchd.model.transaction import (
     ChunkTransaction,
@@ -17,6 +23,7 @@ from batchd.model.transaction import (
 )
 
 __all__ = [
+    "PARTITION_KEY",
     "RESTARTABLE_STATUSES",
     "RUNNING_STATUSES",
     "STEP_COUNTERS",

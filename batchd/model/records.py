@@ -19,6 +19,10 @@ STEP_COUNTERS = (
     "write_skip_count",
 )
 
+# Where a partition's step execution keeps its partition context (beside the checkpoints
+# of its reader and writer, whose keys all start with their own name).
+PARTITION_KEY = "batchd.partition"
+
 
 @dataclass(frozen=True)
 class JobInstance:
@@ -60,6 +64,12 @@ class StepExecution:
 
     def counters(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in STEP_COUNTERS}
+
+    @property
+    def partition(self) -> dict[str, Any] | None:
+        """The partition context of a partition's step execution (None for other steps)."""
+        value = self.execution_context.get(PARTITION_KEY)
+        return value if isinstance(value, dict) else None
 
 
 @dataclass

@@ -471,8 +471,11 @@ class SqlJobRepository:
 
     # ----------------------------------------------------------------- steps
 
-    def step_history(self, instance_id: int, step_name: str) -> StepHistory:
-        """The newest execution of ``step_name`` in the instance, and how often it started."""
+    def step_history(
+        self, instance_id: int, step_name: str, *, after_id: int = 0
+    ) -> StepHistory:
+        """The newest execution of ``step_name`` in the instance, and how often it started
+        (only step executions with an id above ``after_id``)."""
         with self.reading() as conn:
             rows = (
                 conn.execute(
@@ -481,6 +484,7 @@ class SqlJobRepository:
                     .where(
                         job_execution.c.instance_id == instance_id,
                         step_execution.c.step_name == step_name,
+                        step_execution.c.id > after_id,
                     )
                     .order_by(step_execution.c.id.desc())
                 )
@@ -488,6 +492,42 @@ class SqlJobRepository:
                 .all()
             )
         return StepHistory(last=to_step_execution(rows[0]) if rows else None, start_count=len(rows))
+
+    def get_step_executions(self, step_ids: Sequence[int]) -> list[StepExecution]:
+        """These step executions as stored now, in the order of ``step_ids`` (missing ones
+        left out)."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(step_execution).where(step_execution.c.id.in_(list(step_ids)))
+            ).mappings()
+            found = {row["id"]: to_step_execution(row) for row in rows}
+        return [found[step_id] for step_id in step_ids if step_id in found]
+
+    def execution_status(self, execution_id: int) -> BatchStatus | None:
+        """The stored status of a job execution (None if there is no such execution)."""
+        with self.reading() as conn:
+            value = conn.execute(
+                select(job_execution.c.status).where(job_execution.c.id == execution_id)
+            ).scalar_one_or_none()
+        return BatchStatus(value) if value is not None else None
+
+    def fail_step_if_running(self, step_id: int, reason: str) -> bool:
+        """A step execution whose runner is gone (a dead worker) -> FAILED, unless it ended
+        meanwhile. Its checkpoint stays, so a restart resumes from it."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step_id, step_execution.c.status.in_(RUNNING))
+                .values(
+                    status=BatchStatus.FAILED.value,
+                    exit_message=reason,
+                    end_time=now,
+                    last_updated=now,
+                    version=step_execution.c.version + 1,
+                )
+            ).rowcount
+        return changed == 1
 
     def create_step_execution(
         self, execution: JobExecution, step_name: str, context: dict[str, Any]
@@ -560,9 +600,10 @@ class SqlJobRepository:
         context_json: str,
         *,
         instance_id: int,
-        step_context_value: dict[str, Any],
+        step_context_value: dict[str, Any] | None,
     ) -> None:
-        """Record a step's end with its counters, checkpoint and per-instance step context."""
+        """Record a step's end with its counters, checkpoint and per-instance step context
+        (None: a partition, which has none)."""
         now = self.clock()
         with self.engine.begin() as conn:
             changed = conn.execute(
@@ -584,7 +625,8 @@ class SqlJobRepository:
                 raise ExecutionLost(
                     f"step execution {step.id} ({step.step_name}) was ended elsewhere"
                 )
-            self._save_step_context(conn, instance_id, step.step_name, step_context_value)
+            if step_context_value is not None:
+                self._save_step_context(conn, instance_id, step.step_name, step_context_value)
         step.status, step.exit_message, step.end_time = status, exit_message, now
         step.version += 1
 
