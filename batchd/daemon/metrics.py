@@ -470,17 +470,21 @@ class Metrics:
 
     def _count_items(self, job: str, steps: Iterable[StepExecution]) -> None:
         """Add what each step committed beyond what was counted before. The repository's
-        counters only grow, so a stale read adds nothing."""
+        counters only grow, so a stale read adds nothing. A partitioned step's items are
+        counted as its partitions commit them, under the step's own name (its execution
+        only sums them at the end)."""
         for step in steps:
+            if step.is_partitioned:
+                continue
             counted = self._counted.setdefault(step.id, {})
             for kind, fields in STEP_ITEM_KINDS.items():
                 value = sum(getattr(step, field) for field in fields)
                 delta = value - counted.get(kind, 0)
                 if delta > 0:
-                    self.step_items.labels(job, step.step_name, kind).inc(delta)
+                    self.step_items.labels(job, step.base_step_name, kind).inc(delta)
                     counted[kind] = value
                 elif kind not in counted:
-                    self.step_items.labels(job, step.step_name, kind)  # the series, at 0
+                    self.step_items.labels(job, step.base_step_name, kind)  # the series, at 0
                     counted[kind] = value
 
     # ------------------------------------------------------------------ gauges

@@ -200,8 +200,7 @@ class StepBuilder:
                 raise ValueError(f"step {self._name!r} has a tasklet and a reader/writer")
             if self._partitioner is not None:
                 raise ValueError(
-                    f"step {self._name!r}: only chunk steps (reader and writer) can be "
-                    "partitioned"
+                    f"step {self._name!r}: only chunk steps (reader and writer) can be partitioned"
                 )
             return TaskletStep(tasklet=self._tasklet, **common)
         if self._reader is None or self._writer is None:

@@ -32,6 +32,7 @@ from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import BatchError
 from batchd.model import (
     PARTITION_KEY,
+    PLAN_KEY,
     STEP_COUNTERS,
     BatchStatus,
     ExecutionContext,
@@ -42,9 +43,9 @@ from batchd.repository import SqlJobRepository
 
 log = logging.getLogger(__name__)
 
-# The partitioned step's checkpoint: the plan, and the id of the step execution that made
-# it (partitions of that plan have higher ids, so older runs of the same names are ignored).
-PLAN_KEY = "batchd.partitions"
+# The partitioned step's checkpoint holds the plan (PLAN_KEY) and the id of the step
+# execution that made it (partitions of that plan have higher ids, so older runs of the
+# same names are ignored).
 PLAN_ORIGIN_KEY = "batchd.partitions_since"
 
 

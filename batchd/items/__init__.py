@@ -7,20 +7,29 @@ the job parameters (``"out/report_{date:%Y%m%d}.csv"``). This package imports on
 ``batchd.model`` and ``batchd.errors``.
 """
 
+from batchd.items.aggregators import FileAggregator
 from batchd.items.base import ItemReader, ItemStream, ItemWriter
 from batchd.items.csv_items import CsvItemReader, CsvItemWriter
 from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput, resolve_path
 from batchd.items.fixed_width import Column, FixedWidthItemReader, FixedWidthItemWriter
 from batchd.items.jsonl import JsonLinesItemReader, JsonLinesItemWriter
 from batchd.items.list_reader import ListItemReader
+from batchd.items.partitioners import (
+    FileGlobPartitioner,
+    FileLinePartitioner,
+    SqlKeyRangePartitioner,
+)
 from batchd.items.sql_items import SqlItemReader, SqlItemWriter
 
 __all__ = [
     "Column",
     "CsvItemReader",
     "CsvItemWriter",
+    "FileAggregator",
+    "FileGlobPartitioner",
     "FileItemReader",
     "FileItemWriter",
+    "FileLinePartitioner",
     "FixedWidthItemReader",
     "FixedWidthItemWriter",
     "ItemReader",
@@ -32,5 +41,6 @@ __all__ = [
     "RestartableOutput",
     "SqlItemReader",
     "SqlItemWriter",
+    "SqlKeyRangePartitioner",
     "resolve_path",
 ]

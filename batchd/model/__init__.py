@@ -10,6 +10,7 @@ from batchd.model.params import (
 )
 from batchd.model.records import (
     PARTITION_KEY,
+    PLAN_KEY,
     STEP_COUNTERS,
     JobExecution,
     JobInstance,
@@ -24,6 +25,7 @@ from batchd.model.transaction import (
 
 __all__ = [
     "PARTITION_KEY",
+    "PLAN_KEY",
     "RESTARTABLE_STATUSES",
     "RUNNING_STATUSES",
     "STEP_COUNTERS",

@@ -22,6 +22,8 @@ STEP_COUNTERS = (
 # Where a partition's step execution keeps its partition context (beside the checkpoints
 # of its reader and writer, whose keys all start with their own name).
 PARTITION_KEY = "batchd.partition"
+# Where a partitioned step keeps its plan: the list of its partitions' contexts.
+PLAN_KEY = "batchd.partitions"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ class StepExecution:
         """The partition context of a partition's step execution (None for other steps)."""
         value = self.execution_context.get(PARTITION_KEY)
         return value if isinstance(value, dict) else None
+
+    @property
+    def is_partitioned(self) -> bool:
+        """A partitioned step's own execution: its counters are its partitions' sums."""
+        return isinstance(self.execution_context.get(PLAN_KEY), list)
+
+    @property
+    def base_step_name(self) -> str:
+        """The step's name: a partition's ``"<step>:0003"`` without the partition number."""
+        return self.step_name.rsplit(":", 1)[0] if self.partition is not None else self.step_name
 
 
 @dataclass

@@ -471,9 +471,7 @@ class SqlJobRepository:
 
     # ----------------------------------------------------------------- steps
 
-    def step_history(
-        self, instance_id: int, step_name: str, *, after_id: int = 0
-    ) -> StepHistory:
+    def step_history(self, instance_id: int, step_name: str, *, after_id: int = 0) -> StepHistory:
         """The newest execution of ``step_name`` in the instance, and how often it started
         (only step executions with an id above ``after_id``)."""
         with self.reading() as conn:
