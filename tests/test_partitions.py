@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from batchd import BatchStatus, JobExecution, JobOperator, JobRegistry, StepExecution
+from batchd.items import FileGlobPartitioner, JsonLinesItemReader
 from batchd.model import STEP_COUNTERS
 from tests.support.partition_jobs import (
     DieOnce,
@@ -185,6 +186,38 @@ def test_partition_files_are_merged_in_partition_order_once_all_completed(
     expected = "id,name\n" + "".join(f"{i},NAME {i}\n" for i in range(1, 1001))
     assert (out / "all.csv").read_bytes().decode() == expected
     assert sorted(p.name for p in out.iterdir()) == ["all.csv"]  # parts and partials gone
+
+
+def test_one_partition_per_file_matching_a_glob(
+    operator: JobOperator, registry: JobRegistry, database_url: str, tmp_path: Path
+) -> None:
+    fill_source(database_url, 0)
+    counts = {"a.jsonl": 3, "b.jsonl": 5, "c.jsonl": 2}
+    next_id = 1
+    for name, count in counts.items():
+        lines = [f'{{"id": {i}, "value": "{name}"}}' for i in range(next_id, next_id + count)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        next_id += count
+    (tmp_path / "ignored.csv").write_text("id\n1\n")
+    registry.register(
+        partitioned_job(
+            database_url,
+            "threads",
+            reader=JsonLinesItemReader("{partition[path]}"),
+            partitioner=FileGlobPartitioner(str(tmp_path / "*.jsonl")),
+            name="per_file",
+        )
+    )
+
+    execution = operator.start("per_file", {"run": 1})
+
+    assert execution.status == BatchStatus.COMPLETED, execution.exit_message
+    partitions = [s for s in execution.step_executions if s.partition is not None]
+    assert [(p.partition or {}).get("path") for p in partitions] == [
+        str(tmp_path / name) for name in counts
+    ]
+    assert [p.read_count for p in partitions] == list(counts.values())
+    assert_sink_holds_every_row_once(database_url, sum(counts.values()))
 
 
 class PartitionRecorder:

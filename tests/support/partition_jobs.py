@@ -50,11 +50,10 @@ def fill_source(url: str, rows: int, *, poison: frozenset[int] = frozenset()) ->
     engine = create_engine(url)
     metadata.drop_all(engine)
     metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(source),
-            [{"id": i, "value": POISON if i in poison else f"v{i}"} for i in range(1, rows + 1)],
-        )
+    values = [{"id": i, "value": POISON if i in poison else f"v{i}"} for i in range(1, rows + 1)]
+    if values:
+        with engine.begin() as conn:
+            conn.execute(insert(source), values)
     engine.dispose()
 
 
