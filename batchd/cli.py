@@ -264,6 +264,13 @@ def ctl_ping() -> None:
     _call("ping")
 
 
+@ctl.command("nodes")
+@_ctl_options
+def ctl_nodes() -> None:
+    """The nodes sharing the repository: live or lost, last heartbeat, clock skew."""
+    _call("nodes")
+
+
 @ctl.command("jobs")
 @_ctl_options
 def ctl_jobs() -> None:

@@ -261,7 +261,7 @@ def make_console() -> Console:
 
 def executions_table(executions: list[Mapping[str, Any]], now: datetime | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("ID", "JOB", "PARAMS", "STATUS", "START", "DURATION", "PROGRESS"):
+    for column in ("ID", "JOB", "PARAMS", "STATUS", "NODE", "START", "DURATION", "PROGRESS"):
         table.add_column(
             column,
             justify="right" if column == "ID" else "left",
@@ -273,6 +273,7 @@ def executions_table(executions: list[Mapping[str, Any]], now: datetime | None =
             str(execution["job"]),
             compact(execution.get("params", {})),
             status_text(execution.get("status")),
+            str(execution.get("node") or ""),
             local_time(execution.get("start_time") or execution.get("create_time")),
             duration(elapsed(execution.get("start_time"), execution.get("end_time"), now)),
             progress(execution, now),
@@ -345,9 +346,27 @@ def render_executions(console: Console, result: Mapping[str, Any]) -> None:
 
 def render_ping(console: Console, result: Mapping[str, Any]) -> None:
     console.print(
-        f"batchd {result.get('version')} pid {result.get('pid')}, "
+        f"batchd {result.get('version')} node {result.get('node')} pid {result.get('pid')}, "
         f"up {duration(result.get('uptime_seconds'))}, database {result.get('database')}"
     )
+
+
+def render_nodes(console: Console, result: Mapping[str, Any]) -> None:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("NODE", "HOST", "PID", "STATE", "LAST HEARTBEAT", "STARTED", "CLOCK SKEW"):
+        table.add_column(column, justify="right" if column == "PID" else "left")
+    for node in result.get("nodes", []):
+        name = str(node["name"]) + (" (this)" if node.get("this") else "")
+        table.add_row(
+            name,
+            str(node.get("host", "")),
+            str(node.get("pid", "")),
+            Text("live", style="green") if node.get("live") else Text("lost", style="red"),
+            local_time(node.get("heartbeat")),
+            local_time(node.get("started_at")),
+            f"{float(node.get('clock_skew_seconds') or 0):+.3f}s",
+        )
+    console.print(table)
 
 
 def render_jobs(console: Console, result: Mapping[str, Any]) -> None:
@@ -469,6 +488,7 @@ def render_purge(console: Console, result: Mapping[str, Any]) -> None:
 
 RENDERERS: dict[str, Callable[[Console, Any], None]] = {
     "ping": render_ping,
+    "nodes": render_nodes,
     "jobs": render_jobs,
     "schedules": render_schedules,
     "executions": render_executions,

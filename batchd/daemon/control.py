@@ -456,12 +456,36 @@ class ControlServer:
         except Exception as problem:
             lines = str(problem).strip().splitlines()
             database = f"{type(problem).__name__}: {lines[0] if lines else ''}"
+        membership = self.daemon.membership
+        if database == "ok" and not membership.database_up:
+            database = f"unreachable at the last heartbeat: {membership.last_error}"
         return {
             "pong": True,
             "version": __version__,
+            "node": membership.name,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
             "database": database,
+            "clock_skew_seconds": round(membership.clock.skew_seconds, 3),
+        }
+
+    def _op_nodes(self) -> dict[str, Any]:
+        membership = self.daemon.membership
+        return {
+            "lease_seconds": membership.lease.total_seconds(),
+            "nodes": [
+                {
+                    "name": node.name,
+                    "host": node.host,
+                    "pid": node.pid,
+                    "started_at": iso(node.started_at),
+                    "heartbeat": iso(node.heartbeat),
+                    "live": live,
+                    "clock_skew_seconds": node.clock_offset,
+                    "this": node.name == membership.name,
+                }
+                for node, live in membership.nodes()
+            ],
         }
 
     def _op_jobs(self) -> dict[str, Any]:
@@ -652,7 +676,7 @@ class ControlServer:
 
 
 # Operations that change nothing: not logged at INFO level (monitoring polls them).
-_READ_ONLY = frozenset({"ping", "jobs", "schedules", "executions", "execution"})
+_READ_ONLY = frozenset({"ping", "nodes", "jobs", "schedules", "executions", "execution"})
 
 
 def _summary(args: dict[str, Any]) -> str:

@@ -75,6 +75,10 @@ METRIC_NAMES = (
     "batchd_schedule_fires",
     "batchd_watch_files",
     "batchd_control_requests",
+    "batchd_node_info",
+    "batchd_database_up",
+    "batchd_clock_skew_seconds",
+    "batchd_nodes_live",
 )
 
 #: ``kind`` label of ``batchd_step_items_total`` -> the step counters it adds up.
@@ -110,6 +114,7 @@ DURATION_BUCKETS = (
 CONTROL_OPS = frozenset(
     {
         "ping",
+        "nodes",
         "jobs",
         "schedules",
         "executions",
@@ -319,6 +324,22 @@ class Metrics:
             "batchd_control_requests",
             "Control socket requests by operation and outcome.",
             ["op", "outcome"],
+            registry=registry,
+        )
+        self.node = Info("batchd_node", "This daemon's node name and host.", registry=registry)
+        self.database_up = Gauge(
+            "batchd_database_up",
+            "1 while the job repository answers this node, 0 while it does not.",
+            registry=registry,
+        )
+        self.clock_skew = Gauge(
+            "batchd_clock_skew_seconds",
+            "How far this node's clock is ahead of the database's (negative: behind).",
+            registry=registry,
+        )
+        self.nodes_live = Gauge(
+            "batchd_nodes_live",
+            "Nodes with a heartbeat within the lease, this one included.",
             registry=registry,
         )
         ProcessCollector(registry=registry)

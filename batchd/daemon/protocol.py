@@ -156,6 +156,7 @@ class Operation:
 
 OPERATIONS: dict[str, Operation] = {
     "ping": Operation(),
+    "nodes": Operation(),
     "jobs": Operation(),
     "schedules": Operation(),
     "executions": Operation(

@@ -171,22 +171,45 @@ def build_trigger(schedule: ScheduleSettings, default_timezone: str) -> BaseTrig
     jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
     if (schedule.cron is None) == (schedule.interval is None):
         raise ValueError("give exactly one of cron or interval")
+    start, end = _in_zone(schedule.start, timezone), _in_zone(schedule.end, timezone)
     if schedule.cron is not None:
         try:
-            return _cron_trigger(schedule.cron, timezone, jitter)
+            trigger = _cron_trigger(schedule.cron, timezone, jitter)
         except ValueError as error:
             raise ValueError(f"bad cron expression {schedule.cron!r}: {error}") from None
+        return _bounded(trigger, start, end) if start or end else trigger
     assert schedule.interval is not None
     if schedule.interval.total_seconds() <= 0:
         raise ValueError("interval must be positive")
-    # Whole seconds, so that interval fire times (and "{fire_time}") carry no microseconds.
-    start = (datetime.now(timezone) + schedule.interval).replace(microsecond=0)
+    # Every node must fire the same instants, so the grid is counted from a fixed time,
+    # never from when this daemon started: ``start``, or 1970-01-01 in the time zone.
+    anchor = start or datetime(1970, 1, 1, tzinfo=timezone)
     return IntervalTrigger(
         seconds=schedule.interval.total_seconds(),
-        start_date=start,
+        start_date=anchor.replace(microsecond=0),
+        end_date=end,
         timezone=timezone,
         jitter=jitter,
     )
+
+
+def _in_zone(value: datetime | None, timezone: ZoneInfo) -> datetime | None:
+    """A config datetime, read in the schedule's time zone when it has no offset."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone) if value.tzinfo is None else value
+
+
+def _bounded(trigger: BaseTrigger, start: datetime | None, end: datetime | None) -> BaseTrigger:
+    """A cron trigger firing only between ``start`` and ``end``."""
+    if isinstance(trigger, CronTrigger):
+        trigger.start_date = start
+        trigger.end_date = end
+        return trigger
+    assert isinstance(trigger, OrTrigger)
+    for part in trigger.triggers:
+        part.start_date, part.end_date = start, end
+    return trigger
 
 
 def validate_schedule(schedule: ScheduleSettings, default_timezone: str) -> None:
@@ -424,6 +447,14 @@ class Scheduler:
         fire_time = self.clock().replace(microsecond=0)
         log.info("schedule %s fired by request", name)
         return self._fire(entry, fire_time).outcome
+
+    def launch_claimed(self, name: str, fire_time: datetime) -> FireResult:
+        """Start the job of a fire already claimed in the repository (taken over from a
+        node that died between claiming it and starting its job)."""
+        entry = self._require(name)
+        return self._finish(
+            self._launch(entry, fire_time.astimezone(entry.timezone)), recorded=True
+        )
 
     def _require(self, name: str) -> _Entry:
         with self._lock:

@@ -19,6 +19,7 @@ from types import FrameType
 
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
+from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.scheduler import Scheduler
@@ -26,7 +27,9 @@ from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
 from batchd.engine import JobOperator
 from batchd.errors import RepositoryError
+from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
+from batchd.repository.nodes import DatabaseClock, NodeConflict
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +65,41 @@ class Daemon:
             log.error("%s", error)
             return EX_UNAVAILABLE
         self.settings = settings
+        # Times other nodes compare with ours (heartbeats, leases, claims) are the database's.
+        clock = DatabaseClock(repository.clock)
+        repository.clock = clock
+        self.membership = Membership(
+            repository,
+            clock,
+            name=settings.node,
+            heartbeat=settings.heartbeat,
+            lease=settings.lease,
+        )
+        try:
+            self.membership.join()
+        except NodeConflict as error:
+            log.error("%s", error)
+            repository.dispose()
+            return EX_CONFIG
+        except Exception as error:
+            log.error("cannot register node %s in the repository: %s", settings.node, error)
+            repository.dispose()
+            return EX_UNAVAILABLE
         self.operator = JobOperator(
             repository,
             registry,
             max_concurrent_jobs=settings.max_concurrent_jobs,
             heartbeat=settings.heartbeat.total_seconds(),
+            host=settings.node,
         )
         # Metrics watch the engine through its observer hooks and the triggers through
         # their listeners; the job gauges start from what the repository knows.
         self.metrics = Metrics(repository)
+        self.metrics.node.info({"node": settings.node, "host": self.membership.host})
+        self._report_membership()
         self.operator.add_observer(self.metrics)
-        self._recover()
-        store = TriggerStore(repository)
+        store = TriggerStore(repository, node=settings.node)
+        self.store = store
         self.scheduler = Scheduler(
             settings.schedules,
             self.operator,
@@ -88,13 +114,15 @@ class Daemon:
             timezone=settings.timezone,
             listener=self.metrics,
         )
+        self._recover()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.scheduler.start()
         self.metrics.refresh_schedules(self.scheduler)
         self.watcher.start()
         log.info(
-            "batchd running: %d jobs, %d schedules, %d watches, repository %s",
+            "batchd node %s running: %d jobs, %d schedules, %d watches, repository %s",
+            settings.node,
             len(registry.names()),
             len(settings.schedules),
             len(settings.watches),
@@ -114,9 +142,10 @@ class Daemon:
 
     def _status(self) -> str:
         running = len(self.operator.active_handles())
+        database = "" if self.membership.database_up else "; DATABASE UNREACHABLE"
         return (
-            f"{running} running; {len(self.settings.schedules)} schedules, "
-            f"{len(self.settings.watches)} watches"
+            f"node {self.settings.node}: {running} running; {len(self.settings.schedules)} "
+            f"schedules, {len(self.settings.watches)} watches{database}"
         )
 
     # ------------------------------------------------------------------ main loop
@@ -134,11 +163,14 @@ class Daemon:
             if now >= next_watchdog and watchdog_every:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_every
+            if now >= self.membership.next_beat():
+                self._beat()
             if now >= next_recover:
                 self._recover()
                 self.notifier.status(self._status())
                 next_recover = now + recover_every
-            timeout = max(0.0, min(next_recover, next_watchdog) - time.monotonic())
+            due = min(next_recover, next_watchdog, self.membership.next_beat())
+            timeout = max(0.0, due - time.monotonic())
             try:
                 signum = self._signals.get(timeout=timeout)
             except queue.Empty:
@@ -148,9 +180,30 @@ class Daemon:
             else:
                 return self._shutdown(signal.Signals(signum).name)
 
+    def _beat(self) -> None:
+        """This node's heartbeat; after a database outage, catch up what was missed."""
+        was_up = self.membership.database_up
+        came_back = self.membership.beat()
+        self._report_membership()
+        if was_up != self.membership.database_up:
+            self.notifier.status(self._status())
+        if came_back:
+            try:
+                self.scheduler.catch_up()
+            except Exception:
+                log.exception("catching up the schedules after the database outage failed")
+
+    def _report_membership(self) -> None:
+        self.metrics.database_up.set(1 if self.membership.database_up else 0)
+        self.metrics.clock_skew.set(self.membership.clock.skew_seconds)
+
     def _recover(self) -> None:
+        # Old heartbeats mean dead nodes only once the database has answered for a lease.
+        trust_heartbeats = self.membership.may_recover_others()
         try:
-            recovered = self.operator.recover(lease=self.settings.lease)
+            recovered = self.operator.recover(
+                lease=self.settings.lease, trust_heartbeats=trust_heartbeats
+            )
         except Exception:
             log.exception("crash recovery failed; trying again later")
             return
@@ -163,11 +216,81 @@ class Daemon:
                 execution.params,
                 execution.exit_message,
             )
+            self._restart_after_crash(execution)
+        if trust_heartbeats:
+            self._take_over_stale_claims()
+        try:
+            self.metrics.nodes_live.set(sum(live for _, live in self.membership.nodes()))
+        except Exception:
+            log.warning("cannot read the nodes for the metrics", exc_info=True)
         try:
             # Also brings in what other processes sharing the repository did.
             self.metrics.initialise_from(self.operator.repository, self.operator.registry.names())
         except Exception:
             log.exception("reading job states for the metrics failed; trying again later")
+
+    def _restart_after_crash(self, execution: JobExecution) -> None:
+        """Restart, on this node, an execution whose node died, if the schedule or watch
+        that started it says ``on_crash = "restart"``."""
+        try:
+            trigger = self.store.trigger_of(execution.id)
+        except Exception:
+            log.exception("cannot look up what started job execution %d", execution.id)
+            return
+        if trigger is None:
+            return
+        kind, name = trigger
+        triggers = self.settings.schedules if kind == "schedule" else self.settings.watches
+        config = next((t for t in triggers if t.name == name), None)
+        if config is None or config.on_crash != "restart":
+            return
+        try:
+            restarted = self.operator.restart_async(execution.id)
+            self.store.move_trigger(execution.id, restarted.id)
+        except Exception as error:  # BatchError (e.g. the job was abandoned) or the database
+            log.error(
+                "job execution %d of %s %s: restart after the crash failed: %s",
+                execution.id,
+                kind,
+                name,
+                error,
+            )
+            return
+        log.warning(
+            "job execution %d of %s %s restarted as %d on node %s (on_crash = restart)",
+            execution.id,
+            kind,
+            name,
+            restarted.id,
+            self.settings.node,
+        )
+
+    def _take_over_stale_claims(self) -> None:
+        """Fires and files claimed by a node that died before it started their job."""
+        before = self.operator.repository.clock() - self.settings.lease
+        try:
+            fires = self.store.stale_fire_claims(before)
+            for schedule, fire_time, claimed_at in fires:
+                if self.store.take_fire_claim(schedule, fire_time, claimed_at):
+                    log.warning(
+                        "schedule %s fire %s was claimed by a node that died before starting "
+                        "its job: starting it here",
+                        schedule,
+                        fire_time.isoformat(),
+                    )
+                    self.scheduler.launch_claimed(schedule, fire_time)
+            for watch, file_name, node in self.store.release_stale_file_claims(before):
+                log.warning(
+                    "watch %s: file %s was claimed by node %s, which died before starting its "
+                    "job; the claim is released and the file is taken again if it is still "
+                    "in the directory",
+                    watch,
+                    file_name,
+                    node,
+                )
+                self.watcher.scan(watch)
+        except Exception:
+            log.exception("taking over the claims of dead nodes failed; trying again later")
 
     # ------------------------------------------------------------------ reload
 
@@ -224,6 +347,7 @@ class Daemon:
             logging.shutdown()
             os._exit(0)  # job threads cannot be interrupted; recovery takes over
         self.operator.shutdown(wait=True)
+        self.membership.leave()
         self.operator.repository.dispose()
         self.metrics.stop()
         log.info("batchd stopped")

@@ -8,7 +8,8 @@ registered, do the templates use only known variables) is done by ``check`` in
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+import socket
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -102,9 +103,20 @@ class ScheduleSettings(Section):
     misfire_grace: Duration = timedelta(hours=1)
     timezone: str | None = None  # defaults to the daemon's
     paused: bool = False
+    # Fires only from start (default: always; intervals count from it, or from 1970) to end.
+    start: datetime | None = None
+    end: datetime | None = None
+    # When the node running a fire's job dies, the node that recovers it restarts it.
+    on_crash: Literal["none", "restart"] = "none"
 
     _name = field_validator("name")(_check_name)
     _timezone = field_validator("timezone")(_check_timezone)
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> ScheduleSettings:
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
 
 
 class WatchSettings(Section):
@@ -117,6 +129,7 @@ class WatchSettings(Section):
     regex: str | None = None  # or a regex with named groups usable in params
     params: dict[str, Any] = Field(default_factory=dict)
     stable_for: Duration = timedelta(seconds=1)  # size-stable fallback without close-write
+    on_crash: Literal["none", "restart"] = "none"
 
     _name = field_validator("name")(_check_name)
 
@@ -137,8 +150,19 @@ class WatchSettings(Section):
         return self
 
 
+def _check_node_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", name):
+        raise ValueError(
+            f"{name!r} is not a node name: letters, digits, '.', '_', ':' and '-', "
+            "at most 200, starting with a letter or digit"
+        )
+    return name
+
+
 class Settings(Section):
     database_url: str = "sqlite:///batchd.db"
+    # This daemon's name among the nodes sharing the repository.
+    node: str = Field(default_factory=socket.gethostname)
     jobs: list[str] = Field(default_factory=list)
     max_concurrent_jobs: int = Field(default=4, ge=1)
     timezone: str = "UTC"
@@ -152,6 +176,7 @@ class Settings(Section):
     watches: list[WatchSettings] = Field(default_factory=list)
 
     _timezone = field_validator("timezone")(_check_timezone)
+    _node = field_validator("node")(_check_node_name)
     _positive = field_validator("stop_grace", "heartbeat", "lease", "recover_every")(
         _check_positive
     )

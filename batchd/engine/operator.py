@@ -359,10 +359,13 @@ class JobOperator:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, lease: float | timedelta = 60) -> list[JobExecution]:
+    def recover(
+        self, lease: float | timedelta = 60, *, trust_heartbeats: bool = True
+    ) -> list[JobExecution]:
         """Mark FAILED the running executions whose owner process is gone (checked on this
         host) or whose heartbeat is older than ``lease`` seconds; they can then be
-        restarted. Returns them."""
+        restarted. Returns them. With ``trust_heartbeats=False`` (the database was away,
+        so old heartbeats prove nothing) only the first check is made."""
         lease_td = lease if isinstance(lease, timedelta) else timedelta(seconds=lease)
         if lease_td.total_seconds() < 3 * self.heartbeat_interval:
             raise ValueError(
@@ -372,7 +375,10 @@ class JobOperator:
         mine = {handle.execution_id for handle in self.active_handles()}
         recovered = []
         for execution, reason in self.repository.stale_executions(
-            lease_td, host=self.owner.host, is_alive=process_is_alive
+            lease_td,
+            host=self.owner.host,
+            is_alive=process_is_alive,
+            trust_heartbeats=trust_heartbeats,
         ):
             if execution.id in mine:
                 continue  # ours and running: its heartbeat is only late

@@ -767,14 +767,23 @@ class SqlJobRepository:
         return True
 
     def stale_executions(
-        self, lease: timedelta, *, host: str, is_alive: Callable[[int], bool]
+        self,
+        lease: timedelta,
+        *,
+        host: str,
+        is_alive: Callable[[int], bool],
+        trust_heartbeats: bool = True,
     ) -> Iterable[tuple[JobExecution, str]]:
-        """Running executions whose owner is gone, with the reason why we think so."""
+        """Running executions whose owner is gone, with the reason why we think so: a
+        process of ``host`` that is not alive, or (``trust_heartbeats``) a heartbeat older
+        than ``lease``."""
         cutoff = self.clock() - lease
         for execution in self.running_executions():
             owner_pid = execution.owner_pid
             if execution.owner_host == host and owner_pid is not None and not is_alive(owner_pid):
                 yield execution, f"recovered: owner process {owner_pid} on {host} is gone"
+                continue
+            if not trust_heartbeats:
                 continue
             if execution.heartbeat is None or execution.heartbeat < cutoff:
                 last_beat = execution.heartbeat.isoformat() if execution.heartbeat else "ever"

@@ -169,7 +169,9 @@ schedule_fire = Table(
     Column("job_execution_id", Id),
     Column("message", Text),
     Column("recorded_at", UTCDateTime, nullable=False),
+    Column("node", String(200)),  # migration 0003: the node that claimed the fire
     UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
+    Index("ix_schedule_fire_execution", "job_execution_id"),
 )
 
 trigger_file = Table(
@@ -183,5 +185,21 @@ trigger_file = Table(
     Column("job_execution_id", Id),
     Column("reason", Text),
     Column("claimed_at", UTCDateTime, nullable=False),
+    Column("node", String(200)),  # migration 0003: the node that claimed the file
     UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file"),
+    Index("ix_trigger_file_execution", "job_execution_id"),
+)
+
+# Daemons sharing the repository (migration 0003): one row per running node, renewed by
+# its heartbeat and deleted when it stops cleanly.
+node = Table(
+    "batch_node",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat", UTCDateTime, nullable=False),
+    # The node's clock minus the database's, as last measured.
+    Column("clock_offset_ms", Integer, nullable=False, server_default="0"),
 )

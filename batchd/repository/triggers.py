@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd.repository.job_repository import SqlJobRepository
@@ -20,9 +20,10 @@ from batchd.repository.tables import schedule_fire, trigger_file
 class TriggerStore:
     """Schedule fires and trigger files, in the job repository's database."""
 
-    def __init__(self, repository: SqlJobRepository) -> None:
+    def __init__(self, repository: SqlJobRepository, node: str | None = None) -> None:
         self.repository = repository
         self.engine = repository.engine
+        self.node = node  # recorded with each claim
 
     # -------------------------------------------------------------- schedules
 
@@ -36,6 +37,7 @@ class TriggerStore:
                         fire_time=fire_time,
                         outcome="claimed",
                         recorded_at=self.repository.clock(),
+                        node=self.node,
                     )
                 )
         except IntegrityError:
@@ -93,6 +95,7 @@ class TriggerStore:
                         sha256=sha256,
                         state="claimed",
                         claimed_at=self.repository.clock(),
+                        node=self.node,
                     )
                 )
         except IntegrityError:
@@ -129,3 +132,75 @@ class TriggerStore:
                 .first()
             )
         return dict(row) if row is not None else None
+
+    # ------------------------------------------------- claims of nodes that died
+
+    def stale_fire_claims(self, before: datetime) -> list[tuple[str, datetime, datetime]]:
+        """Fires claimed before ``before`` whose job was never started (the claiming node
+        died in between): (schedule, fire time, claim time)."""
+        with self.repository.reading() as conn:
+            rows = conn.execute(
+                select(
+                    schedule_fire.c.schedule_name,
+                    schedule_fire.c.fire_time,
+                    schedule_fire.c.recorded_at,
+                ).where(schedule_fire.c.outcome == "claimed", schedule_fire.c.recorded_at < before)
+            ).all()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def take_fire_claim(self, schedule: str, fire_time: datetime, claimed_at: datetime) -> bool:
+        """Take over a stale fire claim; True for exactly one of the nodes that try."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(schedule_fire)
+                .where(
+                    schedule_fire.c.schedule_name == schedule,
+                    schedule_fire.c.fire_time == fire_time,
+                    schedule_fire.c.outcome == "claimed",
+                    schedule_fire.c.recorded_at == claimed_at,
+                )
+                .values(recorded_at=self.repository.clock(), node=self.node)
+            ).rowcount
+        return changed == 1
+
+    def release_stale_file_claims(self, before: datetime) -> list[tuple[str, str, str | None]]:
+        """Forget file claims made before ``before`` whose job was never started, so the
+        file, if it is still in its directory, is taken again: (watch, file, node)."""
+        condition = (trigger_file.c.state == "claimed") & (trigger_file.c.claimed_at < before)
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(
+                    trigger_file.c.watch_name, trigger_file.c.file_name, trigger_file.c.node
+                ).where(condition)
+            ).all()
+            conn.execute(delete(trigger_file).where(condition))
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    # ------------------------------------------------------------ crash restarts
+
+    def trigger_of(self, execution_id: int) -> tuple[str, str] | None:
+        """What started an execution: ("schedule", name), ("watch", name) or None."""
+        with self.repository.reading() as conn:
+            schedule = conn.execute(
+                select(schedule_fire.c.schedule_name).where(
+                    schedule_fire.c.job_execution_id == execution_id
+                )
+            ).first()
+            if schedule is not None:
+                return "schedule", schedule[0]
+            watch = conn.execute(
+                select(trigger_file.c.watch_name).where(
+                    trigger_file.c.job_execution_id == execution_id
+                )
+            ).first()
+        return ("watch", watch[0]) if watch is not None else None
+
+    def move_trigger(self, old_execution_id: int, new_execution_id: int) -> None:
+        """A restart after a crash now stands for the fire or file of ``old_execution_id``."""
+        with self.engine.begin() as conn:
+            for table in (schedule_fire, trigger_file):
+                conn.execute(
+                    update(table)
+                    .where(table.c.job_execution_id == old_execution_id)
+                    .values(job_execution_id=new_execution_id)
+                )

@@ -128,8 +128,10 @@ def test_socket_mode_ping_jobs_and_schedules(launch: Launch, tmp_path: Path) -> 
     assert daily["name"] == "daily" and daily["job"] == "dated" and daily["paused"] is False
     assert utc_iso(daily["next_fire_time"])
 
-    # A second daemon on the same socket refuses to start and leaves the first one alone.
-    second = DaemonProcess(tmp_path, launched.daemon.config_path.read_text())
+    # A second daemon on the same socket (with a database of its own: on the same SQLite
+    # file it would be refused before) refuses to start and leaves the first one alone.
+    own_database = launched.daemon.config_path.read_text().replace("batchd.db", "second.db")
+    second = DaemonProcess(tmp_path, own_database)
     try:
         assert second.wait(30) == 73
     finally:

@@ -4,6 +4,7 @@ scripts, exit statuses and error messages."""
 from __future__ import annotations
 
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -99,12 +100,14 @@ def test_tables_json_and_errors(launch: Launch, tmp_path: Path) -> None:  # noqa
         "JOB",
         "PARAMS",
         "STATUS",
+        "NODE",
         "START",
         "DURATION",
         "PROGRESS",
     ]
     assert [row.split("│")[0].strip() for row in rows] == ["2", "1"]
     assert all("COMPLETED" in row and "dated" in row for row in rows)
+    assert {row.split("│")[4].strip() for row in rows} == {socket.gethostname()}
 
     # Group-level options work too; the status is case-insensitive.
     filtered = json.loads(
