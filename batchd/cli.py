@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +131,9 @@ def run(config_path: Path, log_level: str) -> None:
     from batchd.daemon.service import Daemon, configure_logging
 
     configure_logging(log_level)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal): what a
+    # daemon that seems stuck is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(Daemon(config_path).run())
 
 

@@ -41,7 +41,12 @@ class SystemdNotifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(lines).encode(), self.address)
+                # Never wait: a notification socket nobody reads (its queue full) must not
+                # stop the main loop, which also runs recovery and the node's heartbeat.
+                sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            log.debug("notification dropped: nobody reads %s", self.address.lstrip("\0"))
+            return False
         except OSError as error:
             log.warning("cannot notify systemd at %s: %s", self.address.lstrip("\0"), error)
             return False

@@ -1,0 +1,186 @@
+"""Several daemons (nodes) on one PostgreSQL repository: every fire once, a killed node's
+work recovered and restarted elsewhere, control requests reaching across nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from batchd import BatchStatus, SqlJobRepository
+from batchd.model import JobExecution
+from tests.daemon.node_jobs import ticks
+from tests.daemon.support import Control
+from tests.daemon.test_daemon import DaemonProcess
+
+pytestmark = pytest.mark.postgres
+
+FIRES = int(os.environ.get("BATCHD_TEST_FIRES", "60"))
+
+
+def node_config(tmp: Path, url: str, name: str, extra: str = "") -> str:
+    return (
+        f'node = "{name}"\n'
+        f'database_url = "{url}"\n'
+        'jobs = ["tests.daemon.node_jobs"]\n'
+        "max_concurrent_jobs = 4\n"
+        'heartbeat = "0.3s"\n'
+        'lease = "1.5s"\n'
+        'recover_every = "0.5s"\n'
+        'stop_grace = "10s"\n'
+        f'[control]\nsocket = "{tmp / name}.sock"\n'
+        "[metrics]\nlisten = ''\n" + extra
+    )
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., DaemonProcess]]:
+    """Starts a node (a real ``batchd run``) in a directory of its own."""
+    started: list[DaemonProcess] = []
+
+    def start(name: str, extra: str = "", env: dict[str, str] | None = None) -> DaemonProcess:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        daemon = DaemonProcess(
+            workdir,
+            node_config(tmp_path, pg_url, name, extra),
+            {"BATCHD_TEST_NODE": name, **(env or {})},
+        )
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def executions_of(url: str, job: str) -> list[JobExecution]:
+    repository = SqlJobRepository(url, upgrade=False)
+    try:
+        return repository.list_executions(job_name=job, limit=10_000)
+    finally:
+        repository.dispose()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(240)
+def test_three_nodes_run_every_fire_once_though_one_is_killed(
+    start_node: Callable[..., DaemonProcess], pg_url: str
+) -> None:
+    engine = create_engine(pg_url)
+    ticks.create(engine)
+    first = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
+    last = first + timedelta(seconds=FIRES - 1)
+    schedule = (
+        '[[schedules]]\nname = "every_second"\njob = "tick"\ninterval = "1s"\n'
+        f"start = {first.isoformat()}\nend = {last.isoformat()}\n"
+        'params = { at = "{fire_time}" }\non_crash = "restart"\n'
+    )
+    env = {"BATCHD_TEST_TICK_SECONDS": "1.5"}
+    nodes = {name: start_node(name, schedule, env) for name in ("node-a", "node-b", "node-c")}
+    for daemon in nodes.values():
+        daemon.notify.wait_for("READY=1", timeout=30)
+
+    # Midway, kill node-b while it runs a fire's job.
+    wait_for(lambda: datetime.now(UTC) > first + timedelta(seconds=FIRES // 2), 60, "midway")
+    wait_for(
+        lambda: any(
+            e.node == "node-b" and e.status == BatchStatus.STARTED
+            for e in executions_of(pg_url, "tick")
+        ),
+        20,
+        "node-b to run a job",
+    )
+    nodes["node-b"].signal(signal.SIGKILL)
+    nodes["node-b"].wait(10)
+    killed_at = datetime.now(UTC)
+
+    def all_completed() -> bool:
+        done = [e for e in executions_of(pg_url, "tick") if e.status == BatchStatus.COMPLETED]
+        return len(done) >= FIRES
+
+    try:
+        wait_for(all_completed, (last - datetime.now(UTC)).total_seconds() + 60, "every fire")
+    except AssertionError:
+        for e in executions_of(pg_url, "tick"):
+            if e.status != BatchStatus.COMPLETED:
+                print(e.id, e.node, e.status, e.heartbeat, e.exit_message)
+        raise
+    time.sleep(2)  # a fire run twice would show up now
+    for name in ("node-a", "node-c"):
+        nodes[name].signal(signal.SIGTERM)
+        assert nodes[name].wait(30) == 0
+
+    executions = executions_of(pg_url, "tick")
+    completed = Counter(e.instance_id for e in executions if e.status == BatchStatus.COMPLETED)
+    assert len(completed) == FIRES and set(completed.values()) == {1}
+    fire_times = {e.params["at"] for e in executions}
+    assert len(fire_times) == FIRES
+    with engine.connect() as conn:
+        rows = conn.execute(select(ticks.c.fire_time, ticks.c.node)).all()
+    assert Counter(t for t, _ in rows) == Counter({t: 1 for t in fire_times})  # none twice
+    # Every node took part; the killed node's running work was recovered by another node
+    # within the lease and restarted there, because the schedule says on_crash = "restart".
+    assert {node for _, node in rows} == {"node-a", "node-b", "node-c"}
+    recovered = [e for e in executions if e.status == BatchStatus.FAILED]
+    assert recovered and all(e.node == "node-b" for e in recovered)
+    assert all("recovered: no heartbeat from node-b" in (e.exit_message or "") for e in recovered)
+    for execution in recovered:
+        restarted = [x for x in executions if x.instance_id == execution.instance_id]
+        [done] = [x for x in restarted if x.status == BatchStatus.COMPLETED]
+        assert done.node in ("node-a", "node-c")
+        assert done.start_time is not None and done.start_time > killed_at
+        assert done.start_time < killed_at + timedelta(seconds=1.5 + 3)  # lease + passes
+    engine.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_stop_and_restart_sent_to_one_node_act_on_another(
+    start_node: Callable[..., DaemonProcess], pg_url: str, tmp_path: Path
+) -> None:
+    a, b = start_node("node-a"), start_node("node-b")
+    for daemon in (a, b):
+        daemon.notify.wait_for("READY=1", timeout=30)
+    on_a = Control(tmp_path / "node-a.sock").open()
+    on_b = Control(tmp_path / "node-b.sock").open()
+
+    nodes = on_b.call("nodes")["nodes"]
+    assert [(n["name"], n["live"], n["this"]) for n in nodes] == [
+        ("node-a", True, False),
+        ("node-b", True, True),
+    ]
+
+    started = on_a.call("start", job="long_count", params={"run": 1})
+    on_b.wait_for_status(started["id"], "STARTED")
+    assert on_b.call("execution", id=started["id"])["node"] == "node-a"
+
+    # The stop goes to node-b, which does not run the job: it is stored in the database,
+    # and node-a sees it at its next heartbeat and stops at a chunk boundary.
+    on_b.call("stop", id=started["id"])
+    stopped = on_a.wait_for_status(started["id"], "STOPPED", timeout=30)
+    assert stopped["node"] == "node-a"
+
+    # A restart sent to node-b runs on node-b.
+    restarted = on_b.call("restart", id=started["id"])
+    running = on_a.wait_for_status(restarted["id"], "STARTED")
+    assert running["node"] == "node-b"
+    on_a.call("stop", id=restarted["id"])
+    assert on_b.wait_for_status(restarted["id"], "STOPPED", timeout=30)["node"] == "node-b"
+    listed = {e["id"]: e["node"] for e in on_a.call("executions")["executions"]}
+    assert listed == {started["id"]: "node-a", restarted["id"]: "node-b"}
