@@ -266,7 +266,8 @@ class Daemon:
         )
 
     def _take_over_stale_claims(self) -> None:
-        """Fires and files claimed by a node that died before it started their job."""
+        """Fires claimed by a node that died before it started their job. (The watcher
+        takes over stale file claims itself, when it sees the file again.)"""
         before = self.operator.repository.clock() - self.settings.lease
         try:
             fires = self.store.stale_fire_claims(before)
@@ -279,16 +280,6 @@ class Daemon:
                         fire_time.isoformat(),
                     )
                     self.scheduler.launch_claimed(schedule, fire_time)
-            for watch, file_name, node in self.store.release_stale_file_claims(before):
-                log.warning(
-                    "watch %s: file %s was claimed by node %s, which died before starting its "
-                    "job; the claim is released and the file is taken again if it is still "
-                    "in the directory",
-                    watch,
-                    file_name,
-                    node,
-                )
-                self.watcher.scan(watch)
         except Exception:
             log.exception("taking over the claims of dead nodes failed; trying again later")
 

@@ -49,7 +49,10 @@ that is not a regular file (a FIFO would block the reader).
    claimed before goes to ``rejected/`` (outcome ``duplicate``, reason ``duplicate: already
    taken ...``) — rejected rather than processed, because nothing was done with it. A claim
    left in state ``error``, or left ``claimed`` for longer than :data:`STALE_CLAIM` (its
-   taker died between claiming and finishing), is taken over instead.
+   taker died between claiming and finishing), is taken over instead. A claim another node
+   made less than :data:`STALE_CLAIM` ago is that node taking the file from a directory the
+   nodes share: the file is left to it (outcome ``elsewhere``) and looked at again after
+   :data:`STALE_CLAIM`, in case that node died before moving it.
 4. Move the file to ``processed/``, then ``operator.start_async(job, params)``; the claim is
    finished ``started`` with the execution id. If the start is refused
    (``InvalidJobParameters``, ``JobInstanceAlreadyComplete``, ``JobExecutionAlreadyRunning``,
@@ -127,7 +130,7 @@ WATCH_VARIABLES: Final = (
 )
 
 #: What can happen to a file (the ``outcome`` of :class:`TakenFile`, metric label values).
-OUTCOMES: Final = ("started", "duplicate", "rejected", "refused", "error")
+OUTCOMES: Final = ("started", "duplicate", "rejected", "refused", "error", "elsewhere")
 
 #: Largest ``.json`` trigger file read as parameters.
 MAX_JSON_TRIGGER: Final = 1 << 20
@@ -229,6 +232,13 @@ class _WatchState:
             return {}
         match = self.regex.fullmatch(name)
         return match.groupdict() if match is not None else None
+
+
+@dataclass(frozen=True)
+class _Elsewhere:
+    """Another node holds a fresh claim on the file: it is moving it."""
+
+    reason: str
 
 
 @dataclass
@@ -640,10 +650,7 @@ class Watcher:
                 log.exception(
                     "watch %s: %s: error, retrying in %gs", state.name, path.name, RETRY_AFTER
                 )
-                with self._lock:
-                    if not self._stopping:
-                        entry = self._pending.setdefault(path, _Pending())
-                        entry.not_before = time.monotonic() + RETRY_AFTER
+                self._look_again(path, RETRY_AFTER)
                 result = TakenFile(state.name, path.name, "error", reason=str(error))
         if result is not None:
             self._report(state, result)
@@ -671,9 +678,20 @@ class Watcher:
         except _Rejected as rejection:
             return self._reject(state, path, name, rejection.outcome, rejection.reason)
         claim_id = self._claim(state, name, digest)
+        if isinstance(claim_id, _Elsewhere):
+            self._look_again(path, STALE_CLAIM.total_seconds())
+            return TakenFile(state.name, name, "elsewhere", reason=claim_id.reason)
         if isinstance(claim_id, str):
+            if not os.path.lexists(path):
+                return None  # the node holding the claim has moved it meanwhile
             return self._reject(state, path, name, "duplicate", claim_id)
         return self._start(state, path, dest, name, claim_id, params)
+
+    def _look_again(self, path: Path, after: float) -> None:
+        with self._lock:
+            if not self._stopping:
+                entry = self._pending.setdefault(path, _Pending())
+                entry.not_before = time.monotonic() + after
 
     @staticmethod
     def _check_safe(state: _WatchState, path: Path, info: os.stat_result) -> None:
@@ -724,8 +742,8 @@ class Watcher:
             raise _Rejected(str(error)) from None
         return params
 
-    def _claim(self, state: _WatchState, name: str, digest: str) -> int | str:
-        """The claim id, or the reason why the file is a duplicate."""
+    def _claim(self, state: _WatchState, name: str, digest: str) -> int | str | _Elsewhere:
+        """The claim id, the reason why the file is a duplicate, or :class:`_Elsewhere`."""
         claim_id = self._store.claim_file(state.name, name, digest)
         if claim_id is not None:
             return claim_id
@@ -740,6 +758,14 @@ class Watcher:
             and isinstance(claimed_at, datetime)
             and datetime.now(UTC) - claimed_at > STALE_CLAIM
         )
+        node = claim.get("node")
+        if (
+            claim.get("state") == "claimed"
+            and not stale
+            and node is not None
+            and node != self._store.node
+        ):
+            return _Elsewhere(f"node {node} claimed it and is taking it")
         if claim.get("state") == "error" or stale:
             log.warning(
                 "watch %s: %s: taking over claim %s left %s",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd.repository.job_repository import SqlJobRepository
@@ -162,19 +162,6 @@ class TriggerStore:
                 .values(recorded_at=self.repository.clock(), node=self.node)
             ).rowcount
         return changed == 1
-
-    def release_stale_file_claims(self, before: datetime) -> list[tuple[str, str, str | None]]:
-        """Forget file claims made before ``before`` whose job was never started, so the
-        file, if it is still in its directory, is taken again: (watch, file, node)."""
-        condition = (trigger_file.c.state == "claimed") & (trigger_file.c.claimed_at < before)
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(
-                    trigger_file.c.watch_name, trigger_file.c.file_name, trigger_file.c.node
-                ).where(condition)
-            ).all()
-            conn.execute(delete(trigger_file).where(condition))
-        return [(row[0], row[1], row[2]) for row in rows]
 
     # ------------------------------------------------------------ crash restarts
 

@@ -16,9 +16,10 @@ from sqlalchemy import create_engine, select
 
 from batchd import BatchStatus, SqlJobRepository
 from batchd.model import JobExecution
+from tests.daemon.daemon_jobs import seen
 from tests.daemon.node_jobs import ticks
 from tests.daemon.support import Control
-from tests.daemon.test_daemon import DaemonProcess
+from tests.daemon.test_daemon import DaemonProcess, drop, watch
 
 pytestmark = pytest.mark.postgres
 
@@ -29,7 +30,7 @@ def node_config(tmp: Path, url: str, name: str, extra: str = "") -> str:
     return (
         f'node = "{name}"\n'
         f'database_url = "{url}"\n'
-        'jobs = ["tests.daemon.node_jobs"]\n'
+        'jobs = ["tests.daemon.node_jobs", "tests.daemon.daemon_jobs"]\n'
         "max_concurrent_jobs = 4\n"
         'heartbeat = "0.3s"\n'
         'lease = "1.5s"\n'
@@ -184,3 +185,33 @@ def test_stop_and_restart_sent_to_one_node_act_on_another(
     assert on_b.wait_for_status(restarted["id"], "STOPPED", timeout=30)["node"] == "node-b"
     listed = {e["id"]: e["node"] for e in on_a.call("executions")["executions"]}
     assert listed == {started["id"]: "node-a", restarted["id"]: "node-b"}
+
+
+@pytest.mark.timeout(120)
+def test_files_dropped_on_a_shared_directory_are_taken_once(
+    start_node: Callable[..., DaemonProcess], pg_url: str, tmp_path: Path
+) -> None:
+    engine = create_engine(pg_url)
+    seen.create(engine)  # before the jobs, which would race to create it
+    engine.dispose()
+    shared = watch(tmp_path)  # tmp_path/drop-numbers, watched by both nodes
+    a, b = start_node("node-a", shared), start_node("node-b", shared)
+    for daemon in (a, b):
+        daemon.notify.wait_for("READY=1", timeout=30)
+    directory = tmp_path / "drop-numbers"
+    names = [f"batch{i:02d}.txt" for i in range(20)]
+    for i, name in enumerate(names):
+        drop(directory, name, range(i * 10, i * 10 + 10))
+
+    def all_done() -> bool:
+        done = [e for e in executions_of(pg_url, "count_file") if e.status.value == "COMPLETED"]
+        return len(done) >= len(names)
+
+    wait_for(all_done, 60, "every file")
+    time.sleep(1)  # a file taken twice would show up now
+    executions = executions_of(pg_url, "count_file")
+    files = Counter(Path(e.params["file"]).name for e in executions)
+    assert files == Counter({name: 1 for name in names})
+    assert sorted(p.name for p in (directory / "processed").iterdir()) == names
+    assert not (directory / "rejected").exists() or not any((directory / "rejected").iterdir())
+    assert [p.name for p in directory.iterdir() if p.is_file()] == []
