@@ -47,7 +47,16 @@ log = logging.getLogger(__name__)
 SCHEDULE_VARIABLES = ("fire_time", "fire_date", "schedule")
 # What a fire can come to (also the ``outcome`` label of the fire counter). "missed" is a
 # fire APScheduler dropped because it came later than ``misfire_grace``.
-OUTCOMES = ("started", "complete", "running", "invalid", "error", "duplicate", "missed")
+OUTCOMES = (
+    "started",
+    "complete",
+    "running",
+    "invalid",
+    "error",
+    "duplicate",
+    "elsewhere",
+    "missed",
+)
 
 # At most this many missed fires of one schedule are caught up (the newest ones).
 CATCH_UP_LIMIT = 1000
@@ -304,8 +313,9 @@ class Scheduler:
     fire (``catch_up``: ``none``, only the ``latest``, or ``all`` of them in order, each its
     own instance), then hands the schedules to an APScheduler ``BackgroundScheduler`` (one
     job each; ``misfire_grace``, coalescing, one run at a time). A fire is claimed in the
-    ``store`` before anything starts: a fire time that was claimed before is a
-    ``"duplicate"`` and starts nothing. A fire never raises: a job whose instance already
+    ``store`` before anything starts: a fire time that was claimed before starts nothing
+    and is ``"elsewhere"`` (another node sharing the repository claimed it) or a
+    ``"duplicate"``. A fire never raises: a job whose instance already
     completed or is running, bad parameters and unexpected errors are logged and counted.
 
     ``clock`` is the time catch-up and :meth:`fire` use (APScheduler itself runs on wall
@@ -571,9 +581,20 @@ class Scheduler:
                 recorded=False,
             )
         if not claimed:
-            result = FireResult(entry.name, fire_time, "duplicate", message="fired before")
+            result = self._taken(entry, fire_time)
             return self._finish(result, recorded=False)
         return self._finish(self._launch(entry, fire_time), recorded=True)
+
+    def _taken(self, entry: _Entry, fire_time: datetime) -> FireResult:
+        """A fire recorded before: by another node sharing the repository (``elsewhere``),
+        or by this one (``duplicate``)."""
+        try:
+            node = self.store.fire_node(entry.name, fire_time)
+        except Exception:
+            node = None
+        if node is not None and node != self.store.node:
+            return FireResult(entry.name, fire_time, "elsewhere", message=f"taken by node {node}")
+        return FireResult(entry.name, fire_time, "duplicate", message="fired before")
 
     def _launch(self, entry: _Entry, fire_time: datetime) -> FireResult:
         """Render the parameters and start the job; the outcome, whatever happens."""

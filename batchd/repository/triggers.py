@@ -62,6 +62,17 @@ class TriggerStore:
                 .values(outcome=outcome, job_execution_id=execution_id, message=message)
             )
 
+    def fire_node(self, schedule: str, fire_time: datetime) -> str | None:
+        """The node that claimed this fire (None if unknown or not claimed)."""
+        with self.repository.reading() as conn:
+            value: str | None = conn.execute(
+                select(schedule_fire.c.node).where(
+                    schedule_fire.c.schedule_name == schedule,
+                    schedule_fire.c.fire_time == fire_time,
+                )
+            ).scalar_one_or_none()
+        return value
+
     def last_fire(self, schedule: str) -> datetime | None:
         """The newest recorded fire time of ``schedule`` (aware UTC), or None."""
         with self.repository.reading() as conn:

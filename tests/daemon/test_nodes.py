@@ -128,6 +128,9 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
         nodes[name].signal(signal.SIGTERM)
         assert nodes[name].wait(30) == 0
 
+    for name in ("node-a", "node-c"):  # the fires the others claimed were taken elsewhere
+        assert "every_second fire" in nodes[name].output()
+        assert "elsewhere: taken by node node-" in nodes[name].output()
     executions = executions_of(pg_url, "tick")
     completed = Counter(e.instance_id for e in executions if e.status == BatchStatus.COMPLETED)
     assert len(completed) == FIRES and set(completed.values()) == {1}
