@@ -29,6 +29,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/chunk_throughput.py
 	$(PY) bench/sql_throughput.py
+	$(PY) bench/partition_speedup.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -290,6 +290,13 @@ def overhead(bench: Bench, args: argparse.Namespace, names: dict[tuple[str, int]
     print(benchkit.table(headers, rows))
     pool = t["processes", 1] - t["threads", 1]
     print(f"# starting the process pool (1 partition, processes - threads): {pool * 1e3:.0f} ms")
+    if len(args.partitions) > 1:  # leaves out the second worker's start, on processes
+        a, b = args.partitions[-2:]
+        marginal = {e: (t[e, b] - t[e, a]) / (b - a) * 1e3 for e in ("threads", "processes")}
+        print(
+            f"# from {a} to {b} partitions, per partition: threads {marginal['threads']:.2f} ms,"
+            f" processes {marginal['processes']:.2f} ms"
+        )
     print(run_times(timings))
 
 
@@ -302,8 +309,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--partitions",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[8, 32],
-        help="partition counts compared with 1 in the overhead case (default 8,32)",
+        default=[2, 8, 32],
+        help="partition counts compared with 1 in the overhead case (default 2,8,32)",
     )
     parser.add_argument(
         "--overhead-repeat", type=int, default=9, help="timed runs of each overhead case"

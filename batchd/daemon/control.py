@@ -650,16 +650,11 @@ class ControlServer:
         }
 
     def _op_recover(self) -> dict[str, Any]:
-        recovered = self.daemon.operator.recover(lease=self.daemon.settings.lease)
-        for execution in recovered:
-            log.warning(
-                "job execution %d (%s %s) FAILED by recovery: %s",
-                execution.id,
-                execution.job_name,
-                execution.params,
-                execution.exit_message,
-            )
-        return {"recovered": [execution_view(execution) for execution in recovered]}
+        recovered, trusted = self.daemon.recover(raise_errors=True)
+        return {
+            "recovered": [execution_view(execution) for execution in recovered],
+            "heartbeats_trusted": trusted,
+        }
 
     def _op_purge(self, days: int, dry_run: bool) -> dict[str, Any]:
         repository = self.daemon.operator.repository

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from batchd.engine.operator import process_is_alive
 from batchd.repository import SqlJobRepository
-from batchd.repository.nodes import DatabaseClock, NodeRecord, NodeStore
+from batchd.repository.nodes import DatabaseClock, NodeConflict, NodeRecord, NodeStore
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,14 @@ class Membership:
 
     def beat(self) -> bool:
         """Renew this node's heartbeat and its clock offset. Returns True when the database
-        has just come back after failing."""
+        has just come back after failing; NodeConflict when another process took over this
+        node's name (it was presumed dead)."""
         came_back = False
         try:
             self._measure_clock()
             self.store.beat(self.name, self.host, self.pid, clock_offset=self.clock.skew_seconds)
+        except NodeConflict:
+            raise  # replaced by another process: not a database failure
         except Exception as error:
             self._failed(error)
         else:

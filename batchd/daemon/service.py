@@ -114,7 +114,7 @@ class Daemon:
             timezone=settings.timezone,
             listener=self.metrics,
         )
-        self._recover()
+        self.recover()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.scheduler.start()
@@ -164,9 +164,14 @@ class Daemon:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_every
             if now >= self.membership.next_beat():
-                self._beat()
+                try:
+                    self._beat()
+                except NodeConflict as error:
+                    log.error("%s", error)
+                    self._shutdown("node name taken over")
+                    return EX_CONFIG
             if now >= next_recover:
-                self._recover()
+                self.recover()
                 self.notifier.status(self._status())
                 next_recover = now + recover_every
             due = min(next_recover, next_watchdog, self.membership.next_beat())
@@ -197,16 +202,21 @@ class Daemon:
         self.metrics.database_up.set(1 if self.membership.database_up else 0)
         self.metrics.clock_skew.set(self.membership.clock.skew_seconds)
 
-    def _recover(self) -> None:
-        # Old heartbeats mean dead nodes only once the database has answered for a lease.
+    def recover(self, *, raise_errors: bool = False) -> tuple[list[JobExecution], bool]:
+        """One recovery pass (periodic, or asked for over the control socket): executions of
+        dead owners FAILED, and restarted where their trigger says ``on_crash = "restart"``.
+        Returns them, and whether old heartbeats were trusted to mean dead nodes (only once
+        the database has answered this node for a lease)."""
         trust_heartbeats = self.membership.may_recover_others()
         try:
             recovered = self.operator.recover(
                 lease=self.settings.lease, trust_heartbeats=trust_heartbeats
             )
         except Exception:
+            if raise_errors:
+                raise
             log.exception("crash recovery failed; trying again later")
-            return
+            return [], trust_heartbeats
         for execution in recovered:
             self.metrics.on_execution_recovered(execution)
             log.warning(
@@ -228,6 +238,7 @@ class Daemon:
             self.metrics.initialise_from(self.operator.repository, self.operator.registry.names())
         except Exception:
             log.exception("reading job states for the metrics failed; trying again later")
+        return recovered, trust_heartbeats
 
     def _restart_after_crash(self, execution: JobExecution) -> None:
         """Restart, on this node, an execution whose node died, if the schedule or watch

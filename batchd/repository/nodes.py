@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from batchd.errors import BatchError
 from batchd.repository.job_repository import SqlJobRepository, utc_now
@@ -105,39 +106,77 @@ class NodeStore:
         """Add this node, or take over its row from a dead predecessor. NodeConflict when a
         live node has the name — or, on SQLite, when any other live node uses the file."""
         now = self.repository.clock()
-        with self.repository.engine.begin() as conn:
-            for other in self._rows(conn):
-                if other.host == host and other.pid == pid:
-                    continue
-                alive = other.is_live(now, lease) and (other.host != host or is_alive(other.pid))
-                if not alive:
-                    continue
-                if self.repository.dialect == "sqlite":
-                    raise NodeConflict(
-                        f"SQLite is for one node: node {other.name!r} (pid {other.pid} on "
-                        f"{other.host}) already runs on {self.repository.url.database}, "
-                        f"last heartbeat {other.heartbeat.isoformat()}. Use PostgreSQL "
-                        '(database_url = "postgresql+psycopg://...") to run several nodes'
-                    )
-                if other.name == name:
-                    raise NodeConflict(
-                        f"node name {name!r} is in use by pid {other.pid} on {other.host} "
-                        f"(last heartbeat {other.heartbeat.isoformat()}): give every node "
-                        "its own name (config key `node`)"
-                    )
-            self._replace_row(conn, name, host, pid, now, clock_offset)
+        try:
+            with self.repository.engine.begin() as conn:
+                self._register(conn, name, host, pid, now, lease, is_alive, clock_offset)
+        except IntegrityError:
+            raise NodeConflict(
+                f"node name {name!r} was registered by another process at the same moment: "
+                "give every node its own name (config key `node`)"
+            ) from None
+
+    def _register(
+        self,
+        conn: Connection,
+        name: str,
+        host: str,
+        pid: int,
+        now: datetime,
+        lease: timedelta,
+        is_alive: Callable[[int], bool],
+        clock_offset: float,
+    ) -> None:
+        if conn.dialect.name == "postgresql":
+            # One registration at a time (SQLite's write transactions already are).
+            conn.execute(text("LOCK TABLE batch_node IN SHARE ROW EXCLUSIVE MODE"))
+        for other in self._rows(conn):
+            if other.host == host and other.pid == pid:
+                continue
+            alive = other.is_live(now, lease) and (other.host != host or is_alive(other.pid))
+            if not alive:
+                continue
+            if self.repository.dialect == "sqlite":
+                raise NodeConflict(
+                    f"SQLite is for one node: node {other.name!r} (pid {other.pid} on "
+                    f"{other.host}) already runs on {self.repository.url.database}, "
+                    f"last heartbeat {other.heartbeat.isoformat()}. Use PostgreSQL "
+                    '(database_url = "postgresql+psycopg://...") to run several nodes'
+                )
+            if other.name == name:
+                raise NodeConflict(
+                    f"node name {name!r} is in use by pid {other.pid} on {other.host} "
+                    f"(last heartbeat {other.heartbeat.isoformat()}): give every node "
+                    "its own name (config key `node`)"
+                )
+        self._replace_row(conn, name, host, pid, now, clock_offset)
 
     def beat(self, name: str, host: str, pid: int, *, clock_offset: float = 0.0) -> None:
-        """Renew this node's heartbeat (and put its row back if it was removed)."""
+        """Renew this node's heartbeat (and put its row back if it was removed).
+        NodeConflict when another process holds the name: this node was presumed dead
+        (paused past its lease) and replaced."""
         now = self.repository.clock()
         with self.repository.engine.begin() as conn:
             changed = conn.execute(
                 update(node_table)
-                .where(node_table.c.name == name, node_table.c.pid == pid)
+                .where(
+                    node_table.c.name == name,
+                    node_table.c.host == host,
+                    node_table.c.pid == pid,
+                )
                 .values(heartbeat=now, clock_offset_ms=round(clock_offset * 1000))
             ).rowcount
-            if changed == 0:
-                self._replace_row(conn, name, host, pid, now, clock_offset)
+            if changed:
+                return
+            holder = conn.execute(
+                select(node_table.c.host, node_table.c.pid).where(node_table.c.name == name)
+            ).first()
+            if holder is not None:
+                raise NodeConflict(
+                    f"node name {name!r} was taken over by pid {holder.pid} on {holder.host} "
+                    "while this node gave no heartbeat for longer than the lease; its running "
+                    "executions were recovered elsewhere, so this node stops"
+                )
+            self._replace_row(conn, name, host, pid, now, clock_offset)
 
     @staticmethod
     def _replace_row(

@@ -4,8 +4,8 @@ scripts, exit statuses and error messages."""
 from __future__ import annotations
 
 import json
-import socket
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
