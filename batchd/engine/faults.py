@@ -6,8 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
-
 from batchd.errors import BatchError
 
 T = TypeVar("T")
@@ -44,6 +42,9 @@ class FaultPolicy:
         """Call ``fn``, retrying retryable errors; the last error propagates."""
         if not (self.retry_on and self.retry_limit):
             return fn()
+        # Imported here: only steps that retry need it (and workers start faster without).
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
         retrying = Retrying(
             retry=retry_if_exception_type(self.retry_on),
             stop=stop_after_attempt(self.retry_limit + 1),

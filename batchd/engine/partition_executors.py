@@ -46,8 +46,10 @@ class PartitionExecutor:
     dumps: Any = pickle.dumps
 
     def close(self) -> None:
+        """Called once every partition has ended and its end is recorded: the step need
+        not wait while idle worker processes exit."""
         if self.owned:
-            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor.shutdown(wait=self.in_process, cancel_futures=True)
 
 
 def open_executor(spec: Any, tasks: int, workers: int | None, step_name: str) -> PartitionExecutor:

@@ -140,14 +140,9 @@ class PartitionStep:
 
     def _last_runs(self, run: StepRun, count: int, origin: int) -> dict[int, StepExecution]:
         """The newest step execution of each partition of the plan made by ``origin``."""
-        last_runs = {}
-        for index in range(count):
-            history = run.repository.step_history(
-                _instance_id(run), self.partition_name(index), after_id=origin
-            )
-            if history.last is not None:
-                last_runs[index] = history.last
-        return last_runs
+        names = [self.partition_name(index) for index in range(count)]
+        last = run.repository.last_step_executions(_instance_id(run), names, after_id=origin)
+        return {index: last[name] for index, name in enumerate(names) if name in last}
 
     def _create_partitions(
         self,
@@ -159,16 +154,21 @@ class PartitionStep:
         """A STARTED step execution per partition to run, resuming from its checkpoint."""
         job_execution = run.job_execution
         assert job_execution is not None  # the partitioned step runs in the job's process
-        started = {}
-        for index in pending:
-            last = last_runs.get(index)
-            context = last.execution_context if last is not None else {PARTITION_KEY: plan[index]}
-            step_execution = run.repository.create_step_execution(
-                job_execution, self.partition_name(index), context
-            )
-            job_execution.step_executions.append(step_execution)
-            started[index] = step_execution
-        return started
+        contexts = [
+            last_runs[index].execution_context
+            if index in last_runs
+            else {PARTITION_KEY: plan[index]}
+            for index in pending
+        ]
+        created = run.repository.create_step_executions(
+            job_execution,
+            [
+                (self.partition_name(index), context)
+                for index, context in zip(pending, contexts, strict=True)
+            ],
+        )
+        job_execution.step_executions.extend(created)
+        return dict(zip(pending, created, strict=True))
 
     # ------------------------------------------------------------------ running
 

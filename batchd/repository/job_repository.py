@@ -27,7 +27,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -250,11 +249,7 @@ class SqlJobRepository:
 
     @staticmethod
     def _insert_ignoring_conflict(conn: Connection) -> Any:
-        if conn.dialect.name == "postgresql":
-            return postgresql.insert(job_instance).on_conflict_do_nothing(
-                index_elements=["job_name", "job_key"]
-            )
-        return sqlite.insert(job_instance).on_conflict_do_nothing(
+        return _dialect_insert(conn)(job_instance).on_conflict_do_nothing(
             index_elements=["job_name", "job_key"]
         )
 
@@ -491,6 +486,24 @@ class SqlJobRepository:
             )
         return StepHistory(last=to_step_execution(rows[0]) if rows else None, start_count=len(rows))
 
+    def last_step_executions(
+        self, instance_id: int, step_names: Sequence[str], *, after_id: int = 0
+    ) -> dict[str, StepExecution]:
+        """The newest execution of each of ``step_names`` in the instance (with an id above
+        ``after_id``), in one query; names never run are left out."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(step_execution)
+                .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+                .where(
+                    job_execution.c.instance_id == instance_id,
+                    step_execution.c.step_name.in_(list(step_names)),
+                    step_execution.c.id > after_id,
+                )
+                .order_by(step_execution.c.id)
+            ).mappings()
+            return {row["step_name"]: to_step_execution(row) for row in rows}
+
     def get_step_executions(self, step_ids: Sequence[int]) -> list[StepExecution]:
         """These step executions as stored now, in the order of ``step_ids`` (missing ones
         left out)."""
@@ -531,7 +544,15 @@ class SqlJobRepository:
         self, execution: JobExecution, step_name: str, context: dict[str, Any]
     ) -> StepExecution:
         """Add a STARTED step execution, if the job execution is still this owner's."""
+        return self.create_step_executions(execution, [(step_name, context)])[0]
+
+    def create_step_executions(
+        self, execution: JobExecution, steps: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[StepExecution]:
+        """Add STARTED step executions (name, checkpoint) in one transaction, if the job
+        execution is still this owner's (a partitioned step's partitions, for instance)."""
         now = self.clock()
+        created = []
         with self.engine.begin() as conn:
             status = conn.execute(
                 select(job_execution.c.status).where(job_execution.c.id == execution.id)
@@ -541,28 +562,32 @@ class SqlJobRepository:
                     f"job execution {execution.id} was ended elsewhere ({status}); "
                     "this process gives up its run"
                 )
-            step_id = _inserted_id(
-                conn.execute(
-                    insert(step_execution).values(
-                        job_execution_id=execution.id,
-                        step_name=step_name,
-                        status=BatchStatus.STARTED.value,
-                        execution_context=canonical_json(context),
-                        start_time=now,
-                        last_updated=now,
-                        version=0,
+            for step_name, context in steps:
+                step_id = _inserted_id(
+                    conn.execute(
+                        insert(step_execution).values(
+                            job_execution_id=execution.id,
+                            step_name=step_name,
+                            status=BatchStatus.STARTED.value,
+                            execution_context=canonical_json(context),
+                            start_time=now,
+                            last_updated=now,
+                            version=0,
+                        )
                     )
                 )
-            )
-        return StepExecution(
-            id=step_id,
-            job_execution_id=execution.id,
-            step_name=step_name,
-            status=BatchStatus.STARTED,
-            start_time=now,
-            last_updated=now,
-            execution_context=dict(context),
-        )
+                created.append(
+                    StepExecution(
+                        id=step_id,
+                        job_execution_id=execution.id,
+                        step_name=step_name,
+                        status=BatchStatus.STARTED,
+                        start_time=now,
+                        last_updated=now,
+                        execution_context=dict(context),
+                    )
+                )
+        return created
 
     @contextmanager
     def chunk_transaction(self) -> Iterator[Connection]:
@@ -642,7 +667,7 @@ class SqlJobRepository:
     def _save_step_context(
         conn: Connection, instance_id: int, step_name: str, value: dict[str, Any]
     ) -> None:
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        dialect_insert = _dialect_insert(conn)
         stmt = dialect_insert(step_context).values(
             instance_id=instance_id, step_name=step_name, context=canonical_json(value)
         )
@@ -960,6 +985,18 @@ class PurgeResult:
     executions: int = 0
     step_executions: int = 0
     instances: int = 0
+
+
+def _dialect_insert(conn: Connection) -> Any:
+    """The INSERT construct with ON CONFLICT of the connection's database (the dialect
+    module is imported on first use: a SQLite-only process never loads PostgreSQL's)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
 
 
 def _batches(values: Sequence[int], size: int = 500) -> Iterator[list[int]]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 from batchd.repository.connect import READ_ONLY_OPTION
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: a partition's worker process opens the repository
+# without upgrading it, and should not pay for importing Alembic at every start.
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +26,30 @@ _PG_MIGRATION_LOCK = 0x6261_7463_6864  # "batchd"
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``; safe when several processes do it at once."""
+    from alembic import command
+
     with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as probe:
         if revision == "head" and current_revision(probe) == head_revision():
             return
