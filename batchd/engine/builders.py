@@ -172,8 +172,8 @@ class StepBuilder:
         """Where partitions run: ``"threads"`` (the default), ``"processes"`` (spawned
         worker processes, which receive pickled copies of the reader, processor and
         writer), any ``concurrent.futures.Executor``, or a Dask ``distributed.Client``.
-        ``workers`` caps the threads or processes (default: one per partition, and for
-        processes at most one per CPU)."""
+        ``workers`` caps the threads or processes (default: one per partition, at most
+        the number of CPUs + 4 threads, or one process per CPU)."""
         check_executor_spec(executor)
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive integer, not {workers!r}")

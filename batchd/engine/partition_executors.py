@@ -56,8 +56,11 @@ def open_executor(spec: Any, tasks: int, workers: int | None, step_name: str) ->
     """The executor ``spec`` names, sized for ``tasks`` partitions (``workers`` at most)."""
     if spec == "threads":
         return PartitionExecutor(
+            # At most the standard library's default (CPUs + 4): more threads than that
+            # mostly wait for the GIL or, on SQLite, for the single writer lock.
             ThreadPoolExecutor(
-                max_workers=workers or tasks, thread_name_prefix=f"batchd-{step_name}"
+                max_workers=workers or min(tasks, (os.cpu_count() or 1) + 4),
+                thread_name_prefix=f"batchd-{step_name}",
             ),
             "threads",
             in_process=True,
