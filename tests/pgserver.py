@@ -201,6 +201,7 @@ class PostgresServer:
                 timeout=timeout + 10,
             )
             if r.returncode == 0:
+                self._options = opts  # for resume()
                 break
             last_err = (
                 f"pg_ctl start failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}\n"
@@ -228,6 +229,37 @@ class PostgresServer:
                         f"--- server log ---\n{self._log_tail()}"
                     ) from e
                 time.sleep(0.05)
+
+    paused = False
+    _options = ""
+
+    def pause(self) -> None:
+        """Stop the server (``-m fast``), keeping its data: the database goes away."""
+        assert self.datadir is not None
+        r = self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
+        if r.returncode != 0:
+            raise PostgresStartError(f"pg_ctl stop failed: {r.stderr}")
+        self.paused = True
+
+    def resume(self, timeout: float = 30) -> None:
+        """Start the paused server again: same data, same port."""
+        assert self.datadir is not None and self.logfile is not None
+        r = self._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            self._options,
+            "-w",
+            timeout=timeout + 10,
+        )
+        if r.returncode != 0:
+            raise PostgresStartError(f"pg_ctl start failed: {r.stderr}\n{self._log_tail()}")
+        self._wait_ready(timeout)
+        self.paused = False
 
     def stop(self) -> None:
         """Stop the server at once (``-m immediate``) and remove its directory."""

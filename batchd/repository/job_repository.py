@@ -530,13 +530,7 @@ class SqlJobRepository:
             changed = conn.execute(
                 update(step_execution)
                 .where(step_execution.c.id == step_id, step_execution.c.status.in_(RUNNING))
-                .values(
-                    status=BatchStatus.FAILED.value,
-                    exit_message=reason,
-                    end_time=now,
-                    last_updated=now,
-                    version=step_execution.c.version + 1,
-                )
+                .values(_failed_step_values(reason, now))
             ).rowcount
         return changed == 1
 
@@ -781,13 +775,7 @@ class SqlJobRepository:
                     step_execution.c.job_execution_id == execution.id,
                     step_execution.c.status.in_(RUNNING),
                 )
-                .values(
-                    status=BatchStatus.FAILED.value,
-                    exit_message=reason,
-                    end_time=now,
-                    last_updated=now,
-                    version=step_execution.c.version + 1,
-                )
+                .values(_failed_step_values(reason, now))
             )
         return True
 
@@ -985,6 +973,17 @@ class PurgeResult:
     executions: int = 0
     step_executions: int = 0
     instances: int = 0
+
+
+def _failed_step_values(reason: str, now: datetime) -> dict[str, Any]:
+    """A running step execution ended FAILED by someone other than its runner."""
+    return {
+        "status": BatchStatus.FAILED.value,
+        "exit_message": reason,
+        "end_time": now,
+        "last_updated": now,
+        "version": step_execution.c.version + 1,
+    }
 
 
 def _dialect_insert(conn: Connection) -> Any:

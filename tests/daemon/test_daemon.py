@@ -125,14 +125,14 @@ def drop(directory: Path, name: str, numbers: range) -> None:
     partial.rename(directory / name)  # appears atomically, as a well-behaved sender does
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 15) -> object:
+def wait_until(predicate: Callable[[], object], timeout: float = 15, what: str = "") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"timed out waiting for {what}" if what else "condition not met in time")
 
 
 def executions(tmp: Path, job: str | None = None) -> list[object]:

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -409,49 +408,10 @@ def test_a_skewed_clock_is_neither_recovered_while_alive_nor_trusted_raw(
 # ------------------------------------------------- 4. the database goes away and comes back
 
 
-class PausablePostgres(PostgresServer):
-    """A private PostgreSQL server (stopping it disturbs no other test) that a test takes
-    away and brings back with the same data on the same port."""
-
-    paused = False
-
-    def pause(self) -> None:
-        assert self.datadir is not None
-        # The server's own command line, to start it again the same way.
-        self._argv = shlex.split((self.datadir / "postmaster.opts").read_text())
-        stopped = self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", "fast", "-w")
-        assert stopped.returncode == 0, stopped.stderr
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.datadir is not None and self.logfile is not None
-        options = self._argv[1:]  # without the postgres binary...
-        at = options.index("-D")
-        del options[at : at + 2]  # ...and the data directory, which pg_ctl gives
-        started = self._run(
-            "pg_ctl",
-            "start",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.logfile),
-            "-o",
-            shlex.join(options),
-            "-w",
-        )
-        assert started.returncode == 0, f"{started.stderr}\n{self._log_tail()}"
-        self._wait_ready(30)
-        self.paused = False
-
-    def ensure_running(self) -> None:
-        if self.paused:
-            self.resume()
-
-
 @pytest.fixture(scope="module")
-def _module_server() -> Iterator[PausablePostgres]:
+def _module_server() -> Iterator[PostgresServer]:
     try:
-        server = PausablePostgres()
+        server = PostgresServer()
     except PostgresNotFound as error:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL tests must never be skipped in CI: {error}", pytrace=False)
@@ -464,10 +424,11 @@ def _module_server() -> Iterator[PausablePostgres]:
 
 
 @pytest.fixture
-def private_server(_module_server: PausablePostgres) -> Iterator[PausablePostgres]:
+def private_server(_module_server: PostgresServer) -> Iterator[PostgresServer]:
     """This module's own server, running again after each test however it ended."""
     yield _module_server
-    _module_server.ensure_running()
+    if _module_server.paused:
+        _module_server.resume()
 
 
 Samples = dict[str, float]
@@ -521,7 +482,7 @@ def database_up(node: Node, metrics: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_the_database_goes_away_and_comes_back(
-    tmp_path: Path, private_server: PausablePostgres, start_node: Callable[..., Node]
+    tmp_path: Path, private_server: PostgresServer, start_node: Callable[..., Node]
 ) -> None:
     from tests.daemon.node_fault_jobs import GATED
 
@@ -579,7 +540,8 @@ def test_the_database_goes_away_and_comes_back(
         for execution_id in (mine, theirs):
             solo.wait_for_status(execution_id, "COMPLETED")
     finally:
-        private_server.ensure_running()  # the peer's job must be able to end
+        if private_server.paused:  # the peer's job must be able to end
+            private_server.resume()
         gate.touch(exist_ok=True)
         Path(f"{gate}-peer").touch(exist_ok=True)
         peer.shutdown(wait=True)
@@ -608,7 +570,7 @@ def test_the_database_goes_away_and_comes_back(
 
 @pytest.mark.postgres
 def test_ctl_recover_right_after_an_outage_trusts_no_old_heartbeat(
-    private_server: PausablePostgres, start_node: Callable[..., Node]
+    private_server: PostgresServer, start_node: Callable[..., Node]
 ) -> None:
     url = private_server.create_database("recover_after_outage")
     solo = start_node("solo", node="solo", database_url=url, lease="5s", metrics="127.0.0.1:0")

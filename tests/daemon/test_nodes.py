@@ -19,7 +19,7 @@ from batchd.model import JobExecution
 from tests.daemon.daemon_jobs import seen
 from tests.daemon.node_jobs import ticks
 from tests.daemon.support import Control
-from tests.daemon.test_daemon import DaemonProcess, drop, watch
+from tests.daemon.test_daemon import DaemonProcess, drop, wait_until, watch
 
 pytestmark = pytest.mark.postgres
 
@@ -70,16 +70,6 @@ def executions_of(url: str, job: str) -> list[JobExecution]:
         repository.dispose()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.timeout(240)
 def test_three_nodes_run_every_fire_once_though_one_is_killed(
     start_node: Callable[..., DaemonProcess], pg_url: str
@@ -99,8 +89,8 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
         daemon.notify.wait_for("READY=1", timeout=30)
 
     # Midway, kill node-b while it runs a fire's job.
-    wait_for(lambda: datetime.now(UTC) > first + timedelta(seconds=FIRES // 2), 60, "midway")
-    wait_for(
+    wait_until(lambda: datetime.now(UTC) > first + timedelta(seconds=FIRES // 2), 60, "midway")
+    wait_until(
         lambda: any(
             e.node == "node-b" and e.status == BatchStatus.STARTED
             for e in executions_of(pg_url, "tick")
@@ -117,7 +107,7 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
         return len(done) >= FIRES
 
     try:
-        wait_for(all_completed, (last - datetime.now(UTC)).total_seconds() + 60, "every fire")
+        wait_until(all_completed, (last - datetime.now(UTC)).total_seconds() + 60, "every fire")
     except AssertionError:
         for e in executions_of(pg_url, "tick"):
             if e.status != BatchStatus.COMPLETED:
@@ -210,7 +200,7 @@ def test_files_dropped_on_a_shared_directory_are_taken_once(
         done = [e for e in executions_of(pg_url, "count_file") if e.status.value == "COMPLETED"]
         return len(done) >= len(names)
 
-    wait_for(all_done, 60, "every file")
+    wait_until(all_done, 60, "every file")
     time.sleep(1)  # a file taken twice would show up now
     executions = executions_of(pg_url, "count_file")
     files = Counter(Path(e.params["file"]).name for e in executions)
