@@ -313,7 +313,7 @@ def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None
     stale.bind(str(tmp_path / "control.sock"))
     stale.close()
     control = launch().connect()
-    assert control.call("recover") == {"recovered": []}
+    assert control.call("recover")["recovered"] == []
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -334,7 +334,7 @@ def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None
     [recovered] = control.call("recover")["recovered"]
     assert recovered["id"] == orphan.id and recovered["status"] == "FAILED"
     assert "recovered" in recovered["exit_message"]
-    assert control.call("recover") == {"recovered": []}
+    assert control.call("recover")["recovered"] == []
 
 
 def test_purge_keeps_incomplete_instances(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
