@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHD = [sys.executable, "-m", "batchd.cli"]
@@ -31,6 +32,10 @@ def free_port() -> int:
         return port
 
 
+# The daemon's time zone: the fire date (and so the business date) is the date there.
+TIMEZONE = "Europe/Berlin"
+
+
 def write_config(work: Path, port: int) -> Path:
     (work / "spool" / "payments").mkdir(parents=True)
     config = work / "batchd.toml"
@@ -38,7 +43,7 @@ def write_config(work: Path, port: int) -> Path:
         f"""\
 database_url = "sqlite:///{work / "batchd.db"}"
 jobs = ["jobs.end_of_day", "jobs.file_import"]
-timezone = "Europe/Berlin"
+timezone = "{TIMEZONE}"
 stop_grace = "10s"
 
 [control]
@@ -110,7 +115,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="batchd-demo-"))
     port = free_port()
     config = write_config(work, port)
-    fire_date = dt.datetime.now(dt.UTC).astimezone().date()
+    fire_date = dt.datetime.now(ZoneInfo(TIMEZONE)).date()
     write_transactions(
         work / "data" / f"transactions_{fire_date - dt.timedelta(days=1):%Y%m%d}.csv", 2000
     )
