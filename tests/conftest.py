@@ -52,9 +52,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session, in a temp dir (see tests/pgserver.py)."""
+def running_postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL server in a temp dir (see tests/pgserver.py), stopped and
+    removed afterwards; the test is skipped without PostgreSQL, except in CI, where it
+    fails."""
     try:
         server = PostgresServer()
     except PostgresNotFound as e:
@@ -66,6 +67,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session."""
+    yield from running_postgres_server()
 
 
 @pytest.fixture(scope="session")

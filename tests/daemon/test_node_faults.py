@@ -41,8 +41,9 @@ from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import ScheduleSettings
 from batchd.repository import Owner, TriggerStore, utc_now
 from batchd.repository.nodes import DatabaseClock, NodeStore
+from tests.conftest import running_postgres_server
 from tests.daemon.test_daemon import ROOT, DaemonProcess, NotifySocket, wait_until
-from tests.pgserver import PostgresNotFound, PostgresServer
+from tests.pgserver import PostgresServer
 
 JOBS = '["tests.daemon.daemon_jobs", "tests.daemon.node_fault_jobs"]'
 
@@ -410,17 +411,8 @@ def test_a_skewed_clock_is_neither_recovered_while_alive_nor_trusted_raw(
 
 @pytest.fixture(scope="module")
 def _module_server() -> Iterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except PostgresNotFound as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests must never be skipped in CI: {error}", pytrace=False)
-        pytest.skip(str(error))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A server of this module's own: stopping it disturbs no other test."""
+    yield from running_postgres_server()
 
 
 @pytest.fixture
