@@ -326,3 +326,50 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     example = (ROOT / "etc" / "batchd.toml").read_text()
     grace = example.split("stop_grace")[1].split('"')[1]
     assert timeout_stop > int(grace.rstrip("s"))
+
+
+def test_sigterm_stops_partitions_in_worker_processes_and_a_restart_completes(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    from tests.daemon.support import Control
+
+    daemon = start_daemon(config(tmp_path, jobs='["tests.daemon.partition_daemon_jobs"]'))
+    daemon.notify.wait_for("READY=1")
+    control = Control(tmp_path / "control.sock").open()
+    started = control.call("start", job="split", params={"run": 1})
+
+    def partitions_committed() -> bool:
+        steps = control.call("execution", id=started["id"])["steps"]
+        parts = [s for s in steps if ":" in s["name"]]
+        return len(parts) == 2 and all(s["commit_count"] > 0 for s in parts)
+
+    wait_until(partitions_committed, timeout=30)
+    workers = [
+        int(pid)
+        for pid in subprocess.run(
+            ["pgrep", "-P", str(daemon.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    assert len(workers) >= 2  # the spawned partition workers (and their resource tracker)
+
+    # SIGTERM reaches the partitions as a stop (the workers ignore the signal itself).
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    [execution] = executions(tmp_path, "split")
+    assert execution.status == BatchStatus.STOPPED
+    assert {s.step_name: s.status for s in execution.step_executions} == {
+        "work": BatchStatus.STOPPED,
+        "work:0000": BatchStatus.STOPPED,
+        "work:0001": BatchStatus.STOPPED,
+    }
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), timeout=10)
+
+    again = start_daemon(config(tmp_path, jobs='["tests.daemon.partition_daemon_jobs"]'))
+    again.notify.wait_for("READY=1")
+    control = Control(tmp_path / "control.sock").open()
+    restarted = control.call("restart", id=started["id"])
+    done = control.wait_for_status(restarted["id"], "COMPLETED", timeout=60)
+    # The restart read only what the stopped partitions had not committed.
+    read_before = sum(s.read_count for s in execution.step_executions if ":" in s.step_name)
+    read_after = sum(s["read_count"] for s in done["steps"] if ":" in s["name"])
+    assert 0 < read_before < 4000 and read_before + read_after == 4000
