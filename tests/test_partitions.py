@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -90,6 +91,21 @@ def test_each_partition_is_a_step_execution_and_the_parent_sums_them(
         n: (s.status, s.write_count) for n, s in steps.items()
     }
     assert_sink_holds_every_row_once(database_url)
+
+
+def test_a_dask_client_executor_works_like_the_client(
+    operator: JobOperator, registry: JobRegistry, database_url: str, dask_client: Any
+) -> None:
+    fill_source(database_url, ROWS)
+    registry.register(partitioned_job(database_url, dask_client.get_executor()))
+
+    execution = operator.start("partitioned", {"run": 1})
+
+    assert execution.status == BatchStatus.COMPLETED, execution.exit_message
+    assert [s.read_count for s in execution.step_executions] == [2000, 500, 500, 500, 500]
+    assert_sink_holds_every_row_once(database_url)
+    # The work ran in the cluster's worker processes, not in this one.
+    assert {pid for _, _, pid in sink_rows(database_url)}.isdisjoint({os.getpid()})
 
 
 def test_restart_runs_only_the_partitions_that_did_not_complete(
