@@ -186,20 +186,7 @@ class PostgresServer:
                     "-c log_min_messages=warning",
                 ]
             )
-            r = self._run(
-                "pg_ctl",
-                "start",
-                "-D",
-                str(self.datadir),
-                "-l",
-                str(self.logfile),
-                "-o",
-                opts,
-                "-w",
-                "-t",
-                str(int(timeout)),
-                timeout=timeout + 10,
-            )
+            r = self._pg_ctl_start(opts, timeout)
             if r.returncode == 0:
                 self._options = opts  # for resume()
                 break
@@ -212,6 +199,23 @@ class PostgresServer:
         else:
             raise PostgresStartError(last_err)
         self._wait_ready(timeout)
+
+    def _pg_ctl_start(self, options: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        assert self.datadir is not None and self.logfile is not None
+        return self._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            timeout=timeout + 10,
+        )
 
     def _wait_ready(self, timeout: float) -> None:
         import psycopg
@@ -243,19 +247,7 @@ class PostgresServer:
 
     def resume(self, timeout: float = 30) -> None:
         """Start the paused server again: same data, same port."""
-        assert self.datadir is not None and self.logfile is not None
-        r = self._run(
-            "pg_ctl",
-            "start",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.logfile),
-            "-o",
-            self._options,
-            "-w",
-            timeout=timeout + 10,
-        )
+        r = self._pg_ctl_start(self._options, timeout)
         if r.returncode != 0:
             raise PostgresStartError(f"pg_ctl start failed: {r.stderr}\n{self._log_tail()}")
         self._wait_ready(timeout)

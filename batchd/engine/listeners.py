@@ -5,18 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 JOB_HOOKS = ("before_job", "after_job")
-STEP_HOOKS = (
-    "before_step",
-    "after_step",
+# The hooks called from inside the chunk loop (in a partition's worker, too).
+CHUNK_HOOKS = (
     "before_chunk",
     "after_chunk",
     "on_chunk_error",
-    "before_partition",
-    "after_partition",
-    "on_partition_error",
     "on_skip_in_read",
     "on_skip_in_process",
     "on_skip_in_write",
+)
+STEP_HOOKS = (
+    "before_step",
+    "after_step",
+    "before_partition",
+    "after_partition",
+    "on_partition_error",
+    *CHUNK_HOOKS,
 )
 
 
@@ -34,6 +38,9 @@ class Listeners:
 
     def has(self, hook: str) -> bool:
         return any(callable(getattr(obj, hook, None)) for obj in self.objects)
+
+    def has_any(self, hooks: tuple[str, ...]) -> bool:
+        return any(self.has(hook) for hook in hooks)
 
     def call(self, hook: str, *args: Any) -> None:
         """Call ``hook`` on every listener that has it. Exceptions propagate: a failing

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -174,17 +174,8 @@ class PartitionStep:
 
     def _task(self, run: StepRun, step_execution: StepExecution, url: str | None) -> PartitionTask:
         listeners = run.listeners if url is None else chunk_listeners(run.listeners)
-        worker = ChunkStep(
-            name=step_execution.step_name,
-            reader=self.worker.reader,
-            processor=self.worker.processor,
-            writer=self.worker.writer,
-            chunk_size=self.worker.chunk_size,
-            faults=self.worker.faults,
-            listeners=listeners,
-        )
         return PartitionTask(
-            step=worker,
+            step=replace(self.worker, name=step_execution.step_name, listeners=listeners),
             step_execution_id=step_execution.id,
             job_execution_id=step_execution.job_execution_id,
             instance_id=_instance_id(run),

@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from batchd.engine.chunk_step import ChunkStep
-from batchd.engine.listeners import Listeners
+from batchd.engine.listeners import CHUNK_HOOKS, Listeners
 from batchd.engine.step_run import StepRun
 from batchd.errors import ExecutionLost
 from batchd.model import BatchStatus, StepExecution, canonical_json
@@ -69,8 +69,7 @@ def execute_partition(
         step_context={},
         stop_requested=stop_requested,
     )
-    step = replace(task.step, name=step_execution.step_name)
-    outcome = step.execute(run)
+    outcome = task.step.execute(run)
     repository.finish_step(
         step_execution,
         outcome.status,
@@ -131,14 +130,10 @@ def _worker_repository(url: str) -> SqlJobRepository:
 def chunk_listeners(listeners: Listeners) -> Listeners:
     """The listeners a partition runs with: only those with chunk or skip hooks (job and
     step hooks run in the job's process, and need not be picklable)."""
-    hooks = (
-        "before_chunk",
-        "after_chunk",
-        "on_chunk_error",
-        "on_skip_in_read",
-        "on_skip_in_process",
-        "on_skip_in_write",
-    )
     return Listeners(
-        [obj for obj in listeners.objects if any(callable(getattr(obj, h, None)) for h in hooks)]
+        [
+            obj
+            for obj in listeners.objects
+            if any(callable(getattr(obj, h, None)) for h in CHUNK_HOOKS)
+        ]
     )

@@ -27,7 +27,6 @@ from batchd.items import (
     SqlItemReader,
     SqlKeyRangePartitioner,
 )
-from batchd.items.sql_items import dispose_engines
 from tests.items.helpers import make_ctx, read_all
 
 metadata = MetaData()
@@ -43,12 +42,6 @@ empty = Table("empty", metadata, Column("id", Integer, primary_key=True))
 # Keys with gaps: min 7, max 250.
 KEYS = [7, 8, 9, 12, 13, 20, 21, 22, 23, 40, 41, 99, 100, 101, 102, 103, 180, 249, 250]
 NEW = {12, 13, 20, 99, 100}  # min 12, max 100
-
-
-@pytest.fixture(autouse=True)
-def _dispose() -> Iterator[None]:
-    yield
-    dispose_engines()  # cached Engines must not outlive the test's database
 
 
 @pytest.fixture

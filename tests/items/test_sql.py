@@ -31,7 +31,6 @@ from sqlalchemy.engine import Engine
 
 from batchd.errors import ItemFormatError
 from batchd.items import SqlItemReader, SqlItemWriter
-from batchd.items.sql_items import dispose_engines
 from batchd.model import ChunkTransaction, current_chunk_transaction, database_identity
 from tests.items.helpers import make_ctx, persisted, read_all, read_n
 
@@ -52,12 +51,6 @@ target = Table(
     Column("total", Integer, nullable=False, server_default="0"),
 )
 other = Table("other", metadata, Column("id", Integer, primary_key=True))
-
-
-@pytest.fixture(autouse=True)
-def _dispose() -> Iterator[None]:
-    yield
-    dispose_engines()  # cached Engines must not outlive the test's database
 
 
 @pytest.fixture
