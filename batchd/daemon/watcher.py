@@ -756,7 +756,7 @@ class Watcher:
         stale = (
             claim.get("state") == "claimed"
             and isinstance(claimed_at, datetime)
-            and datetime.now(UTC) - claimed_at > STALE_CLAIM
+            and self._store.repository.clock() - claimed_at > STALE_CLAIM
         )
         node = claim.get("node")
         if (
