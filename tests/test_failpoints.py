@@ -47,7 +47,7 @@ def test_raise_acts_only_on_the_named_point(monkeypatch: pytest.MonkeyPatch) -> 
     failpoints.reload_from_environment()
     try:
         failpoints.failpoint(second)
-        with pytest.raises(failpoints.FailpointHit, match="test.first"):
+        with pytest.raises(failpoints.FailpointHit, match=r"test\.first"):
             failpoints.failpoint(first)
     finally:
         monkeypatch.delenv(failpoints.ENVIRONMENT_VARIABLE)
