@@ -279,6 +279,9 @@ def load_jobs(settings: Settings, *, reload: bool = False) -> JobRegistry:
 
 def _import_job_modules(settings: Settings, *, reload: bool) -> list[str]:
     os.environ.setdefault("BATCHD_DATABASE_URL", settings.database_url)
+    for directory in reversed(settings.jobs_path):  # in front, in the order given
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     importlib.invalidate_caches()  # modules written since the last import must be found

@@ -164,6 +164,9 @@ class Settings(Section):
     # This daemon's name among the nodes sharing the repository.
     node: str = Field(default_factory=socket.gethostname)
     jobs: list[str] = Field(default_factory=list)
+    # Directories put in front of sys.path before the job modules are imported, so that the
+    # daemon and check-config find the operator's modules from any working directory.
+    jobs_path: list[Path] = Field(default_factory=list)
     max_concurrent_jobs: int = Field(default=4, ge=1)
     timezone: str = "UTC"
     stop_grace: Duration = timedelta(seconds=60)
@@ -177,6 +180,15 @@ class Settings(Section):
 
     _timezone = field_validator("timezone")(_check_timezone)
     _node = field_validator("node")(_check_node_name)
+
+    @field_validator("jobs_path")
+    @classmethod
+    def _absolute(cls, paths: list[Path]) -> list[Path]:
+        # Relative to what? The daemon's working directory is not the operator's: refuse.
+        relative = [str(path) for path in paths if not path.is_absolute()]
+        if relative:
+            raise ValueError(f"must be absolute directories, not {', '.join(relative)}")
+        return paths
     _positive = field_validator("stop_grace", "heartbeat", "lease", "recover_every")(
         _check_positive
     )
