@@ -326,11 +326,15 @@ def ctl_start(job: str, params_json: str | None, param_pairs: tuple[str, ...]) -
 
 
 @ctl.command("stop")
-@click.argument("job_or_id")
+@click.argument("job_or_id", required=False)
+@click.option("--backfill", "backfill", type=click.IntRange(1), help="Stop this backfill.")
 @_ctl_options
-def ctl_stop(job_or_id: str) -> None:
-    """Stop the running executions of a job (by name) or one execution (by id)."""
-    _call("stop", job=job_or_id)
+def ctl_stop(job_or_id: str | None, backfill: int | None) -> None:
+    """Stop the running executions of a job (by name; and its backfills) or one execution
+    (by id), or a whole backfill (--backfill ID): no further date of it starts."""
+    if (job_or_id is None) == (backfill is None):
+        raise click.UsageError("give a JOB or an execution id, or --backfill ID")
+    _call("stop", **({"backfill": backfill} if backfill is not None else {"job": job_or_id}))
 
 
 @ctl.command("restart")

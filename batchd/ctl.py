@@ -413,6 +413,11 @@ def render_started(console: Console, execution: Mapping[str, Any]) -> None:
 
 def render_stopped(console: Console, result: Mapping[str, Any]) -> None:
     stopped = result.get("stopped", [])
+    for backfill in result.get("backfills", []):
+        console.print(
+            f"backfill {backfill.get('backfill')} of {backfill.get('job')} "
+            f"{backfill.get('state')}: {backfill.get('summary')}"
+        )
     if not stopped:
         console.print("nothing running to stop")
         return
@@ -438,8 +443,9 @@ def render_backfill(console: Console, result: Mapping[str, Any]) -> None:
     dates = result.get("dates", [])
     skipped = result.get("skipped", [])
     verb = "would start" if result.get("dry_run") else "starting"
+    number = f" {result['backfill']}" if result.get("backfill") is not None else ""
     console.print(
-        f"backfill of {result.get('job')} from {result.get('from')} to {result.get('to')}: "
+        f"backfill{number} of {result.get('job')} from {result.get('from')} to {result.get('to')}: "
         f"{verb} {len(dates)} date(s), {result.get('max_concurrent')} at a time; "
         f"{len(skipped)} skipped"
     )

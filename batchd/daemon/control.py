@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 
 from batchd import __version__
+from batchd.daemon.backfill import plan_backfill
 from batchd.daemon.protocol import (
     BAD_REQUEST,
     BUSY,
@@ -142,7 +143,6 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        self._reload_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
         self._handlers: dict[str, Callable[..., Any]] = {
@@ -507,11 +507,30 @@ class ControlServer:
         created = self.daemon.operator.start_async(job, params)
         return self._fresh_view(created.id)
 
-    def _op_stop(self, job: str | int | None, id: int | None) -> dict[str, Any]:
+    def _op_stop(
+        self, job: str | int | None, id: int | None, backfill: int | None
+    ) -> dict[str, Any]:
+        """Stop executions; stopping a job (or a backfill by its id) first halts the job's
+        backfills on this daemon, so that no further date of theirs starts."""
+        backfills = self.daemon.backfills
+        if backfill is not None:
+            halted = [backfills.get(backfill)]
+        elif isinstance(job, str) and not job.strip().isdigit():
+            halted = backfills.of_job(job)
+        else:
+            halted = []
+        stopped = {}
+        for each in halted:
+            for execution in backfills.stop(each, "stopped by request"):
+                stopped[execution.id] = execution
         target = job if job is not None else id
-        assert target is not None
-        stopped = self.daemon.operator.stop(target)
-        return {"stopped": [execution_view(execution) for execution in stopped]}
+        if target is not None:
+            for execution in self.daemon.operator.stop(target):
+                stopped[execution.id] = execution
+        return {
+            "stopped": [execution_view(execution) for execution in stopped.values()],
+            "backfills": [each.view() for each in halted],
+        }
 
     def _op_restart(self, job: str | int | None, id: int | None) -> dict[str, Any]:
         target = job if job is not None else id
@@ -564,84 +583,24 @@ class ControlServer:
             raise ProtocolError(
                 BAD_REQUEST, f"{days} dates is more than one backfill runs ({MAX_BACKFILL_DAYS})"
             )
-        operator = self.daemon.operator
-        repository = operator.repository
-        definition = operator.registry.get(job)
-        to_run: list[tuple[str, dict[str, Any]]] = []
-        skipped: list[dict[str, Any]] = []
-        for offset in range(days):
-            day = (first + timedelta(days=offset)).isoformat()
-            values = {**params, param: day}
-            key = definition.parameters(values).job_key  # InvalidJobParameters: nothing runs
-            instance = repository.find_instance(job, key)
-            previous = (
-                repository.last_execution_of_instance(instance.id) if instance is not None else None
-            )
-            if previous is not None and (
-                previous.status in (BatchStatus.COMPLETED, BatchStatus.ABANDONED)
-                or previous.status.is_running
-            ):
-                skipped.append(
-                    {"date": day, "status": previous.status.value, "execution_id": previous.id}
-                )
-            else:
-                to_run.append((day, values))
-        if to_run and not dry_run:
-            threading.Thread(
-                target=self._backfill,
-                args=(job, to_run, max_concurrent),
-                name=f"batchd-backfill-{job}",
-                daemon=True,
-            ).start()
+        plan = plan_backfill(self.daemon.operator, job, first, last, param, params)
+        backfill = None
+        if plan.to_run and not dry_run:
+            backfill = self.daemon.backfills.start(job, first, last, param, plan, max_concurrent)
         return {
+            "backfill": backfill.id if backfill is not None else None,
             "job": job,
             "param": param,
             "from": first.isoformat(),
             "to": last.isoformat(),
             "dry_run": dry_run,
             "max_concurrent": max_concurrent,
-            "dates": [day for day, _ in to_run],
-            "skipped": skipped,
+            "dates": [item.date for item in plan.to_run],
+            "skipped": plan.skipped,
         }
 
-    def _backfill(
-        self, job: str, to_run: list[tuple[str, dict[str, Any]]], max_concurrent: int
-    ) -> None:
-        """Start ``job`` for each date, at most ``max_concurrent`` running at once."""
-        operator = self.daemon.operator
-        running: list[int] = []
-        started = failed = 0
-        log.info("backfill of %s: %d dates, %d at a time", job, len(to_run), max_concurrent)
-        for day, values in to_run:
-            while len(running) >= max_concurrent and not self._closing.is_set():
-                running = [i for i in running if not self._ended(i, timeout=0.5)]
-            if self._closing.is_set():
-                log.warning("backfill of %s interrupted by shutdown before %s", job, day)
-                return
-            try:
-                execution = operator.start_async(job, values)
-            except Exception as problem:
-                failed += 1
-                log.warning("backfill of %s for %s not started: %s", job, day, problem)
-                continue
-            started += 1
-            running.append(execution.id)
-        while running and not self._closing.is_set():
-            running = [i for i in running if not self._ended(i, timeout=0.5)]
-        log.info("backfill of %s done: %d started, %d not started", job, started, failed)
-
-    def _ended(self, execution_id: int, *, timeout: float) -> bool:
-        try:
-            self.daemon.operator.wait(execution_id, timeout=timeout)
-        except TimeoutError:
-            return False
-        except Exception:
-            log.exception("backfill: cannot follow execution %d", execution_id)
-        return True
-
     def _op_reload(self) -> dict[str, Any]:
-        with self._reload_lock:
-            accepted = self.daemon._reload()
+        accepted = self.daemon.reload("control socket")
         settings = self.daemon.settings
         return {
             "accepted": accepted,

@@ -81,6 +81,13 @@ def _execution_id(name: str, value: Any) -> int:
     return value
 
 
+def _backfill_id(name: str, value: Any) -> int:
+    """A backfill id (as the ``backfill`` operation answered it): a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+        raise _bad(name, "a backfill id (a positive integer)", value)
+    return value
+
+
 def _job_or_id(name: str, value: Any) -> str | int:
     """DESIGN §3.1: an int or a string of digits is an execution id, else a job name."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -168,7 +175,10 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "execution": Operation({"id": Arg(_execution_id, required=True)}),
     "start": Operation({"job": Arg(_name, required=True), "params": Arg(_params, default={})}),
-    "stop": Operation({"job": Arg(_job_or_id), "id": Arg(_execution_id)}, one_of=("job", "id")),
+    "stop": Operation(
+        {"job": Arg(_job_or_id), "id": Arg(_execution_id), "backfill": Arg(_backfill_id)},
+        one_of=("job", "id", "backfill"),
+    ),
     "restart": Operation({"job": Arg(_job_or_id), "id": Arg(_execution_id)}, one_of=("job", "id")),
     "abandon": Operation({"id": Arg(_execution_id, required=True)}),
     "pause": Operation({"schedule": Arg(_name, required=True)}),

@@ -13,15 +13,19 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
 
+from batchd import failpoints
+from batchd.daemon.backfill import Backfills
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
 from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
+from batchd.daemon.restarts import crashed_runs, restart_crashed
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
@@ -40,6 +44,23 @@ EX_CANTCREAT = 73
 # A second SIGTERM/SIGINT while stopping: leave at once.
 EX_FORCED = 1
 
+AFTER_RECOVER = failpoints.declare(
+    "daemon.after_recover",
+    "crashed executions are FAILED but not yet restarted (on_crash = restart); the next "
+    "recovery pass, here or on any node, finds them in the repository and restarts each once",
+)
+AFTER_TAKE_FIRE_CLAIM = failpoints.declare(
+    "daemon.after_take_fire_claim",
+    "a dead node's fire claim is taken over but its job not started; the claim is stale again "
+    "a lease later and the next node to recover takes it over and starts the job once",
+)
+DURING_RELOAD = failpoints.declare(
+    "daemon.during_reload",
+    "a reload has read the new config but not applied it; nothing durable is written, so a "
+    "kill leaves the config file to be read at the next start (used to widen the window in "
+    "which a second reload must wait)",
+)
+
 
 class Daemon:
     """One run of the service, from start-up to exit status."""
@@ -48,6 +69,11 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or SystemdNotifier()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # One reload at a time, whether SIGHUP or the control socket asks; one recovery
+        # pass at a time, whether the timer or the control socket asks.
+        self._reload_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
+        self._refused_restarts: set[int] = set()  # logged once, not every pass
 
     # ------------------------------------------------------------------ start-up
 
@@ -95,6 +121,7 @@ class Daemon:
         # Metrics watch the engine through its observer hooks and the triggers through
         # their listeners; the job gauges start from what the repository knows.
         self.metrics = Metrics(repository)
+        self.backfills = Backfills(self.operator)
         self.metrics.node.info({"node": settings.node, "host": self.membership.host})
         self._report_membership()
         self.operator.add_observer(self.metrics)
@@ -181,7 +208,7 @@ class Daemon:
             except queue.Empty:
                 continue
             if signum == signal.SIGHUP:
-                self._reload()
+                self.reload("SIGHUP")
             else:
                 return self._shutdown(signal.Signals(signum).name)
 
@@ -207,6 +234,10 @@ class Daemon:
         dead owners FAILED, and restarted where their trigger says ``on_crash = "restart"``.
         Returns them, and whether old heartbeats were trusted to mean dead nodes (only once
         the database has answered this node for a lease)."""
+        with self._recover_lock:
+            return self._recover(raise_errors)
+
+    def _recover(self, raise_errors: bool) -> tuple[list[JobExecution], bool]:
         trust_heartbeats = self.membership.may_recover_others()
         try:
             recovered = self.operator.recover(
@@ -226,7 +257,8 @@ class Daemon:
                 execution.params,
                 execution.exit_message,
             )
-            self._restart_after_crash(execution)
+        failpoints.failpoint(AFTER_RECOVER)
+        self._restart_after_crash()
         if trust_heartbeats:
             self._take_over_stale_claims()
         try:
@@ -240,41 +272,28 @@ class Daemon:
             log.exception("reading job states for the metrics failed; trying again later")
         return recovered, trust_heartbeats
 
-    def _restart_after_crash(self, execution: JobExecution) -> None:
-        """Restart, on this node, an execution whose node died, if the schedule or watch
-        that started it says ``on_crash = "restart"``."""
+    def _restart_after_crash(self) -> None:
+        """Restart, on this node, the crashed executions whose schedule or watch says
+        ``on_crash = "restart"``: read from the repository, so that those left over by a
+        node killed between marking them FAILED and restarting them are restarted too."""
         try:
-            trigger = self.store.trigger_of(execution.id)
+            runs = crashed_runs(self.operator, self.settings.schedules, self.settings.watches)
         except Exception:
-            log.exception("cannot look up what started job execution %d", execution.id)
+            log.exception("cannot look up the crashed executions to restart; trying again later")
             return
-        if trigger is None:
-            return
-        kind, name = trigger
-        triggers = self.settings.schedules if kind == "schedule" else self.settings.watches
-        config = next((t for t in triggers if t.name == name), None)
-        if config is None or config.on_crash != "restart":
-            return
-        try:
-            restarted = self.operator.restart_async(execution.id)
-            self.store.move_trigger(execution.id, restarted.id)
-        except Exception as error:  # BatchError (e.g. the job was abandoned) or the database
-            log.error(
-                "job execution %d of %s %s: restart after the crash failed: %s",
-                execution.id,
-                kind,
-                name,
-                error,
-            )
-            return
-        log.warning(
-            "job execution %d of %s %s restarted as %d on node %s (on_crash = restart)",
-            execution.id,
-            kind,
-            name,
-            restarted.id,
-            self.settings.node,
-        )
+        for run in runs:
+            try:
+                restart_crashed(self.operator, self.store, run, self.settings.node)
+            except Exception as error:  # BatchError (e.g. the job was abandoned) or the database
+                if run.last_execution_id not in self._refused_restarts:
+                    self._refused_restarts.add(run.last_execution_id)
+                    log.error(
+                        "job execution %d of %s %s: restart after the crash failed: %s",
+                        run.last_execution_id,
+                        run.kind,
+                        run.name,
+                        error,
+                    )
 
     def _take_over_stale_claims(self) -> None:
         """Fires claimed by a node that died before it started their job. (The watcher
@@ -284,6 +303,7 @@ class Daemon:
             fires = self.store.stale_fire_claims(before)
             for schedule, fire_time, claimed_at in fires:
                 if self.store.take_fire_claim(schedule, fire_time, claimed_at):
+                    failpoints.failpoint(AFTER_TAKE_FIRE_CLAIM)
                     log.warning(
                         "schedule %s fire %s was claimed by a node that died before starting "
                         "its job: starting it here",
@@ -296,16 +316,30 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
 
-    def _reload(self) -> bool:
-        """Reload the config; False (keeping the running one) when the new one is bad."""
+    def reload(self, asked_by: str) -> bool:
+        """Reload the config; False (keeping the running one) when the new one is bad.
+
+        One reload at a time: a reload asked for while another runs waits for it, then
+        reads the config file again (the one running may have read it before the latest
+        edit), so every request is answered by a config read after it was made."""
+        if not self._reload_lock.acquire(blocking=False):
+            log.info("reload (%s): waiting for the reload in progress to finish", asked_by)
+            self._reload_lock.acquire()
+        try:
+            return self._reload(asked_by)
+        finally:
+            self._reload_lock.release()
+
+    def _reload(self, asked_by: str) -> bool:
         self.notifier.reloading()
-        log.info("SIGHUP: reloading %s", self.config_path)
+        log.info("reload (%s): reading %s", asked_by, self.config_path)
         try:
             settings, _registry = load_config(self.config_path, reload=True)
         except ConfigError as error:
             log.error("reload refused, keeping the running config:\n%s", error)
             self.notifier.ready(self._status())
             return False
+        failpoints.failpoint(DURING_RELOAD)
         self._warn_about_restart_only_settings(settings)
         self.scheduler.reconfigure(settings.schedules)
         self.watcher.reconfigure(settings.watches)
@@ -313,7 +347,10 @@ class Daemon:
             update={"schedules": settings.schedules, "watches": settings.watches}
         )
         log.info(
-            "reloaded: %d schedules, %d watches", len(settings.schedules), len(settings.watches)
+            "reload (%s) done: %d schedules, %d watches",
+            asked_by,
+            len(settings.schedules),
+            len(settings.watches),
         )
         self.notifier.ready(self._status())
         return True
@@ -327,6 +364,7 @@ class Daemon:
 
     def _shutdown(self, reason: str) -> int:
         self.control.close()
+        self.backfills.close()
         # From now on a second stop signal leaves at once.
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _exit_at_once)

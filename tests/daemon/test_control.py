@@ -196,7 +196,8 @@ def test_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:  # no
     stopped = control.call("stop", job="count_file")["stopped"]
     assert ids(stopped) == [running["id"]] and stopped[0]["status"] == "STOPPING"
     assert control.wait_for_status(running["id"], "STOPPED")["steps"][0]["status"] == "STOPPED"
-    assert control.call("stop", id=running["id"]) == {"stopped": []}  # ended: not an error
+    # Ended: not an error.
+    assert control.call("stop", id=running["id"]) == {"stopped": [], "backfills": []}
 
     # By id, given as a string of digits in "job" (DESIGN §3.1).
     restarted = control.call("restart", job=str(running["id"]))
