@@ -70,7 +70,6 @@ class _SqlStream(ItemStream):
         else:
             raise TypeError(f"expected a database URL or an Engine, not {url_or_engine!r}")
         self._engine: Engine | None = None
-        self._database_id: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -81,7 +80,6 @@ class _SqlStream(ItemStream):
     def _connect_engine(self) -> Engine:
         engine = self._user_engine or engine_for(self.url)
         self._engine = engine
-        self._database_id = _database_identity(engine.url)
         return engine
 
     def _joined(self) -> ChunkTransaction | None:
@@ -89,7 +87,9 @@ class _SqlStream(ItemStream):
         tx = current_chunk_transaction.get()
         if tx is None or self._engine is None:
             return None
-        if tx.engine is self._engine or tx.database_id == self._database_id:
+        # The identity is asked of the database (once per Engine), and only when there is
+        # a chunk transaction of another Engine to compare with.
+        if tx.engine is self._engine or tx.database_id == _database_identity(self._engine):
             return tx
         return None
 
@@ -175,7 +175,7 @@ class SqlItemReader(_SqlStream, ItemReader):
     process) or an Engine.
     """
 
-    _runtime: tuple[str, ...] = ("_engine", "_database_id", "_buffer", "_query", "_next_query")
+    _runtime: tuple[str, ...] = ("_engine", "_buffer", "_query", "_next_query")
 
     def __init__(
         self,
@@ -292,8 +292,8 @@ class SqlItemWriter(_SqlStream, ItemWriter):
     UPDATE`` on MySQL/MariaDB).
 
     Transactions: when the engine has a chunk transaction open on the same database
-    (``batchd.model.current_chunk_transaction``: the same Engine, or the same database after
-    URL normalisation, e.g. the job repository's own), the rows are written on that
+    (``batchd.model.current_chunk_transaction``: the same Engine, or the same database as
+    the database itself tells, e.g. the job repository's own), the rows are written on that
     connection and not committed here: the engine commits them with the checkpoint, so
     each item is written exactly once, even across a crash and a restart. On SQLite this
     is required, not an optimisation (a second connection would wait on the file lock the
@@ -305,7 +305,7 @@ class SqlItemWriter(_SqlStream, ItemWriter):
     schema). The writer keeps nothing in the ExecutionContext.
     """
 
-    _runtime: tuple[str, ...] = ("_engine", "_database_id", "_table")
+    _runtime: tuple[str, ...] = ("_engine", "_table")
 
     def __init__(
         self,

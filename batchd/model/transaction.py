@@ -8,12 +8,18 @@ database writes in the same transaction as the checkpoint (exactly-once), withou
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,20 +40,75 @@ current_chunk_transaction: ContextVar[ChunkTransaction | None] = ContextVar(
     "batchd_chunk_transaction", default=None
 )
 
+# Asked once per Engine: a writer compares identities at every chunk.
+_IDENTITIES: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
+_IDENTITIES_LOCK = threading.Lock()
+_UNIQUE = itertools.count(1)
 
-def database_identity(url: str | URL) -> str:
-    """A string equal for two URLs that reach the same database.
 
-    SQLite files compare by their real path; other databases by driver-less URL
-    without password (``postgresql://user@host:5432/db``).
+def database_identity(engine: Engine) -> str:
+    """A string equal for two Engines that reach the same database, asked of the database
+    itself (a URL cannot tell: ``?host=/run/a`` and ``?host=/run/b`` are two servers).
+
+    PostgreSQL: the cluster's system identifier and the current database; SQLite: the
+    device and inode of the main database file. A database that cannot say (another
+    dialect, an in-memory SQLite database, a server that refuses the question) is only
+    the same as itself through this very Engine, so a writer never joins a transaction of
+    a database it cannot prove is its own. One query per Engine, cached.
     """
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            return f"sqlite:{database}"
-        return "sqlite:" + os.path.realpath(database)
-    host = parsed.host or "localhost"
-    port = parsed.port or ""
-    return f"{backend}://{parsed.username or ''}@{host}:{port}/{parsed.database or ''}"
+    with _IDENTITIES_LOCK:
+        known = _IDENTITIES.get(engine)
+    if known is not None:
+        return known
+    identity = _ask(engine)
+    with _IDENTITIES_LOCK:
+        return _IDENTITIES.setdefault(engine, identity)
+
+
+def _ask(engine: Engine) -> str:
+    dialect = engine.dialect.name
+    unique = f"{dialect}:unproven-{next(_UNIQUE)}"
+    if dialect not in ("postgresql", "sqlite"):
+        return unique
+    # A raw DBAPI connection: no BEGIN from the Engine's events (SQLite's BEGIN IMMEDIATE
+    # would take the write lock just to ask a question); the pool rolls it back on return.
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            if dialect == "postgresql":
+                return _postgresql_identity(cursor, engine, unique)
+            return _sqlite_identity(cursor, unique)
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
+
+
+def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
+    try:
+        cursor.execute(
+            "SELECT system_identifier::text, current_database() FROM pg_control_system()"
+        )
+        system_id, database = cursor.fetchone()
+    except engine.dialect.loaded_dbapi.Error as error:
+        log.warning(
+            "database %s does not tell its system identifier (%s): writers join its chunk "
+            "transactions only through this Engine",
+            engine.url.render_as_string(hide_password=True),
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+        return unique
+    return f"postgresql:{system_id}/{database}"
+
+
+def _sqlite_identity(cursor: Any, unique: str) -> str:
+    cursor.execute("PRAGMA database_list")
+    path = next((row[2] for row in cursor.fetchall() if row[1] == "main"), "")
+    if not path:  # in memory (or a temporary database): private to its connection
+        return unique
+    try:
+        status = os.stat(path)
+    except OSError:
+        return unique
+    return f"sqlite:{status.st_dev}:{status.st_ino}"

@@ -130,7 +130,6 @@ class SqlJobRepository:
                 )
             self.engine = create_database_engine(parsed)
         self.url = self.engine.url
-        self.database_id = database_identity(self.engine.url)
         self.clock = clock
         if upgrade:
             try:
@@ -145,6 +144,12 @@ class SqlJobRepository:
     def reading(self) -> Connection:
         """A connection for reads only (on SQLite it never takes the write lock)."""
         return self.engine.connect().execution_options(**{READ_ONLY_OPTION: True})
+
+    @property
+    def database_id(self) -> str:
+        """What the database says it is (asked once per Engine): a writer whose database
+        says the same joins the chunk's transaction."""
+        return database_identity(self.engine)
 
     @property
     def dialect(self) -> str:

@@ -74,13 +74,14 @@ def count(engine: Engine, table: Table = target) -> int:
 @contextmanager
 def chunk_transaction(engine: Engine, url: str | None = None) -> Iterator[Any]:
     """What the engine does around a chunk: an open transaction published in the ContextVar
-    (identified by URL when ``url`` is given, else by the Engine object)."""
+    (identified by what its database says it is when ``url`` is given, else by the Engine
+    object)."""
     with engine.connect() as connection:
         connection.begin()
         tx = ChunkTransaction(
             connection=connection,
             engine=None if url else engine,
-            database_id=database_identity(url or engine.url),
+            database_id=database_identity(engine),
         )
         token = current_chunk_transaction.set(tx)
         try:
