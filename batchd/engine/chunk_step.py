@@ -277,7 +277,7 @@ class _ChunkRun:
         step_execution = self.step_execution
         before = step_execution.counters()
         try:
-            with self.repository.chunk_transaction() as connection:
+            with self.repository.chunk_transaction(step_execution) as connection:
                 token = current_chunk_transaction.set(
                     ChunkTransaction(
                         connection=connection,

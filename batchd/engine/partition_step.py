@@ -87,7 +87,7 @@ class PartitionStep:
         plan, origin = self._plan(run)
         checkpoint = {PLAN_KEY: plan, PLAN_ORIGIN_KEY: origin}
         # Saved before any partition starts, so a restart after a crash finds the plan.
-        with run.repository.chunk_transaction() as connection:
+        with run.repository.chunk_transaction(run.step_execution) as connection:
             run.repository.commit_chunk(connection, run.step_execution, canonical_json(checkpoint))
         run.step_execution.execution_context = checkpoint
 

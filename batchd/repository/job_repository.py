@@ -589,11 +589,18 @@ class SqlJobRepository:
         return created
 
     @contextmanager
-    def chunk_transaction(self) -> Iterator[Connection]:
-        """The transaction of one chunk: writers joining it and the checkpoint commit
-        together or not at all."""
-        with self.engine.begin() as conn:
-            yield conn
+    def chunk_transaction(self, step: StepExecution) -> Iterator[Connection]:
+        """The transaction of one chunk of ``step``: writers joining it and the checkpoint
+        (:meth:`commit_chunk`) commit together or not at all. When it does not commit, the
+        commit's own failure included (a full disk), ``step`` keeps the version of its
+        stored row, so that the step's end can still be recorded, with that error."""
+        version, last_updated = step.version, step.last_updated
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except BaseException:
+            step.version, step.last_updated = version, last_updated
+            raise
 
     def commit_chunk(self, conn: Connection, step: StepExecution, context_json: str) -> None:
         """Save counters and checkpoint in the chunk's transaction: exactly one statement.
