@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, func, insert, inspect, select
+from sqlalchemy import create_engine, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd import BatchStatus, SqlJobRepository
 from batchd.errors import JobExecutionAlreadyRunning, RepositoryError
+from batchd.model import RUNNING_STATUSES
 from batchd.repository import Owner, migrate
 from batchd.repository.tables import job_execution, metadata
 
@@ -58,8 +59,17 @@ def test_every_foreign_key_and_name_status_are_indexed(repository: SqlJobReposit
     assert [u["column_names"] for u in uniques] == [["job_name", "job_key"]]
 
 
-def test_the_database_refuses_a_second_running_execution(repository: SqlJobRepository) -> None:
+@pytest.mark.parametrize("status", sorted(s.value for s in RUNNING_STATUSES))
+def test_the_database_refuses_a_second_running_execution(
+    repository: SqlJobRepository, status: str
+) -> None:
+    """Whichever running status the first execution is in (STOPPING included: it still
+    runs until its owner notices), a second running one is refused."""
     first = create(repository)
+    with repository.engine.begin() as conn:
+        conn.execute(
+            update(job_execution).where(job_execution.c.id == first.id).values(status=status)
+        )
     now = first.create_time
     row = {
         "instance_id": first.instance_id,
@@ -71,7 +81,7 @@ def test_the_database_refuses_a_second_running_execution(repository: SqlJobRepos
     }
     # Straight SQL, bypassing every check in Python: the partial unique index decides.
     with pytest.raises(IntegrityError), repository.engine.begin() as conn:
-        conn.execute(insert(job_execution).values(status="STARTED", **row))
+        conn.execute(insert(job_execution).values(status=status, **row))
     with repository.engine.begin() as conn:
         conn.execute(insert(job_execution).values(status="FAILED", **row))
     with pytest.raises(JobExecutionAlreadyRunning):
