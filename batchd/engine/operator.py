@@ -9,14 +9,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from batchd import failpoints
 from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job import Job
 from batchd.engine.job_runner import ExecutionHandle, JobRunner
 from batchd.engine.registry import JobRegistry
+from batchd.engine.step_run import describe_error
 from batchd.errors import (
     JobExecutionAlreadyRunning,
     JobInstanceAlreadyComplete,
@@ -33,6 +35,12 @@ JobOrExecution = str | int
 
 # How often wait() looks at the repository for an execution another process runs.
 _POLL_SECONDS = 0.05
+
+AFTER_CREATE_EXECUTION = failpoints.declare(
+    "operator.after_create_execution",
+    "the execution is STARTING and nothing runs it; in-process errors there end it FAILED at "
+    "once, a killed process leaves it to recover() (its owner pid is gone)",
+)
 
 
 def parse_identifier(job_or_id: JobOrExecution) -> tuple[str | None, int | None]:
@@ -97,22 +105,22 @@ class JobOperator:
         """Start (or, if its last run failed or stopped, restart) the instance of
         ``job_name`` for ``params`` and wait for it to end."""
         job, execution, job_params = self._launch_start(job_name, params)
-        return self._run_now(job, execution, job_params)
+        return self._hand_over(job, execution, job_params, wait=True)
 
     def start_async(self, job_name: str, params: RawParams = None) -> JobExecution:
         """Like :meth:`start`, but return the STARTING execution at once."""
         job, execution, job_params = self._launch_start(job_name, params)
-        return self._run_later(job, execution, job_params)
+        return self._hand_over(job, execution, job_params, wait=False)
 
     def restart(self, job_or_id: JobOrExecution) -> JobExecution:
         """Restart the newest instance of a job (by name), or the instance of an execution
         (by id), and wait for it to end."""
         job, execution, job_params = self._launch_restart(job_or_id)
-        return self._run_now(job, execution, job_params)
+        return self._hand_over(job, execution, job_params, wait=True)
 
     def restart_async(self, job_or_id: JobOrExecution) -> JobExecution:
         job, execution, job_params = self._launch_restart(job_or_id)
-        return self._run_later(job, execution, job_params)
+        return self._hand_over(job, execution, job_params, wait=False)
 
     def _launch_start(
         self, job_name: str, params: RawParams
@@ -221,9 +229,6 @@ class JobOperator:
             owner=self.owner,
             decide=decide,
         )
-        with self._lock:
-            self._handles[execution.id] = ExecutionHandle(execution.id)
-        self._heartbeat.ensure_running()
         log.info(
             "job execution %d (%s %s) created%s",
             execution.id,
@@ -231,23 +236,62 @@ class JobOperator:
             job_params.json,
             f" restarting execution {previous.id}" if previous is not None else "",
         )
-        self._notify("on_execution_created", execution)
         return execution
 
-    def _run_now(
-        self, job: Job, execution: JobExecution, job_params: JobParameters
+    def _hand_over(
+        self, job: Job, execution: JobExecution, job_params: JobParameters, *, wait: bool
     ) -> JobExecution:
+        """Give a just-created execution to a runner: in this thread (``wait``, then return
+        how it ended) or in the pool (return it as created, STARTING). Until a runner has it,
+        nobody would ever end it, so any error on the way ends it FAILED before it is raised."""
+        try:
+            failpoints.failpoint(AFTER_CREATE_EXECUTION)
+            with self._lock:
+                self._handles[execution.id] = ExecutionHandle(execution.id)
+            self._heartbeat.ensure_running()
+            self._notify("on_execution_created", execution)
+            if not wait:
+                # The caller gets the execution as created; the runner thread changes its
+                # own copy from here on.
+                as_created = copy.deepcopy(execution)
+
+                def if_cancelled(future: Future[None]) -> None:
+                    if future.cancelled():  # shutdown(wait=False) dropped it from the queue
+                        self._fail_unstarted(job, execution, "the operator was shut down")
+
+                self._pool.submit(self._run, job, execution, job_params).add_done_callback(
+                    if_cancelled
+                )
+                return as_created
+        except BaseException as error:
+            self._fail_unstarted(job, execution, describe_error(error))
+            raise
         self._run(job, execution, job_params)
         return self.get_execution(execution.id)
 
-    def _run_later(
-        self, job: Job, execution: JobExecution, job_params: JobParameters
-    ) -> JobExecution:
-        # The caller gets the execution as created (STARTING); the runner thread changes
-        # its own copy from here on.
-        as_created = copy.deepcopy(execution)
-        self._pool.submit(self._run, job, execution, job_params)
-        return as_created
+    def _fail_unstarted(self, job: Job, execution: JobExecution, reason: str) -> None:
+        """End an execution no runner took FAILED with ``reason``; release its handle."""
+        try:
+            # Read it again: a stop may have been requested since it was created.
+            current = self.repository.get_execution(execution.id)
+            if current is not None and self.repository.mark_failed(
+                current, f"not started: {reason}"
+            ):
+                log.error(
+                    "job execution %d (%s) FAILED before it ran: %s",
+                    execution.id,
+                    job.name,
+                    reason.splitlines()[0],
+                )
+        except Exception:
+            # The database is away: recover() marks it FAILED once its heartbeat is stale.
+            log.exception("cannot mark job execution %d FAILED", execution.id)
+        finally:
+            with self._lock:
+                handle = self._handles.pop(execution.id, None)
+            if handle is not None:
+                handle.done.set()
+                self._notify("on_execution_ended", execution)
 
     def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
         handle = self._handles[execution.id]
