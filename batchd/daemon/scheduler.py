@@ -1,4 +1,5 @@
-"""Schedules: cron and interval triggers (APScheduler 3.x, imported in this module only).
+"""Schedules: cron and interval triggers, fired by APScheduler 3.x (which only this module and
+:mod:`batchd.daemon.schedule_triggers` import).
 
 A schedule fires its job with parameters rendered from the fire time (``fire_time``,
 ``fire_date``, ``schedule``; see :mod:`batchd.daemon.templates`). Every fire is first claimed
@@ -10,26 +11,27 @@ was down are caught up from the newest recorded fire.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
-import re
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
+from batchd import failpoints
+from batchd.daemon.schedule_triggers import (
+    FireExecutor,
+    build_trigger,
+    describe_trigger,
+    validate_schedule,
+)
 from batchd.daemon.settings import ScheduleSettings
 from batchd.daemon.templates import TemplateError, render_params
 from batchd.engine import JobOperator
@@ -67,197 +69,26 @@ _CATCH_UP_SCAN_LIMIT = 100_000
 # the job itself runs on the operator's pool).
 _FIRE_THREADS = 4
 
+AFTER_FIRE_RECORD = failpoints.declare(
+    "scheduler.after_fire_record",
+    "a fire is claimed but its job not started; the claim goes stale a lease later and a "
+    "recovering node takes it over and starts the job once (catch-up starts after it)",
+)
+AFTER_JOB_START = failpoints.declare(
+    "scheduler.after_job_start",
+    "a fire's execution exists but the fire's row does not name it; recovery FAILs the "
+    "execution (its process is gone), then the stale claim is taken over and the instance "
+    "restarted from it",
+)
+AFTER_CATCH_UP_FIRE = failpoints.declare(
+    "scheduler.after_catch_up_fire",
+    "a caught-up fire is recorded and started, the next missed one not yet claimed; the "
+    "restarted daemon catches up from the newest recorded fire",
+)
+
 
 class NoSuchSchedule(BatchError, LookupError):
     """No schedule has the given name."""
-
-
-# ------------------------------------------------------------------------------- triggers
-
-# crontab numbers weekdays from Sunday (0, and 7 again); APScheduler 3 from Monday (0).
-# Crontab weekdays are therefore handed to APScheduler as names, never as numbers.
-_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_APS_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WEEKDAY_ITEM = re.compile(
-    r"(?:(?P<all>\*)|(?P<first>[0-9]+|[a-z]+)(?:-(?P<last>[0-9]+|[a-z]+))?)(?:/(?P<step>[0-9]+))?"
-)
-_CRON_MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-
-
-def _cron_weekday_number(token: str) -> int:
-    """A crontab weekday, 0-7 or a name, as a crontab number (Sunday 0; 7 is kept, for ranges
-    such as ``1-7``)."""
-    if token.isdigit():
-        number = int(token)
-        if number > 7:
-            raise ValueError(f"day of week {token} is not in 0-7")
-        return number
-    try:
-        return _CRON_WEEKDAYS.index(token)
-    except ValueError:
-        raise ValueError(f"unknown day of week {token!r}") from None
-
-
-def _cron_weekday_item(item: str) -> set[int]:
-    """The days (crontab numbers 0-6) of one item of a crontab day-of-week list: ``*``,
-    ``*/2``, ``3``, ``1-5``, ``5-1`` (wraps round the week: Friday to Monday), ``mon-fri/2``."""
-    match = _WEEKDAY_ITEM.fullmatch(item)
-    if match is None:
-        raise ValueError(f"bad day of week {item!r}")
-    step = int(match["step"] or 1)
-    if step < 1:
-        raise ValueError(f"bad step in day of week {item!r}")
-    if match["all"]:
-        first, last = 0, 6
-    else:
-        first = _cron_weekday_number(match["first"])
-        if match["last"] is not None:
-            last = _cron_weekday_number(match["last"])
-        else:
-            last = 6 if match["step"] else first  # "1/2": from Monday on, every second day
-        if last < first:
-            last += 7  # a range that wraps round the end of the week
-    return {day % 7 for day in range(first, last + 1, step)}
-
-
-def crontab_day_of_week(field: str) -> str:
-    """A crontab day-of-week field in APScheduler 3's terms: weekday names, Monday first.
-
-    ``"1-5"`` -> ``"mon,tue,wed,thu,fri"``; ``"0"`` and ``"7"`` -> ``"sun"``; ``"*"`` stays.
-    """
-    text = field.strip().lower()
-    if text == "*":
-        return text
-    days: set[int] = set()
-    for item in text.split(","):
-        days |= _cron_weekday_item(item.strip())
-    # crontab number -> APScheduler index (Monday 0), to list the names in its order.
-    ordered = sorted(days, key=lambda day: (day - 1) % 7)
-    return ",".join(_CRON_WEEKDAYS[day] for day in ordered)
-
-
-def _cron_trigger(expression: str, timezone: ZoneInfo, jitter: int | None) -> BaseTrigger:
-    expression = _CRON_MACROS.get(expression.strip().lower(), expression)
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected 5 fields, got {len(fields)}")
-    minute, hour, day, month, day_of_week = fields
-    day_of_week = crontab_day_of_week(day_of_week)
-    # Built field by field (as from_crontab does) because from_crontab takes no jitter.
-    common: dict[str, Any] = {"minute": minute, "hour": hour, "month": month}
-    if not day.startswith("*") and not day_of_week.startswith("*"):
-        # cron fires when EITHER the day of month or the day of week matches if both are
-        # restricted; APScheduler would require both, so the two are combined.
-        return OrTrigger(
-            [
-                CronTrigger(**common, day=day, day_of_week="*", timezone=timezone),
-                CronTrigger(**common, day="*", day_of_week=day_of_week, timezone=timezone),
-            ],
-            jitter=jitter,
-        )
-    return CronTrigger(**common, day=day, day_of_week=day_of_week, timezone=timezone, jitter=jitter)
-
-
-def build_trigger(schedule: ScheduleSettings, default_timezone: str) -> BaseTrigger:
-    """The APScheduler trigger of a schedule; ValueError names what is wrong.
-
-    Cron expressions have crontab's meaning: day of week 0 and 7 are Sunday, 1 is Monday;
-    a restricted day of month and day of week fire when either matches; ``@daily`` etc.
-    """
-    zone_name = schedule.timezone or default_timezone
-    try:
-        timezone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {zone_name!r}") from None
-    jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
-    if (schedule.cron is None) == (schedule.interval is None):
-        raise ValueError("give exactly one of cron or interval")
-    start, end = _in_zone(schedule.start, timezone), _in_zone(schedule.end, timezone)
-    if schedule.cron is not None:
-        try:
-            trigger = _cron_trigger(schedule.cron, timezone, jitter)
-        except ValueError as error:
-            raise ValueError(f"bad cron expression {schedule.cron!r}: {error}") from None
-        return _bounded(trigger, start, end) if start or end else trigger
-    assert schedule.interval is not None
-    if schedule.interval.total_seconds() <= 0:
-        raise ValueError("interval must be positive")
-    # Every node must fire the same instants, so the grid is counted from a fixed time,
-    # never from when this daemon started: ``start``, or 1970-01-01 in the time zone.
-    anchor = start or datetime(1970, 1, 1, tzinfo=timezone)
-    return IntervalTrigger(
-        seconds=schedule.interval.total_seconds(),
-        start_date=anchor.replace(microsecond=0),
-        end_date=end,
-        timezone=timezone,
-        jitter=jitter,
-    )
-
-
-def _in_zone(value: datetime | None, timezone: ZoneInfo) -> datetime | None:
-    """A config datetime, read in the schedule's time zone when it has no offset."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone) if value.tzinfo is None else value
-
-
-def _bounded(trigger: BaseTrigger, start: datetime | None, end: datetime | None) -> BaseTrigger:
-    """A cron trigger firing only between ``start`` and ``end``."""
-    if isinstance(trigger, CronTrigger):
-        trigger.start_date = start
-        trigger.end_date = end
-        return trigger
-    assert isinstance(trigger, OrTrigger)
-    for part in trigger.triggers:
-        part.start_date, part.end_date = start, end
-    return trigger
-
-
-def validate_schedule(schedule: ScheduleSettings, default_timezone: str) -> None:
-    """Raise ValueError if the schedule's trigger cannot be built."""
-    build_trigger(schedule, default_timezone)
-
-
-def describe_trigger(schedule: ScheduleSettings) -> str:
-    """The trigger as the config wrote it, e.g. ``cron 30 1 * * 1-5`` or ``interval 0:15:00``."""
-    text = f"cron {schedule.cron}" if schedule.cron is not None else f"interval {schedule.interval}"
-    return f"{text}, jitter {schedule.jitter}" if schedule.jitter else text
-
-
-# ------------------------------------------------------------------------ fire execution
-
-
-class _ScheduledRun:
-    """What APScheduler's ``run_job`` uses of a job, with the scheduled run time bound to
-    the call: APScheduler 3 does not tell a job which fire time it runs for."""
-
-    def __init__(self, job: Any, run_time: datetime) -> None:
-        self.id = job.id
-        self._jobstore_alias = job._jobstore_alias
-        self.misfire_grace_time = job.misfire_grace_time
-        self.func = functools.partial(job.func, *job.args, scheduled=run_time, **job.kwargs)
-        self.args: tuple[Any, ...] = ()
-        self.kwargs: dict[str, Any] = {}
-        self._text = str(job)
-
-    def __str__(self) -> str:
-        return self._text
-
-
-class _FireExecutor(ThreadPoolExecutor):  # type: ignore[misc]
-    """A thread-pool executor that passes each run its scheduled time (``scheduled=``).
-    Jobs are coalesced, so only the newest of several due run times fires."""
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        super()._do_submit_job(_ScheduledRun(job, run_times[-1]), run_times[-1:])
 
 
 @dataclass(frozen=True)
@@ -293,6 +124,11 @@ def _make_entry(settings: ScheduleSettings, default_timezone: str) -> _Entry:
     nominal = copy.copy(trigger)
     nominal.jitter = None
     return _Entry(settings, trigger, nominal, ZoneInfo(settings.timezone or default_timezone))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """An aware datetime as UTC, the zone in which batchd compares and keys fire times."""
+    return value.astimezone(UTC) if value is not None else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -362,7 +198,7 @@ class Scheduler:
             self.catch_up()
             aps = BackgroundScheduler(
                 timezone=ZoneInfo(self.timezone),
-                executors={"default": _FireExecutor(_FIRE_THREADS)},
+                executors={"default": FireExecutor(_FIRE_THREADS)},
             )
             aps.add_listener(self._on_missed, EVENT_JOB_MISSED)
             for entry in self._entries.values():
@@ -495,21 +331,26 @@ class Scheduler:
                     len(missed),
                     entry.settings.catch_up,
                 )
-            results.extend(self._fire(entry, fire_time) for fire_time in missed)
+            for fire_time in missed:
+                results.append(self._fire(entry, fire_time))
+                failpoints.failpoint(AFTER_CATCH_UP_FIRE)
         return results
 
     def missed_fire_times(self, name: str) -> list[datetime]:
-        """The fire times of ``name`` after its newest recorded fire, up to the clock's now
-        (the newest :data:`CATCH_UP_LIMIT` of them), oldest first."""
+        """The fire times of ``name`` (aware UTC) after its newest recorded fire, up to the
+        clock's now (the newest :data:`CATCH_UP_LIMIT` of them), oldest first.
+
+        Instants are compared in UTC: two wall times of one time zone compare equal in the
+        hour repeated when clocks go back, whatever their ``fold``."""
         entry = self._require(name)
         last = self.store.last_fire(name)
-        now = self.clock()
-        if last is None or last >= now:
+        now = self.clock().astimezone(UTC)
+        if last is None or last.astimezone(UTC) >= now:
             return []
         missed: deque[datetime] = deque(maxlen=CATCH_UP_LIMIT)
-        previous, found = last, 0
+        previous, found = last.astimezone(UTC), 0
         for _ in range(_CATCH_UP_SCAN_LIMIT):
-            following: datetime | None = entry.nominal.get_next_fire_time(previous, now)
+            following = _utc(entry.nominal.get_next_fire_time(previous, now))
             if following is None or following > now or following <= previous:
                 break
             missed.append(following)
@@ -536,18 +377,18 @@ class Scheduler:
 
     def _on_due(self, name: str, *, scheduled: datetime | None = None) -> None:
         """APScheduler's job: ``scheduled`` is the (jittered) time it was due, given by
-        :class:`_FireExecutor` (optional only because APScheduler checks the signature
+        :class:`FireExecutor` (optional only because APScheduler checks the signature
         before any executor is involved)."""
         with self._lock:
             entry = self._entries.get(name)
         if entry is None:
             return  # removed by a reconfigure while this fire was on its way
         due = scheduled if scheduled is not None else datetime.now(UTC).replace(microsecond=0)
-        self._fire(entry, self._nominal_time(entry, due))
+        self._fire(entry, self._nominal_time(entry, due.astimezone(UTC)))
 
     def _nominal_time(self, entry: _Entry, scheduled: datetime) -> datetime:
-        """The un-jittered fire time of a run APScheduler delayed by up to ``jitter``: the
-        latest nominal fire time not after it, so a fire is named the same whatever its
+        """The un-jittered fire time (UTC) of a run APScheduler delayed by up to ``jitter``:
+        the latest nominal fire time not after it, so a fire is named the same whatever its
         random delay. (APScheduler 3 adds an interval's jitter to the next interval too, so
         interval runs drift off their grid: they look back a whole interval.)"""
         jitter = entry.settings.jitter
@@ -555,10 +396,10 @@ class Scheduler:
             return scheduled
         lookback = jitter + (entry.settings.interval or timedelta(0))
         nominal = scheduled
-        candidate = entry.nominal.get_next_fire_time(None, scheduled - lookback)
+        candidate = _utc(entry.nominal.get_next_fire_time(None, scheduled - lookback))
         while candidate is not None and candidate <= scheduled:
             nominal = candidate
-            candidate = entry.nominal.get_next_fire_time(candidate, scheduled)
+            candidate = _utc(entry.nominal.get_next_fire_time(candidate, scheduled))
         return nominal
 
     def _on_missed(self, event: Any) -> None:
@@ -583,6 +424,7 @@ class Scheduler:
         if not claimed:
             result = self._taken(entry, fire_time)
             return self._finish(result, recorded=False)
+        failpoints.failpoint(AFTER_FIRE_RECORD)
         return self._finish(self._launch(entry, fire_time), recorded=True)
 
     def _taken(self, entry: _Entry, fire_time: datetime) -> FireResult:
@@ -612,6 +454,7 @@ class Scheduler:
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             return FireResult(name, fire_time, "error", params, message=message, error=error)
+        failpoints.failpoint(AFTER_JOB_START)
         return FireResult(name, fire_time, "started", params, execution_id=execution.id)
 
     @staticmethod
@@ -739,7 +582,6 @@ __all__ = [
     "NoSuchSchedule",
     "Scheduler",
     "build_trigger",
-    "crontab_day_of_week",
     "describe_trigger",
     "validate_schedule",
 ]

@@ -1,0 +1,140 @@
+"""Schedule triggers: a schedule's settings as an APScheduler 3 trigger, and the executor
+that tells each run which fire time it is for. Only this module and
+:mod:`batchd.daemon.scheduler` know APScheduler.
+
+Every trigger gives its fire times as aware UTC, so that APScheduler, like batchd, compares
+instants and never wall times: two wall times of one time zone in the hour repeated when
+clocks go back are equal to Python, whatever their ``fold``.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from batchd.daemon.cron import CronExpression
+from batchd.daemon.settings import ScheduleSettings
+
+# "Strictly after" for a search from an instant that may itself be a fire time.
+_TICK = timedelta(microseconds=1)
+
+
+class _CronTrigger(BaseTrigger):  # type: ignore[misc]
+    """A crontab expression (:mod:`batchd.daemon.cron`) as an APScheduler trigger."""
+
+    def __init__(
+        self,
+        expression: CronExpression,
+        timezone: ZoneInfo,
+        start: datetime | None,
+        end: datetime | None,
+        jitter: int | None,
+    ) -> None:
+        self.expression, self.timezone, self.jitter = expression, timezone, jitter
+        self.start = start.astimezone(UTC) if start is not None else None
+        self.end = end.astimezone(UTC) if end is not None else None
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        # The first fire after the previous one, or else the first from now on.
+        after = (previous_fire_time or now - _TICK).astimezone(UTC)
+        if self.start is not None:
+            after = max(after, self.start - _TICK)
+        following = self.expression.next_fire(after, self.timezone)
+        if following is None or (self.end is not None and following > self.end):
+            return None
+        jittered: datetime = self._apply_jitter(following, self.jitter, now)
+        return jittered
+
+    def __str__(self) -> str:
+        return f"cron[{self.expression.text}, {self.timezone}]"
+
+
+def build_trigger(schedule: ScheduleSettings, default_timezone: str) -> BaseTrigger:
+    """The APScheduler trigger of a schedule; ValueError names what is wrong.
+
+    Cron expressions have crontab's meaning (:mod:`batchd.daemon.cron`). Fire times are
+    aware UTC: cron ones from the wall clock of the schedule's time zone, interval ones
+    counted in elapsed time.
+    """
+    zone_name = schedule.timezone or default_timezone
+    try:
+        timezone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {zone_name!r}") from None
+    jitter = int(schedule.jitter.total_seconds()) if schedule.jitter else None
+    if (schedule.cron is None) == (schedule.interval is None):
+        raise ValueError("give exactly one of cron or interval")
+    start, end = _in_zone(schedule.start, timezone), _in_zone(schedule.end, timezone)
+    if schedule.cron is not None:
+        try:
+            expression = CronExpression.parse(schedule.cron)
+        except ValueError as error:
+            raise ValueError(f"bad cron expression {schedule.cron!r}: {error}") from None
+        return _CronTrigger(expression, timezone, start, end, jitter)
+    assert schedule.interval is not None
+    if schedule.interval.total_seconds() <= 0:
+        raise ValueError("interval must be positive")
+    # Every node must fire the same instants, so the grid is counted from a fixed time,
+    # never from when this daemon started: ``start``, or 1970-01-01 in the time zone.
+    anchor = start or datetime(1970, 1, 1, tzinfo=timezone)
+    return IntervalTrigger(
+        seconds=schedule.interval.total_seconds(),
+        start_date=anchor.replace(microsecond=0).astimezone(UTC),
+        end_date=end.astimezone(UTC) if end is not None else None,
+        timezone=UTC,
+        jitter=jitter,
+    )
+
+
+def _in_zone(value: datetime | None, timezone: ZoneInfo) -> datetime | None:
+    """A config datetime, read in the schedule's time zone when it has no offset."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone) if value.tzinfo is None else value
+
+
+def validate_schedule(schedule: ScheduleSettings, default_timezone: str) -> None:
+    """Raise ValueError if the schedule's trigger cannot be built."""
+    build_trigger(schedule, default_timezone)
+
+
+def describe_trigger(schedule: ScheduleSettings) -> str:
+    """The trigger as the config wrote it, e.g. ``cron 30 1 * * 1-5`` or ``interval 0:15:00``."""
+    text = f"cron {schedule.cron}" if schedule.cron is not None else f"interval {schedule.interval}"
+    return f"{text}, jitter {schedule.jitter}" if schedule.jitter else text
+
+
+class ScheduledRun:
+    """What APScheduler's ``run_job`` uses of a job, with the scheduled run time bound to
+    the call: APScheduler 3 does not tell a job which fire time it runs for."""
+
+    def __init__(self, job: Any, run_time: datetime) -> None:
+        self.id = job.id
+        self._jobstore_alias = job._jobstore_alias
+        self.misfire_grace_time = job.misfire_grace_time
+        self.func = functools.partial(job.func, *job.args, scheduled=run_time, **job.kwargs)
+        self.args: tuple[Any, ...] = ()
+        self.kwargs: dict[str, Any] = {}
+        self._text = str(job)
+
+    def __str__(self) -> str:
+        return self._text
+
+
+class FireExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+    """A thread-pool executor that passes each run its scheduled time (``scheduled=``).
+    Jobs are coalesced, so only the newest of several due run times fires."""
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        super()._do_submit_job(ScheduledRun(job, run_times[-1]), run_times[-1:])
+
+
+__all__ = ["FireExecutor", "build_trigger", "describe_trigger", "validate_schedule"]
