@@ -113,6 +113,33 @@ def test_restart_after_crash_is_byte_identical(kind: str, tmp_path: Path) -> Non
     assert not (tmp_path / ".out.dat.partial").exists()
 
 
+def test_restart_cuts_off_a_dead_runs_tail_longer_than_what_it_writes(
+    kind: str, tmp_path: Path
+) -> None:
+    """The restart writes less where the dead run had written more (its processor now
+    filters the items that made it fail): the stale bytes past the checkpoint must go, not
+    be overwritten in part."""
+    shorter = [rows(6, 7)]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run_writer(WRITERS[kind](reference / "out.dat"), [*CHUNKS[:2], *shorter])
+    path = tmp_path / "out.dat"
+    template = WRITERS[kind](path)
+    first = copy.copy(template)
+    ctx = make_ctx()
+    first.open(ctx)
+    for chunk in CHUNKS[:2]:
+        first.write(chunk)
+        first.update(ctx)
+    checkpoint = persisted(ctx)
+    for chunk in CHUNKS[2:]:  # written, never committed: the process died
+        first.write(chunk)
+    first._output._file.flush()
+
+    run_writer(template, shorter, checkpoint)
+    assert path.read_bytes() == (reference / "out.dat").read_bytes()
+
+
 def test_restart_after_crash_between_publish_and_step_end(kind: str, tmp_path: Path) -> None:
     expected = uninterrupted(kind, tmp_path / "reference")
     path = tmp_path / "out.dat"
