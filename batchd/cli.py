@@ -7,27 +7,31 @@ import functools
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from batchd import __version__
 from batchd.ctl import (
     DEFAULT_TIMEOUT,
     EXIT_ERROR,
+    EXIT_UNAVAILABLE,
     RENDERERS,
     ControlClient,
     ControlError,
     make_console,
+    param_value,
     socket_path,
 )
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
-from batchd.errors import BatchError
+from batchd.errors import RepositoryError
 from batchd.model import BatchStatus
-from batchd.repository import SqlJobRepository, migrate
+from batchd.repository import SqlJobRepository, migrate, parse_database_url
 
 
 @click.group()
@@ -49,19 +53,43 @@ DATABASE_URL = click.option(
 )
 
 
+@contextmanager
+def _repository(database_url: str) -> Iterator[SqlJobRepository]:
+    """The repository for a ``db`` command; a problem ends the command as ``batchd run``
+    ends: one line on stderr, 78 for a bad URL, 69 when the database cannot be used."""
+    try:
+        parse_database_url(database_url)
+    except RepositoryError as error:
+        _fail_line(str(error), EX_CONFIG)
+    try:
+        repository = SqlJobRepository(database_url, upgrade=False)
+    except RepositoryError as error:
+        _fail_line(str(error), EXIT_UNAVAILABLE)
+    try:
+        yield repository
+    except DBAPIError as error:
+        text = str(error.orig).strip() or type(error.orig).__name__
+        url = repository.url.render_as_string(hide_password=True)
+        _fail_line(f"cannot open database {url}: {text.splitlines()[0]}", EXIT_UNAVAILABLE)
+    finally:
+        repository.dispose()
+
+
+def _fail_line(message: str, status: int) -> NoReturn:
+    click.echo(f"batchd: {message}", err=True)
+    sys.exit(status)
+
+
 @db.command("upgrade")
 @DATABASE_URL
 def db_upgrade(database_url: str) -> None:
     """Create or upgrade the repository schema to the newest revision."""
-    repository = _open(database_url, upgrade=False)
-    try:
+    with _repository(database_url) as repository:
         with repository.engine.connect() as conn:
             before = migrate.current_revision(conn)
         migrate.upgrade(repository.engine)
         with repository.engine.connect() as conn:
             after = migrate.current_revision(conn)
-    finally:
-        repository.dispose()
     if before == after:
         click.echo(f"schema already at revision {after}")
     else:
@@ -72,12 +100,8 @@ def db_upgrade(database_url: str) -> None:
 @DATABASE_URL
 def db_current(database_url: str) -> None:
     """Print the schema revision of the repository and the newest one batchd knows."""
-    repository = _open(database_url, upgrade=False)
-    try:
-        with repository.engine.connect() as conn:
-            current = migrate.current_revision(conn)
-    finally:
-        repository.dispose()
+    with _repository(database_url) as repository, repository.engine.connect() as conn:
+        current = migrate.current_revision(conn)
     click.echo(f"current: {current or 'none'}  newest: {migrate.head_revision()}")
 
 
@@ -228,13 +252,13 @@ def _fail(type_: str, message: str, status: int = EXIT_ERROR) -> NoReturn:
     sys.exit(status)
 
 
-def _key_values(pairs: tuple[str, ...]) -> dict[str, str]:
+def _key_values(pairs: tuple[str, ...]) -> dict[str, Any]:
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected NAME=VALUE, not {pair!r}", param_hint="--param")
-        values[key] = value
+        values[key] = param_value(value)
     return values
 
 
@@ -258,7 +282,8 @@ PARAM = click.option(
     "param_pairs",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A job parameter (a string); repeat for more.",
+    help="A job parameter; VALUE is a JSON scalar when it is one (2, 2.5, true, null, "
+    "'\"2\"'), else a string. Repeat for more.",
 )
 
 
@@ -434,17 +459,6 @@ def ctl_recover() -> None:
 def ctl_purge(days: int, dry_run: bool) -> None:
     """Delete the history of complete instances that ended more than --days days ago."""
     _call("purge", days=days, dry_run=dry_run)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _open(database_url: str, *, upgrade: bool) -> SqlJobRepository:
-    try:
-        return SqlJobRepository(database_url, upgrade=upgrade)
-    except BatchError as error:
-        click.echo(f"batchd: {error}", err=True)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -187,6 +188,23 @@ class ControlClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def param_value(text: str) -> Any:
+    """The value of ``--param NAME=VALUE``: a JSON scalar when VALUE is one (``2``, ``2.5``,
+    ``true``, ``false``, ``null``, ``"2"``), else VALUE as a string (``2026-11-21``, ``007``,
+    ``NaN``). So ``--param run=2`` starts the same instance as ``'{"run": 2}'``."""
+    try:
+        value = json.loads(text, parse_constant=_not_a_number)
+    except ValueError:
+        return text
+    if isinstance(value, dict | list) or (isinstance(value, float) and not math.isfinite(value)):
+        return text  # objects and arrays go in the PARAMS argument; 1e999 is no number
+    return value
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 # ---------------------------------------------------------------------------- formatting

@@ -216,5 +216,5 @@ def test_batchd_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1
+    assert bad.returncode == 78  # EX_CONFIG, as `batchd run` (see tests/test_cli_db.py)
     assert "unsupported database 'mysql'" in bad.stderr
