@@ -35,9 +35,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from batchd.daemon.scheduler import validate_schedule
+from batchd.daemon.scheduler import SCHEDULE_VARIABLES, validate_schedule
 from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
 from batchd.daemon.templates import TemplateError, check_templates
+from batchd.daemon.watch_rules import WATCH_VARIABLES, watch_problems
 from batchd.engine import JobRegistry
 from batchd.errors import BatchError, RepositoryError
 from batchd.repository import parse_database_url
@@ -61,11 +62,6 @@ EX_CONFIG = 78  # sysexits.h EX_CONFIG: the exit status of a bad configuration
 ENV_PREFIX = "BATCHD_"
 CONFIG_ENV = "BATCHD_CONFIG"  # the config file's path; not itself a setting
 
-# What parameter templates may use (besides a watch regex's named groups).
-SCHEDULE_VARIABLES = frozenset({"fire_time", "fire_date", "schedule"})
-WATCH_VARIABLES = frozenset(
-    {"path", "name", "stem", "suffix", "directory", "mtime", "mtime_date", "size", "watch"}
-)
 
 
 class ConfigError(BatchError):
@@ -413,19 +409,9 @@ def _check_schedule(
 
 
 def _check_watch(key: str, watch: WatchSettings, registry: JobRegistry) -> list[str]:
+    # The watcher refuses exactly what watch_problems finds: what passes here runs.
     problems = _check_job(key, watch.job, registry)
-    directory = watch.directory
-    if not directory.exists():
-        problems.append(f"{key}.directory: {directory} does not exist")
-    elif not directory.is_dir():
-        problems.append(f"{key}.directory: {directory} is not a directory")
-    try:
-        groups = set(re.compile(watch.regex).groupindex) if watch.regex else set()
-    except re.error as error:
-        problems.append(f"{key}.regex: bad regex {watch.regex!r}: {error}")
-    else:
-        problems += _check_params(key, watch.params, WATCH_VARIABLES | groups)
-    return problems
+    return problems + [f"{key}.{field}: {error}" for field, error in watch_problems(watch)]
 
 
 # --------------------------------------------------------------------------- all together

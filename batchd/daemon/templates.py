@@ -1,14 +1,19 @@
 """Parameter templates: job parameters rendered from a fire time or a dropped file.
 
 A template value is a string with ``{variable}`` placeholders; non-string values pass
-through unchanged. A placeholder may shift a date or datetime by days, hours or minutes
-and may carry a strftime format::
+through unchanged. A placeholder may read a text variable as a date (a strptime format in
+parentheses), shift a date or datetime by days, hours or minutes, and carry a strftime
+format, in that order::
 
     {fire_date}            2026-11-21
     {fire_date-1d}         2026-11-20
     {fire_date:%Y%m%d}     20261121
     {fire_time+2h:%H:%M}   03:30
+    {day(%Y%m%d)}          2026-11-21   (day = "20261121", a regex group)
+    {day(%Y%m%d)-1d:%d.%m} 20.11
     {path} {name} {stem} {mtime_date} {group_name}
+
+A parse format with a time directive (``%H``, ``%M``, ``%S``...) gives a datetime, else a date.
 
 Double a brace to write it literally (``{{``).
 """
@@ -22,10 +27,13 @@ from typing import Any
 
 _PLACEHOLDER = re.compile(
     r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:\((?P<parse>[^(){}]*)\))?"
     r"(?:(?P<sign>[+-])(?P<amount>\d+)(?P<unit>[dhm]))?"
     r"(?::(?P<format>[^{}]*))?\}"
 )
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+# strptime directives that read a time of day: a parse format with one gives a datetime.
+_TIME_DIRECTIVES = frozenset("HIMSfpzXc")
 
 
 class TemplateError(ValueError):
@@ -53,17 +61,25 @@ def _split(text: str) -> Iterable[tuple[str, re.Match[str] | None]]:
         position += 1
 
 
-def referenced_variables(templates: Mapping[str, Any]) -> set[str]:
-    """Every variable the templates use (to check them against what a trigger offers)."""
-    names: set[str] = set()
+def _placeholders(templates: Mapping[str, Any]) -> Iterable[re.Match[str]]:
     for value in templates.values():
         if isinstance(value, str):
-            names.update(match.group("name") for _, match in _split(value) if match)
-    return names
+            yield from (match for _, match in _split(value) if match)
+
+
+def referenced_variables(templates: Mapping[str, Any]) -> set[str]:
+    """Every variable the templates use (to check them against what a trigger offers)."""
+    return {match.group("name") for match in _placeholders(templates)}
 
 
 def check_templates(templates: Mapping[str, Any], available: Iterable[str]) -> None:
     """Raise TemplateError naming each unknown variable and the ones that exist."""
+    for match in _placeholders(templates):
+        if match.group("parse") is not None and "%" not in match.group("parse"):
+            raise TemplateError(
+                f"{match.group(0)}: the date format in parentheses has no strptime directive "
+                "(write e.g. {day(%Y%m%d)})"
+            )
     known = set(available)
     unknown = referenced_variables(templates) - known
     if unknown:
@@ -78,6 +94,8 @@ def _render_one(match: re.Match[str], variables: Mapping[str, Any]) -> Any:
     if name not in variables:
         raise TemplateError(f"unknown template variable {name!r}")
     value = variables[name]
+    if match.group("parse") is not None:
+        value = _parse_date(name, value, match.group("parse"))
     if match.group("amount"):
         if not isinstance(value, dt.date):
             raise TemplateError(f"{name} is not a date or time: it cannot be shifted")
@@ -89,6 +107,20 @@ def _render_one(match: re.Match[str], variables: Mapping[str, Any]) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
+
+
+def _parse_date(name: str, value: Any, fmt: str) -> dt.date:
+    """``value`` read with the strptime format ``fmt``: a datetime when the format reads a
+    time of day, else a date. TemplateError shows the value when it does not match."""
+    if not isinstance(value, str):
+        raise TemplateError(f"{name} = {value!r} is not text: it cannot be read with {fmt!r}")
+    try:
+        parsed = dt.datetime.strptime(value, fmt)
+    except ValueError:
+        raise TemplateError(f"{name} = {value!r} does not match the date format {fmt!r}") from None
+    if _TIME_DIRECTIVES.intersection(re.findall(r"%-?([A-Za-z])", fmt)):
+        return parsed
+    return parsed.date()
 
 
 def render_params(templates: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:

@@ -186,8 +186,16 @@ trigger_file = Table(
     Column("reason", Text),
     Column("claimed_at", UTCDateTime, nullable=False),
     Column("node", String(200)),  # migration 0003: the node that claimed the file
+    # Migration 0004: the claim is the durable intent, so that whoever finishes a claim its
+    # taker left (it died) does what the taker meant: where the file goes in processed/, the
+    # job's parameters (canonical JSON), and the newest execution id when it was claimed (an
+    # execution of the job instance after that one is the one the claim started).
+    Column("destination", Text),
+    Column("params", Text),
+    Column("execution_floor", Id),
     UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file"),
     Index("ix_trigger_file_execution", "job_execution_id"),
+    Index("ix_trigger_file_state", "state"),
 )
 
 # Daemons sharing the repository (migration 0003): one row per running node, renewed by

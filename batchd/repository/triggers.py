@@ -7,14 +7,75 @@ repository.
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from batchd.model.params import canonical_json
 from batchd.repository.job_repository import SqlJobRepository
-from batchd.repository.tables import schedule_fire, trigger_file
+from batchd.repository.tables import job_execution, job_instance, schedule_fire, trigger_file
+
+# The newest execution id when a claim is made: executions of its job instance above it
+# were started after the claim.
+_EXECUTION_FLOOR = select(func.coalesce(func.max(job_execution.c.id), 0)).scalar_subquery()
+
+
+@dataclass(frozen=True)
+class FileClaim:
+    """One row of ``batch_trigger_file``: a file claimed by a watch. ``state`` is
+    ``claimed`` until its taker finishes it ``started``, ``rejected`` or ``error``;
+    (``node``, ``claimed_at``) say who holds it since when, and change when it is taken
+    over. ``destination``, ``params`` and ``execution_floor`` are what the taker meant
+    (None for claims made before batchd recorded them); ``reason`` on a claim still
+    ``claimed`` means its job was refused and the file is being rejected."""
+
+    id: int
+    watch: str
+    name: str
+    sha256: str
+    state: str
+    node: str | None
+    claimed_at: datetime
+    execution_id: int | None
+    reason: str | None
+    destination: str | None
+    params: dict[str, Any] | None
+    execution_floor: int | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> FileClaim:
+        claimed_at = row["claimed_at"]
+        if claimed_at.tzinfo is None:
+            claimed_at = claimed_at.replace(tzinfo=UTC)
+        return cls(
+            id=int(row["id"]),
+            watch=row["watch_name"],
+            name=row["file_name"],
+            sha256=row["sha256"],
+            state=row["state"],
+            node=row["node"],
+            claimed_at=claimed_at,
+            execution_id=row["job_execution_id"],
+            reason=row["reason"],
+            destination=row["destination"],
+            params=json.loads(row["params"]) if row["params"] is not None else None,
+            execution_floor=row["execution_floor"],
+        )
+
+
+def _unchanged(claim: FileClaim) -> tuple[ColumnElement[bool], ...]:
+    """The claim row as it was read: same state, holder and time (compare-and-set)."""
+    node = trigger_file.c.node
+    return (
+        trigger_file.c.id == claim.id,
+        trigger_file.c.state == claim.state,
+        trigger_file.c.claimed_at == claim.claimed_at,
+        node.is_(None) if claim.node is None else node == claim.node,
+    )
 
 
 class TriggerStore:
@@ -95,8 +156,18 @@ class TriggerStore:
 
     # ------------------------------------------------------------------ files
 
-    def claim_file(self, watch: str, name: str, sha256: str) -> int | None:
-        """Claim a file; its claim id, or None when this name + content was taken before."""
+    def claim_file(
+        self,
+        watch: str,
+        name: str,
+        sha256: str,
+        *,
+        destination: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> FileClaim | None:
+        """Claim a file, recording where it goes and the job's parameters; the claim, or
+        None when this name + content was claimed before."""
+        now = self.repository.clock()
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(
@@ -105,31 +176,21 @@ class TriggerStore:
                         file_name=name,
                         sha256=sha256,
                         state="claimed",
-                        claimed_at=self.repository.clock(),
+                        claimed_at=now,
                         node=self.node,
+                        destination=destination,
+                        params=canonical_json(params) if params is not None else None,
+                        execution_floor=_EXECUTION_FLOOR,
                     )
                 )
         except IntegrityError:
             return None
         key = result.inserted_primary_key
         assert key is not None
-        return int(key[0])
-
-    def finish_file(
-        self,
-        claim_id: int,
-        state: str,
-        execution_id: int | None = None,
-        reason: str | None = None,
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(trigger_file)
-                .where(trigger_file.c.id == claim_id)
-                .values(state=state, job_execution_id=execution_id, reason=reason)
-            )
+        return self._claim_by_id(int(key[0]))
 
     def file_claim(self, watch: str, name: str, sha256: str) -> dict[str, Any] | None:
+        """The claim row of a file (as a dict), or None."""
         with self.repository.reading() as conn:
             row = (
                 conn.execute(
@@ -143,6 +204,97 @@ class TriggerStore:
                 .first()
             )
         return dict(row) if row is not None else None
+
+    def claim_of_file(self, watch: str, name: str, sha256: str) -> FileClaim | None:
+        row = self.file_claim(watch, name, sha256)
+        return FileClaim.of(row) if row is not None else None
+
+    def _claim_by_id(self, claim_id: int) -> FileClaim:
+        with self.repository.reading() as conn:
+            row = conn.execute(select(trigger_file).where(trigger_file.c.id == claim_id))
+            return FileClaim.of(dict(row.mappings().one()))
+
+    def unfinished_file_claims(self) -> list[FileClaim]:
+        """Every claim still ``claimed``: being taken, or left by a taker that died."""
+        with self.repository.reading() as conn:
+            rows = conn.execute(
+                select(trigger_file)
+                .where(trigger_file.c.state == "claimed")
+                .order_by(trigger_file.c.id)
+            ).mappings()
+            return [FileClaim.of(dict(row)) for row in rows]
+
+    def take_file_claim(
+        self,
+        claim: FileClaim,
+        *,
+        destination: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> FileClaim | None:
+        """Make ``claim`` this node's, if nobody changed it since it was read: the taken
+        claim, or None (another node took it first). A claim that ended in ``error`` is
+        taken again from scratch, with its new ``destination`` and ``params``; one left
+        ``claimed`` keeps what its taker meant."""
+        values: dict[str, Any] = {"node": self.node, "claimed_at": self.repository.clock()}
+        if claim.state != "claimed":
+            values.update(
+                state="claimed",
+                job_execution_id=None,
+                reason=None,
+                destination=destination,
+                params=canonical_json(params) if params is not None else None,
+                execution_floor=_EXECUTION_FLOOR,
+            )
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(trigger_file).where(*_unchanged(claim)).values(**values)
+            ).rowcount
+        return self._claim_by_id(claim.id) if changed == 1 else None
+
+    def refuse_file(self, claim: FileClaim, reason: str) -> bool:
+        """Record that the claimed file's job was refused (the file is to be rejected with
+        ``reason``); False if the claim is no longer this taker's."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(trigger_file).where(*_unchanged(claim)).values(reason=reason)
+            ).rowcount
+        return changed == 1
+
+    def finish_file(
+        self,
+        claim: FileClaim,
+        state: str,
+        execution_id: int | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Finish a claim (``started``, ``rejected`` or ``error``); False if it is no longer
+        this taker's (another node took it over), and then nothing is changed."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(trigger_file)
+                .where(*_unchanged(claim))
+                .values(state=state, job_execution_id=execution_id, reason=reason)
+            ).rowcount
+        return changed == 1
+
+    def execution_after(self, job_name: str, job_key: str, floor: int | None) -> int | None:
+        """The first execution of the job instance (``job_name``, ``job_key``) with an id
+        above ``floor``: the execution a claim made when ``floor`` was newest started."""
+        with self.repository.reading() as conn:
+            value: int | None = conn.execute(
+                select(func.min(job_execution.c.id))
+                .select_from(
+                    job_execution.join(
+                        job_instance, job_instance.c.id == job_execution.c.instance_id
+                    )
+                )
+                .where(
+                    job_instance.c.job_name == job_name,
+                    job_instance.c.job_key == job_key,
+                    job_execution.c.id > (floor or 0),
+                )
+            ).scalar_one_or_none()
+        return value
 
     # ------------------------------------------------- claims of nodes that died
 

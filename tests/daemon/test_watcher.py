@@ -303,8 +303,7 @@ def test_malformed_json_trigger_is_rejected_with_its_reason(env: Env) -> None:
     (env.inbox / "trigger.json").write_text('{"date": "2026-11-21",\n "region": }\n')
 
     rejected = env.inbox / "rejected" / "trigger.json"
-    wait_for(lambda: rejected.with_name("trigger.json.reason").exists())
-    assert rejected.exists()
+    wait_for(rejected.exists)  # its .reason is written first
     reason = reason_of(rejected)
     assert reason.startswith("malformed JSON trigger")
     assert "line 2 column" in reason
@@ -344,7 +343,7 @@ def test_same_file_dropped_twice_starts_one_instance(env: Env) -> None:
 
     drop.write_text("same content")  # same name, same SHA-256
     rejected = env.inbox / "rejected" / "batch.csv"
-    wait_for(lambda: rejected.with_name("batch.csv.reason").exists())
+    wait_for(rejected.exists)
     assert reason_of(rejected).startswith("duplicate: already taken")
     assert len(env.executions()) == 1
     assert env.listener.calls == [("payments", "started"), ("payments", "duplicate")]
@@ -378,7 +377,7 @@ def test_params_that_fail_the_params_model_reject_the_file(env: Env) -> None:
     (env.inbox / "not-a-date.csv").write_text("x")
 
     rejected = env.inbox / "rejected" / "not-a-date.csv"
-    wait_for(lambda: rejected.with_name(rejected.name + ".reason").exists())
+    wait_for(rejected.exists)
     reason = reason_of(rejected)
     assert "invalid parameters for job 'import_file'" in reason
     assert "date" in reason
@@ -394,8 +393,7 @@ def test_symlink_is_refused(env: Env) -> None:
     (env.inbox / "link.csv").symlink_to(secret)
 
     rejected = env.inbox / "rejected" / "link.csv"
-    wait_for(lambda: rejected.with_name("link.csv.reason").exists())
-    assert rejected.is_symlink()  # the link moved, not its target
+    wait_for(rejected.is_symlink)  # the link moved, not its target
     assert secret.read_text() == "do not read"
     assert "symlink" in reason_of(rejected)
     assert env.executions() == []
