@@ -2,31 +2,43 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.install.stamp
+# What the demo runs: batchd and its dependencies. The dev tools come on top, for lint and test.
+RUN_STAMP := $(VENV)/.run.stamp
+DEV_STAMP := $(VENV)/.dev.stamp
 # Lint only the top-level folders that exist (bench/ and jobs/ may still be empty).
 LINT_DIRS := $(wildcard batchd tests bench jobs)
 
-.PHONY: test lint demo bench clean venv
+.PHONY: test lint demo bench clean venv system-packages
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-# Re-install only when pyproject.toml is newer than the stamp.
-$(STAMP): pyproject.toml
+# Each re-installs only when pyproject.toml is newer than its stamp; the dev install also
+# satisfies the demo's.
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev,dask]'
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
-lint: $(STAMP)
+$(DEV_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev,dask]'
+	touch $@ $(RUN_STAMP)
+
+# Debian packages the tests run (PostgreSQL, promtool), installed as root when missing.
+system-packages:
+	@sh .ci/system-packages
+
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 	$(VENV)/bin/mypy batchd
 
-test: lint
+test: lint system-packages
 	$(VENV)/bin/pytest
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(PY) -m jobs.demo
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/chunk_throughput.py
 	$(PY) bench/sql_throughput.py
 	$(PY) bench/partition_speedup.py
