@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 import batchd
-from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, StepBuilder, StepContext
+from batchd import BatchStatus
 from batchd.daemon.scheduler import (
     CATCH_UP_LIMIT,
     NoSuchSchedule,
-    Scheduler,
     build_trigger,
     validate_schedule,
 )
 from batchd.daemon.settings import ScheduleSettings
-from batchd.repository import SqlJobRepository, TriggerStore
+from tests.daemon.scheduling import Clock, FireLog, Node, node_factory
 
 UTC = dt.UTC
 # A daily time twelve hours away from the wall clock: APScheduler (which runs on wall time)
@@ -33,55 +30,6 @@ UTC = dt.UTC
 SAFE_HOUR = (dt.datetime.now(UTC).hour + 12) % 24
 # "Today" for the catch-up tests: half an hour after that day's fire.
 DAY = dt.datetime(2030, 3, 10, SAFE_HOUR, 30, tzinfo=UTC)
-WAIT = 15.0
-
-
-class DailyParams(BaseModel):
-    date: dt.date
-
-
-def make_registry() -> JobRegistry:
-    """``daily`` takes a typed date; ``plain`` takes anything."""
-    registry = JobRegistry()
-
-    def noop(ctx: StepContext) -> None:
-        pass
-
-    registry.register(
-        JobBuilder("daily")
-        .params_model(DailyParams)
-        .step(StepBuilder("run").tasklet(noop).build())
-        .build()
-    )
-    registry.register(JobBuilder("plain").step(StepBuilder("run").tasklet(noop).build()).build())
-    return registry
-
-
-class Clock:
-    """A clock the test sets."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-class FireLog:
-    """A schedule listener that keeps every (schedule, outcome) it hears."""
-
-    def __init__(self) -> None:
-        self.fires: list[tuple[str, str]] = []
-        self._changed = threading.Condition()
-
-    def on_schedule_fire(self, name: str, outcome: str) -> None:
-        with self._changed:
-            self.fires.append((name, outcome))
-            self._changed.notify_all()
-
-    def wait_for(self, fire: tuple[str, str], timeout: float) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: fire in self.fires, timeout)
 
 
 def daily(name: str = "eod", **overrides: Any) -> ScheduleSettings:
@@ -96,64 +44,9 @@ def daily(name: str = "eod", **overrides: Any) -> ScheduleSettings:
     return ScheduleSettings(**values)
 
 
-class Node:
-    """One run of the daemon's scheduling part: repository, operator, store, scheduler."""
-
-    def __init__(
-        self,
-        url: str,
-        schedules: list[ScheduleSettings],
-        clock: Callable[[], dt.datetime],
-        listener: object | None = None,
-    ) -> None:
-        self.repository = SqlJobRepository(url)
-        self.operator = JobOperator(self.repository, make_registry(), heartbeat=0.2)
-        self.store = TriggerStore(self.repository)
-        self.stopped = False
-        self.listener = listener if listener is not None else FireLog()
-        self.scheduler = Scheduler(
-            schedules,
-            self.operator,
-            self.store,
-            timezone="UTC",
-            clock=clock,
-            listener=self.listener,
-        )
-
-    def started_executions(self, schedule: str) -> list[batchd.JobExecution]:
-        """The executions the schedule's fires started, each waited for."""
-        return [
-            self.operator.wait(fire["job_execution_id"], timeout=WAIT)
-            for fire in self.store.fires(schedule)
-            if fire["job_execution_id"] is not None
-        ]
-
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        self.scheduler.shutdown()
-        self.operator.shutdown()
-        self.repository.dispose()
-
-
 @pytest.fixture
 def nodes(sqlite_url: str) -> Iterator[Callable[..., Node]]:
-    """Makes Nodes on one SQLite database; stops each one left running at the end."""
-    made: list[Node] = []
-
-    def make(
-        schedules: list[ScheduleSettings],
-        clock: Callable[[], dt.datetime] | None = None,
-        listener: object | None = None,
-    ) -> Node:
-        node = Node(sqlite_url, schedules, clock or Clock(DAY), listener)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.stop()
+    yield from node_factory(sqlite_url, Clock(DAY))
 
 
 def fire_at(day: dt.datetime) -> dt.datetime:
