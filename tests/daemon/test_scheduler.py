@@ -235,6 +235,34 @@ def test_pause_resume_and_fire_now(nodes: Callable[..., Node]) -> None:
         scheduler.fire("nope")
 
 
+@pytest.mark.parametrize(
+    ("trigger", "nominal"),
+    [
+        ({"cron": "30 1 * * *"}, dt.datetime(2030, 3, 10, 1, 30, tzinfo=UTC)),
+        ({"interval": "15m"}, dt.datetime(2030, 3, 10, 1, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_jittered_run_is_recorded_at_its_nominal_fire_time(
+    nodes: Callable[..., Node], trigger: dict[str, str], nominal: dt.datetime
+) -> None:
+    """Jitter delays a run by a random, sub-second-precise amount: two nodes would name one
+    fire differently unless it is named by the nominal time, to the microsecond."""
+    jittered = ScheduleSettings(
+        name="jittered",
+        job="plain",
+        jitter="30s",
+        timezone="UTC",
+        params={"at": "{fire_time}"},
+        **trigger,
+    )
+    node = nodes([jittered])
+    node.scheduler._on_due("jittered", scheduled=nominal + dt.timedelta(seconds=17.25))
+    (fire,) = node.store.fires("jittered")
+    assert fire["fire_time"] == nominal
+    (execution,) = node.started_executions("jittered")
+    assert execution.params == {"at": nominal.isoformat()}
+
+
 def test_fire_time_is_in_the_schedules_time_zone(nodes: Callable[..., Node]) -> None:
     berlin = ScheduleSettings(
         name="berlin",
