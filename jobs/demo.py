@@ -43,6 +43,7 @@ def write_config(work: Path, port: int) -> Path:
         f"""\
 database_url = "sqlite:///{work / "batchd.db"}"
 jobs = ["jobs.end_of_day", "jobs.file_import"]
+jobs_path = ["{ROOT}"]
 timezone = "{TIMEZONE}"
 stop_grace = "10s"
 
@@ -155,7 +156,23 @@ def main() -> int:
         log.close()
     print(f"== SIGTERM: the daemon exited with status {status}; its log: {work / 'daemon.log'}")
     print(f"== balances report: {next((work / 'out').glob('balances_*.csv'))}")
+    print_next_steps(config)
     return status
+
+
+def print_next_steps(config: Path) -> None:
+    """Three commands to try next, runnable as printed from this directory."""
+    bin_dir = Path(os.path.relpath(Path(sys.executable).parent))
+    batchd, python = bin_dir / "batchd", bin_dir / "python"
+    print(
+        "== try next:\n"
+        f"   {batchd} run --config {config}\n"
+        "       # the demo's daemon again, in the foreground; Ctrl-C stops it\n"
+        f"   {batchd} ctl --config {config} executions\n"
+        "       # from a second terminal while it runs; also: schedules, fire eod, nodes\n"
+        f"   {python} -m jobs.tour\n"
+        "       # the Python API: run a date, refuse it twice, fail, restart"
+    )
 
 
 if __name__ == "__main__":
