@@ -21,7 +21,7 @@ from sqlalchemy import Column, Date, MetaData, Numeric, String, Table, func, sel
 
 import batchd
 from batchd import ExecutionContext, JobBuilder, StepBuilder, StepContext
-from batchd.items import CsvItemReader, SqlItemWriter
+from batchd.items import CsvItemReader, SqlItemWriter, trusted_path
 from batchd.items.sql_items import engine_for
 
 DATABASE_URL = os.environ.get("BATCHD_DATABASE_URL", "sqlite:///batchd.db")
@@ -98,7 +98,13 @@ end_of_day = batchd.register(
     .step(StepBuilder("create_ledger").tasklet(create_ledger).allow_start_if_complete().build())
     .step(
         StepBuilder("post_transactions")
-        .reader(CsvItemReader("{data_dir}/transactions_{date:%Y%m%d}.csv", model=Transaction))
+        # data_dir comes from the schedule in the daemon's config: trusted to point anywhere.
+        .reader(
+            CsvItemReader(
+                trusted_path("{data_dir}/transactions_{date:%Y%m%d}.csv", "data_dir"),
+                model=Transaction,
+            )
+        )
         .processor(ToLedgerRow())
         .writer(SqlItemWriter(DATABASE_URL, ledger, upsert_on=["txn_id"]))
         .chunk_size(500)

@@ -3,14 +3,15 @@
 Every one is an ItemStream (``open(ctx)``, ``update(ctx)``, ``close()``; writers also
 ``complete(ctx)``) and restartable: it keeps its position in the step's ExecutionContext
 under its own prefix, its class name or ``name=``. File paths may be templates filled from
-the job parameters (``"out/report_{date:%Y%m%d}.csv"``). This package imports only
+the job parameters (``"out/report_{date:%Y%m%d}.csv"``), kept under their fixed leading
+directory unless the job trusts a parameter (``trusted_path``). This package imports only
 ``batchd.model`` and ``batchd.errors``.
 """
 
 from batchd.items.aggregators import FileAggregator
 from batchd.items.base import ItemReader, ItemStream, ItemWriter
 from batchd.items.csv_items import CsvItemReader, CsvItemWriter
-from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput, resolve_path
+from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput
 from batchd.items.fixed_width import Column, FixedWidthItemReader, FixedWidthItemWriter
 from batchd.items.jsonl import JsonLinesItemReader, JsonLinesItemWriter
 from batchd.items.list_reader import ListItemReader
@@ -19,6 +20,7 @@ from batchd.items.partitioners import (
     FileLinePartitioner,
     SqlKeyRangePartitioner,
 )
+from batchd.items.paths import allow_input_directory, resolve_path, trusted_path
 from batchd.items.sql_items import SqlItemReader, SqlItemWriter
 
 __all__ = [
@@ -42,5 +44,7 @@ __all__ = [
     "SqlItemReader",
     "SqlItemWriter",
     "SqlKeyRangePartitioner",
+    "allow_input_directory",
     "resolve_path",
+    "trusted_path",
 ]

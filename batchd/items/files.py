@@ -1,5 +1,6 @@
-"""What the file readers and writers share: path templates, checksum sidecars, exact line
-positions for restartable reading, and one restartable, atomic output file."""
+"""What the file readers and writers share: checksum sidecars, exact line positions for
+restartable reading, and one restartable, atomic output file (path templates are in
+:mod:`batchd.items.paths`)."""
 
 from __future__ import annotations
 
@@ -18,41 +19,17 @@ from batchd.errors import (
     ItemParseError,
     OutputCheckpointError,
     OutputFileError,
-    PathTemplateError,
 )
-from batchd.items.base import ItemReader, ItemWriter, params_dict
-from batchd.model import ExecutionContext
+from batchd.items.base import ItemReader, ItemWriter
 
-PathLike = str | os.PathLike[str]
+# Re-exported: the readers, writers and partitioners take their paths from here.
+from batchd.items.paths import PathLike as PathLike
+from batchd.items.paths import resolve_path as resolve_path
+from batchd.model import ExecutionContext
 
 # Sidecars verified beside every input file, and the algorithm of each.
 CHECKSUM_SIDECARS = ((".sha256", "sha256"), (".md5", "md5"))
 _READ_BLOCK = 1 << 20
-
-
-# ------------------------------------------------------------------------------- path templates
-def resolve_path(path: PathLike, ctx: ExecutionContext) -> str:
-    """``path`` with its template filled: when it contains ``{``, ``str.format(**params)``
-    with the job parameters (typed values, so ``{date:%Y%m%d}`` works on a ``date``) and
-    ``partition`` (the partition's context, ``{partition[index]}``). Double a literal brace."""
-    text = os.fspath(path)
-    if "{" not in text:
-        return text
-    values = params_dict(ctx.params)
-    values.setdefault("partition", ctx.partition or {})
-    try:
-        return text.format(**values)
-    except KeyError as exc:
-        raise PathTemplateError(
-            f"path template {text!r} needs the job parameter {exc.args[0]!r}, "
-            "which this job execution does not have"
-        ) from None
-    except (ValueError, IndexError, AttributeError, TypeError) as exc:
-        raise PathTemplateError(
-            f"cannot fill path template {text!r} from the job parameters: {exc} "
-            "(a date format such as {date:%Y%m%d} needs the parameter typed as a date "
-            "by the job's params_model)"
-        ) from None
 
 
 def describe(path: str, line: int | None = None, field: str | None = None) -> str:
@@ -247,7 +224,7 @@ class FileItemReader(ItemReader):
 
     def open(self, ctx: ExecutionContext) -> None:
         self.close()
-        path = resolve_path(self.path, ctx)
+        path = resolve_path(self.path, ctx, reading=True)
         source = LineSource(path, self.encoding)
         try:
             verify_checksums(path)

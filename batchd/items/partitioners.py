@@ -174,7 +174,7 @@ class FileLinePartitioner:
 
     def partition(self, n: int, params: Any = None) -> list[dict[str, Any]]:
         _check_count(self, n)
-        path = resolve_path(self.path, ExecutionContext(params=params))
+        path = resolve_path(self.path, ExecutionContext(params=params), reading=True)
         source = LineSource(path, self.encoding)  # raises InputFileNotFound as the readers do
         try:
             size = os.path.getsize(path)
@@ -208,7 +208,7 @@ class FileGlobPartitioner:
         return f"FileGlobPartitioner({os.fspath(self.pattern)!r})"
 
     def partition(self, n: int, params: Any = None) -> list[dict[str, Any]]:
-        pattern = resolve_path(self.pattern, ExecutionContext(params=params))
+        pattern = resolve_path(self.pattern, ExecutionContext(params=params), reading=True)
         files = {
             os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)
         }
