@@ -140,6 +140,8 @@ class Daemon:
             store,
             timezone=settings.timezone,
             listener=self.metrics,
+            lease=settings.lease,
+            may_take_over=self.membership.may_recover_others,
         )
         self.recover()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -239,6 +241,9 @@ class Daemon:
 
     def _recover(self, raise_errors: bool) -> tuple[list[JobExecution], bool]:
         trust_heartbeats = self.membership.may_recover_others()
+        # First, so that an execution a dead taker started is linked to its file's claim
+        # before recovery looks up what started it (on_crash = "restart").
+        self.watcher.finish_claims()
         try:
             recovered = self.operator.recover(
                 lease=self.settings.lease, trust_heartbeats=trust_heartbeats
