@@ -131,13 +131,18 @@ def scratch_root() -> Iterator[ScratchRoot]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def copy_checkout(destination: Path) -> Path:
+    """A copy of this checkout as it is (uncommitted changes included), without its
+    virtualenv, caches and build output: what a fresh clone of it would hold."""
+    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".*_cache", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis"))
+    return destination
+
+
 @pytest.fixture
 def checkout(tmp_path: Path, scratch_root: ScratchRoot) -> Path:
-    """A copy of this checkout (as it is, uncommitted changes included) whose example config
-    names the scratch root's paths."""
-    copy = tmp_path / "batchd"
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".*_cache", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis"))
+    """A copy of this checkout whose example config names the scratch root's paths."""
+    copy = copy_checkout(tmp_path / "batchd")
     config = copy / "etc" / "batchd.toml"
     config.write_text(scratch_root.rooted(config.read_text()))
     return copy
