@@ -24,6 +24,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,30 @@ def test_the_guide_block_has_one_plain_command_a_line() -> None:
     """What the install test cannot translate (pipes, &&, sudo, cd) must not be in the guide."""
     for words in guide_commands((REPO / "README.md").read_text()):
         assert not {"&&", "|", ";", "sudo", "cd"} & set(words), shlex.join(words)
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("BATCHD_") and key != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-m", "batchd.cli", "check-config", "--config",
+                           str(config)], cwd="/", env=env, capture_output=True, text=True)
+
+
+def test_jobs_path_finds_job_modules_from_any_directory(tmp_path: Path) -> None:
+    package = tmp_path / "lib" / "site_jobs"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "hello.py").write_text(
+        "import batchd\n"
+        "batchd.register(batchd.JobBuilder('hello').step(batchd.StepBuilder('s')"
+        ".tasklet(lambda ctx: None).build()).build())\n"
+    )
+    config = tmp_path / "batchd.toml"
+    config.write_text(f'jobs = ["site_jobs.hello"]\njobs_path = ["{tmp_path / "lib"}"]\n')
+    found = check_config(config)
+    assert found.returncode == 0 and "config OK: 1 jobs" in found.stdout, found.stderr
+
+    config.write_text('jobs = ["site_jobs.hello"]\njobs_path = ["lib"]\n')
+    relative = check_config(config)
+    assert relative.returncode == 78
+    assert "jobs_path: must be absolute directories, not lib" in relative.stderr
