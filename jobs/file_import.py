@@ -4,6 +4,10 @@ Fired by the ``payments`` watch (``etc/batchd.toml``) with ``file = "{path}"``. 
 the repository's database (``BATCHD_DATABASE_URL``) in each chunk's own transaction, keyed
 by ``payment_id`` (upsert), so a re-run never doubles a payment. A malformed line is skipped
 and counted (up to 100), not fatal.
+
+The reader's ``"{file}"`` reaches the dropped file because the daemon makes each watch's
+directory an input directory; a ``file`` anywhere else (from ``batchd ctl start`` or a trigger
+file's content) fails the execution with ``InvalidJobParameters`` before anything is read.
 """
 
 from __future__ import annotations
