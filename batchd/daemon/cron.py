@@ -210,8 +210,9 @@ class CronExpression:
                     continue
                 return fire
             if change is None:
-                # Nothing up to the horizon; no fire comes before the next matching wall
-                # time less the largest offset, so skip to there when it is further on.
+                # Nothing up to the horizon. A later fire has a matching wall time of at
+                # least ``following`` (clocks never go back by a whole segment), so it comes
+                # no earlier than that wall time less the largest offset: skip to there.
                 skip_to = (following - _MAX_OFFSET).replace(tzinfo=UTC)
                 t, inclusive = (skip_to, True) if skip_to > horizon else (horizon, False)
                 continue
