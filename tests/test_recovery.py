@@ -10,9 +10,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
 from batchd import (
     BatchStatus,
@@ -23,13 +24,20 @@ from batchd import (
     StepBuilder,
     StepContext,
 )
+from batchd.engine.operator import process_is_alive
+from batchd.items import ListItemReader, SqlItemWriter
+from batchd.items.sql_items import dispose_engines
 from batchd.repository import Owner
+from batchd.repository.tables import job_execution
 from tests.support.jobs import (
     CountingReader,
     JsonLinesLog,
+    blocking_tasklet,
     child_registry,
     create_output_table,
+    create_target_table,
     output_table,
+    target_table,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,47 +146,166 @@ def test_lease_decides_for_owners_on_other_hosts(database_url: str) -> None:
     repo.dispose()
 
 
-def test_a_recovered_execution_is_never_overwritten_by_its_late_owner(
-    database_url: str, tmp_path: Path
-) -> None:
-    """The owner is alive but silent past the lease (a long GC pause, a partition):
-    another operator recovers it; the owner's next commit is refused and it gives up."""
-    in_chunk, resume = threading.Event(), threading.Event()
-    log = JsonLinesLog(tmp_path / "out.jsonl")
-
-    def processor(item: int) -> int:
-        if item == 25:
-            in_chunk.set()
-            resume.wait(10)
-        return item
-
+def recovered_while_running(
+    database_url: str, step: Any, running: threading.Event
+) -> tuple[JobOperator, int]:
+    """Start a one-step job on an owner, wait until ``step`` is ``running``, then recover
+    its execution from another operator whose clock is five minutes ahead (the owner is
+    alive but silent past the lease: a long GC pause, a network partition). Returns the
+    owner (to be shut down) and the execution id; the test then lets the step go on."""
     registry = JobRegistry()
-    registry.register(
-        JobBuilder("eod")
-        .step(
-            StepBuilder("load")
-            .reader(CountingReader(50))
-            .processor(processor)
-            .writer(log)
-            .chunk_size(10)
-            .build()
-        )
-        .build()
-    )
+    registry.register(JobBuilder("eod").step(step).build())
     owner = JobOperator(SqlJobRepository(database_url), registry, heartbeat=0.2)
     execution = owner.start_async("eod", {"date": "2026-11-21"})
-    assert in_chunk.wait(10)
+    assert running.wait(10)
     clock = Clock()
     clock.now += timedelta(minutes=5)
     rescuer = JobOperator(SqlJobRepository(database_url, clock=clock), JobRegistry())
     assert [e.id for e in rescuer.recover(lease=60)] == [execution.id]
+    rescuer.shutdown()
+    rescuer.repository.dispose()
+    return owner, execution.id
+
+
+def pausing_at(item_number: int, running: threading.Event, resume: threading.Event) -> Any:
+    def processor(item: Any) -> Any:
+        number = item if isinstance(item, int) else item["id"]
+        if number == item_number:
+            running.set()
+            resume.wait(10)
+        return item
+
+    return processor
+
+
+def test_a_recovered_execution_is_never_overwritten_by_its_late_owner(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The owner's next commit is refused and it gives up."""
+    running, resume = threading.Event(), threading.Event()
+    step = (
+        StepBuilder("load")
+        .reader(CountingReader(50))
+        .processor(pausing_at(25, running, resume))
+        .writer(JsonLinesLog(tmp_path / "out.jsonl"))
+        .chunk_size(10)
+        .build()
+    )
+    owner, execution_id = recovered_while_running(database_url, step, running)
     resume.set()
-    ended = owner.wait(execution.id, timeout=10)
+    ended = owner.wait(execution_id, timeout=10)
     assert ended.status == BatchStatus.FAILED
     assert "recovered" in (ended.exit_message or "")
     assert ended.step_executions[0].commit_count == 2  # the third chunk was refused
     owner.shutdown()
-    rescuer.shutdown()
+
+
+def test_a_late_owners_refused_chunk_leaves_no_row_of_its_sql_writer(database_url: str) -> None:
+    """SqlItemWriter on the repository's database writes in the chunk's transaction: the
+    chunk refused to the late owner takes its rows with it."""
+    create_target_table(database_url)
+    running, resume = threading.Event(), threading.Event()
+    items = [{"id": i, "name": f"n{i}", "amount": str(i)} for i in range(1, 51)]
+    step = (
+        StepBuilder("load")
+        .reader(ListItemReader(items))
+        .processor(pausing_at(25, running, resume))
+        .writer(SqlItemWriter(database_url, target_table()))
+        .chunk_size(10)
+        .build()
+    )
+    owner, execution_id = recovered_while_running(database_url, step, running)
+    resume.set()
+    ended = owner.wait(execution_id, timeout=10)
+    owner.shutdown()
+    dispose_engines()
+    assert ended.status == BatchStatus.FAILED
+    assert ended.step_executions[0].write_count == 20
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(select(target_table().c.id)).scalars())
+    engine.dispose()
+    assert ids == list(range(1, 21))
+
+
+def test_a_late_owner_does_not_end_a_recovered_tasklet_step(database_url: str) -> None:
+    """The tasklet returns after its execution was recovered: its step stays FAILED as
+    recovery left it, so that a restart runs it again instead of skipping it."""
+    running, resume = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def tasklet(ctx: StepContext) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            running.set()
+            resume.wait(10)
+
+    step = StepBuilder("work").tasklet(tasklet).build()
+    owner, execution_id = recovered_while_running(database_url, step, running)
+    resume.set()
+    ended = owner.wait(execution_id, timeout=10)
+    assert ended.status == BatchStatus.FAILED
+    [step_execution] = ended.step_executions
+    assert step_execution.status == BatchStatus.FAILED
+    assert "recovered" in (step_execution.exit_message or "")
+    restarted = owner.restart(execution_id)
+    owner.shutdown()
+    assert restarted.status == BatchStatus.COMPLETED
+    assert len(runs) == 2  # the restart ran the step again
+
+
+def test_recover_leaves_this_operators_own_running_execution_alone(database_url: str) -> None:
+    """Its heartbeat is late (the heartbeat thread was starved), the run is not."""
+    running, release = threading.Event(), threading.Event()
+    registry = JobRegistry()
+    registry.register(
+        JobBuilder("eod")
+        .step(StepBuilder("s").tasklet(blocking_tasklet(running, release)).build())
+        .build()
+    )
+    # A 20 s heartbeat: none beats during the test, the aged heartbeat stays aged.
+    operator = JobOperator(SqlJobRepository(database_url), registry, heartbeat=20)
+    try:
+        execution = operator.start_async("eod", {"date": "2026-11-21"})
+        assert running.wait(10)
+        with operator.repository.engine.begin() as conn:
+            conn.execute(
+                update(job_execution)
+                .where(job_execution.c.id == execution.id)
+                .values(heartbeat=datetime.now(UTC) - timedelta(hours=1))
+            )
+        assert operator.recover(lease=60) == []
+        release.set()
+        assert operator.wait(execution.id, timeout=10).status == BatchStatus.COMPLETED
+    finally:
+        release.set()
+        operator.shutdown()
+
+
+def test_a_pid_is_only_checked_on_its_own_host(database_url: str) -> None:
+    """A live owner on another host, with a pid that does not exist here, is alive."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(gone.stdout)
+    assert not process_is_alive(pid)  # reaped: no process here has it
+    repository = SqlJobRepository(database_url)
+    execution, _ = repository.create_execution(
+        job_name="eod",
+        job_key="k",
+        identifying_params={"k": "k"},
+        params={"k": "k"},
+        owner=Owner(host="some-other-host", pid=pid),
+        decide=lambda last: None,
+    )
+    operator = JobOperator(repository, JobRegistry(), heartbeat=5)
+    assert operator.recover(lease=60) == []
+    assert repository.require_execution(execution.id).status == BatchStatus.STARTING
+    operator.shutdown()
+    repository.dispose()
 
 
 def test_a_stop_during_a_tasklet_is_kept_when_the_run_begins_late(database_url: str) -> None:
