@@ -404,7 +404,7 @@ def _check_safe(state: WatchState, path: Path, name: str, info: os.stat_result) 
     regular files."""
     if not is_text_name(name):
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        raise Rejected(f"rejected: the name {shown!r} is not UTF-8 text")
+        raise Rejected(f"the name '{shown}' is not UTF-8 text")
     if stat.S_ISLNK(info.st_mode):
         try:
             target = os.readlink(path)

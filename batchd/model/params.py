@@ -142,11 +142,14 @@ def parse_params(raw: RawParams) -> dict[str, Any]:
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per failing field: ``date: Input should be a valid date``."""
+    """One line per failing field, with the value it got: ``date: Input should be a valid
+    date (got '20261321')``. (A missing field's input is the whole object: not shown.)"""
     lines = []
     for detail in error.errors():
         field = ".".join(str(part) for part in detail["loc"]) or "(parameters)"
-        lines.append(f"{field}: {detail['msg']}")
+        value = detail.get("input")
+        got = "" if detail["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{field}: {detail['msg']}{got}")
     return "; ".join(lines)
 
 

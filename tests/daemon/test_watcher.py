@@ -468,3 +468,54 @@ def test_special_file_is_refused_without_being_read(env: Env) -> None:
     (taken,) = watcher.scan()
     assert taken.outcome == "refused"
     assert "not a regular file" in reason_of(env.inbox / "rejected" / "pipe.csv")
+
+
+def test_a_name_that_is_not_utf8_text_is_rejected_once(env: Env) -> None:
+    watcher = env.watcher()
+    raw = os.fsencode(env.inbox) + b"/caf\xe9.csv"  # Latin-1, as an old sender writes it
+    with open(raw, "wb") as file:
+        file.write(b"x")
+    make_old(Path(os.fsdecode(raw)))
+    (taken,) = watcher.scan()
+    assert taken.outcome == "rejected"
+    rejected = os.fsencode(env.inbox / "rejected")
+    assert sorted(os.listdir(rejected)) == [b"caf\xe9.csv", b"caf\xe9.csv.reason"]
+    with open(rejected + b"/caf\xe9.csv.reason", "rb") as file:
+        reason = file.read().decode("utf-8")
+    assert "caf\\xe9.csv" in reason and "is not UTF-8 text" in reason
+    assert watcher.scan() == []  # once: nothing is left to retry
+    assert env.executions() == []
+
+
+# ------------------------------------------------------------ regex groups as dates
+
+DAY_REGEX = r"pay_(?P<day>\d{8})\.csv"
+
+
+def test_a_group_is_read_as_a_date_with_a_strptime_format(env: Env) -> None:
+    watch = env.watch(regex=DAY_REGEX, params={"file": "{path}", "date": "{day(%Y%m%d)-1d}"})
+    watcher = env.watcher(watch)
+    (env.inbox / "pay_20261121.csv").write_text("x")
+    make_old(env.inbox / "pay_20261121.csv")
+    (taken,) = watcher.scan()
+    assert taken.outcome == "started"
+    env.wait_ended(1)
+    assert env.seen.runs[0]["params"]["date"] == "2026-11-20"
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "shown"),
+    [
+        ("{day}", "pay_20261121.csv", "(got '20261121')"),  # digits read as a Unix time
+        ("{day(%Y%m%d)}", "pay_20261399.csv", "day = '20261399' does not match the date format"),
+    ],
+)
+def test_a_group_that_is_no_date_rejects_the_file_showing_its_value(
+    env: Env, template: str, name: str, shown: str
+) -> None:
+    watcher = env.watcher(env.watch(regex=DAY_REGEX, params={"file": "{path}", "date": template}))
+    (env.inbox / name).write_text("x")
+    make_old(env.inbox / name)
+    (taken,) = watcher.scan()
+    assert taken.outcome == "rejected"
+    assert shown in reason_of(env.inbox / "rejected" / name)
