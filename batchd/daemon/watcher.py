@@ -81,6 +81,7 @@ from batchd.daemon.watch_rules import (
     watch_variables,
 )
 from batchd.engine.operator import JobOperator
+from batchd.items.paths import allow_input_directory
 from batchd.repository.triggers import TriggerStore
 
 __all__ = [
@@ -381,6 +382,8 @@ class Watcher:
             validate_watch(watch)
             previous = old.get(watch.name)
             states[watch.name] = WatchState.of(watch, previous.counts if previous else None)
+            # Readers may follow a parameter ({file} = "{path}") to the files of a watch.
+            allow_input_directory(states[watch.name].root)
         return states
 
     def _roots(self) -> set[Path]:
