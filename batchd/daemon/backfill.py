@@ -177,6 +177,8 @@ class Backfill:
             for item in self.dates:
                 if item.not_started is not None:
                     key = "never started"
+                elif item.execution_id is None:
+                    key = "left"
                 else:
                     key = item.status or "running"
                 counts[key] = counts.get(key, 0) + 1

@@ -352,7 +352,7 @@ class Daemon:
             update={"schedules": settings.schedules, "watches": settings.watches}
         )
         log.info(
-            "reload (%s) done: %d schedules, %d watches",
+            "reloaded (%s): %d schedules, %d watches",
             asked_by,
             len(settings.schedules),
             len(settings.watches),
