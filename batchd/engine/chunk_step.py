@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from batchd import failpoints
 from batchd.engine.faults import FaultPolicy, SkipLimitExceeded
 from batchd.engine.listeners import Listeners
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
@@ -24,6 +25,24 @@ from batchd.model import (
 )
 
 log = logging.getLogger(__name__)
+
+BEFORE_CHUNK_COMMIT = failpoints.declare(
+    "engine.before_chunk_commit",
+    "the chunk's output files hold bytes past the checkpoint, its transaction is not committed "
+    "(the database drops it with the connection): a restart cuts the files back to the "
+    "checkpointed sizes and writes the chunk again",
+)
+AFTER_CHUNK_COMMIT = failpoints.declare(
+    "engine.after_chunk_commit",
+    "the chunk and its checkpoint are committed, the next chunk not begun: a restart resumes "
+    "after it",
+)
+AFTER_OUTPUT_RENAME = failpoints.declare(
+    "engine.after_output_rename",
+    "the writers' complete() ran (each output file renamed onto its final path) but the "
+    "step's end is not recorded: a restart takes the published file back from the checkpoint "
+    "and publishes it again, byte for byte",
+)
 
 
 @dataclass
@@ -134,6 +153,7 @@ class _ChunkRun:
                     complete = getattr(stream, "complete", None)
                     if callable(complete):
                         complete(self.ctx)
+                failpoints.failpoint(AFTER_OUTPUT_RENAME)
         except (ExecutionLost, KeyboardInterrupt):
             raise
         except JobStopped as stopped:
@@ -305,8 +325,10 @@ class _ChunkRun:
                     step_execution.commit_count += 1
                     context_json = canonical_json(dict(self.ctx))
                     self.repository.commit_chunk(connection, step_execution, context_json)
+                    failpoints.failpoint(BEFORE_CHUNK_COMMIT)
                 finally:
                     current_chunk_transaction.reset(token)
+            failpoints.failpoint(AFTER_CHUNK_COMMIT)
         except BaseException:
             # Nothing of this chunk was committed: forget its counts and checkpoint.
             for name, value in before.items():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from batchd import failpoints
 from batchd.engine.job import Job, Step
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import ExecutionLost, StartLimitExceeded
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 # Seconds to wait between attempts to record an execution's end while the database is away.
 END_WRITE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+AFTER_STEP_END = failpoints.declare(
+    "engine.after_step_end",
+    "a step's end is recorded, the next step (or the job's end) is not: recover() marks the "
+    "execution FAILED, and a restart skips the COMPLETED step and runs the rest",
+)
 
 
 @dataclass
@@ -163,6 +170,7 @@ class JobRunner:
             instance_id=execution.instance_id,
             step_context_value=step_context,
         )
+        failpoints.failpoint(AFTER_STEP_END)
         log.info(
             "job execution %d: step %s %s (read %d, written %d)",
             execution.id,

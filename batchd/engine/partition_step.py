@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from batchd import failpoints
 from batchd.engine.chunk_step import ChunkStep
 from batchd.engine.listeners import Listeners
 from batchd.engine.partition_executors import PartitionExecutor, open_executor
@@ -47,6 +48,27 @@ log = logging.getLogger(__name__)
 # execution that made it (partitions of that plan have higher ids, so older runs of the
 # same names are ignored).
 PLAN_ORIGIN_KEY = "batchd.partitions_since"
+
+AFTER_PARTITION_PLAN = failpoints.declare(
+    "engine.after_partition_plan",
+    "the plan is the partitioned step's checkpoint, no partition exists yet: a restart reuses "
+    "the plan",
+)
+AFTER_PARTITIONS_CREATED = failpoints.declare(
+    "engine.after_partitions_created",
+    "the partitions' step executions are STARTED and none runs: recover() marks them FAILED "
+    "with the execution, and a restart resumes each from its checkpoint",
+)
+AFTER_PARTITIONS_ENDED = failpoints.declare(
+    "engine.after_partitions_ended",
+    "every partition recorded its end, the aggregator has not run: a restart runs no "
+    "partition again and aggregates",
+)
+AFTER_AGGREGATE = failpoints.declare(
+    "engine.after_aggregate",
+    "the aggregator ran (its file published, the parts removed) but the partitioned step's "
+    "end is not recorded: a restart runs the aggregator again, which finds its work done",
+)
 
 
 class PartitionError(BatchError):
@@ -90,6 +112,7 @@ class PartitionStep:
         with run.repository.chunk_transaction(run.step_execution) as connection:
             run.repository.commit_chunk(connection, run.step_execution, canonical_json(checkpoint))
         run.step_execution.execution_context = checkpoint
+        failpoints.failpoint(AFTER_PARTITION_PLAN)
 
         last_runs = self._last_runs(run, len(plan), origin)
         latest = {i: s for i, s in last_runs.items() if s.status == BatchStatus.COMPLETED}
@@ -106,10 +129,12 @@ class PartitionStep:
             if not executor.in_process:
                 self._check_picklable(executor, run)
             started = self._create_partitions(run, plan, pending, last_runs)
+            failpoints.failpoint(AFTER_PARTITIONS_CREATED)
             errors = self._run(executor, run, started)
         finally:
             executor.close()
 
+        failpoints.failpoint(AFTER_PARTITIONS_ENDED)
         ended = run.repository.get_step_executions([s.id for s in started.values()])
         for step_execution in ended:
             latest[_index_of(step_execution)] = step_execution
@@ -124,6 +149,7 @@ class PartitionStep:
         run.listeners.call("after_partition", run.step_execution, partitions)
         if status == BatchStatus.COMPLETED and self.aggregator is not None:
             self._aggregate(run, partitions, checkpoint)
+            failpoints.failpoint(AFTER_AGGREGATE)
         return StepOutcome(status, checkpoint, _summary(partitions, status))
 
     # ------------------------------------------------------------------ the plan

@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import IO
 
+from batchd import failpoints
 from batchd.errors import InputFileNotFound
 from batchd.items.base import ItemStream
 from batchd.items.files import (
@@ -32,6 +33,17 @@ from batchd.items.files import (
 from batchd.model import ExecutionContext, StepExecution
 
 log = logging.getLogger(__name__)
+
+AFTER_MERGE_RENAME = failpoints.declare(
+    "aggregator.after_merge_rename",
+    "the merged file is published and every part is still there: a re-run merges the parts "
+    "again into the same bytes",
+)
+DURING_PART_REMOVAL = failpoints.declare(
+    "aggregator.during_part_removal",
+    "the merged file is published, the removal marker written and some parts removed: a "
+    "re-run sees the marker and finishes the removal instead of reporting missing parts",
+)
 
 
 class FileAggregator(ItemStream):
@@ -125,6 +137,7 @@ class FileAggregator(ItemStream):
                 missing[0],
             )
         self._merge(target, parts)
+        failpoints.failpoint(AFTER_MERGE_RENAME)
         if self.remove_parts:
             self._remove(parts, marker)
 
@@ -198,6 +211,7 @@ class FileAggregator(ItemStream):
             for path in (part, *(part + suffix for suffix, _ in CHECKSUM_SIDECARS)):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
+            failpoints.failpoint(DURING_PART_REMOVAL)
         for directory in {os.path.dirname(part) for part in parts}:
             _fsync_directory(directory)  # the removals are durable before the marker goes
         os.remove(marker)

@@ -1,0 +1,111 @@
+"""Jobs for the crash-window tests, and the child process that runs one until a failpoint
+kills it: ``BATCHD_FAILPOINTS=NAME=kill python -m tests.support.crash_jobs URL WORKDIR JOB``
+prints the execution id as soon as it exists, then runs the job (the test expects SIGKILL).
+
+``files``: ``input.csv`` into ``out.csv`` and the ``target`` table of the repository's
+database in one step (the rows in the chunk's transaction), then into ``out.jsonl``.
+``partitioned``: ``input.csv`` in four partitions, each into its part file, merged into
+``merged.csv`` by a FileAggregator that removes the parts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from batchd import JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
+from batchd.items import (
+    CsvItemReader,
+    CsvItemWriter,
+    FileAggregator,
+    FileLinePartitioner,
+    JsonLinesItemWriter,
+    SqlItemWriter,
+)
+from batchd.model import ExecutionContext
+from tests.support.jobs import target_table
+
+ROWS = 400
+OUTPUTS = {"files": ("out.csv", "out.jsonl"), "partitioned": ("merged.csv",)}
+
+
+class BothWriters:
+    """Writes each chunk to two writers (a file and a table, say), as one writer."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.writers = (first, second)
+
+    def open(self, ctx: ExecutionContext) -> None:
+        for writer in self.writers:
+            writer.open(ctx)
+
+    def write(self, items: list[Any]) -> None:
+        for writer in self.writers:
+            writer.write(items)
+
+    def update(self, ctx: ExecutionContext) -> None:
+        for writer in self.writers:
+            writer.update(ctx)
+
+    def complete(self, ctx: ExecutionContext) -> None:
+        for writer in self.writers:
+            writer.complete(ctx)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def crash_registry(url: str, workdir: Path) -> JobRegistry:
+    source = workdir / "input.csv"
+    registry = JobRegistry()
+    registry.register(
+        JobBuilder("files")
+        .step(
+            StepBuilder("load")
+            .reader(CsvItemReader(source))
+            .writer(
+                BothWriters(CsvItemWriter(workdir / "out.csv"), SqlItemWriter(url, target_table()))
+            )
+            .chunk_size(50)
+            .build()
+        )
+        .step(
+            StepBuilder("jsonl")
+            .reader(CsvItemReader(source))
+            .writer(JsonLinesItemWriter(workdir / "out.jsonl"))
+            .chunk_size(50)
+            .build()
+        )
+        .build()
+    )
+    parts = str(workdir / "part{partition[index]:04d}.csv")
+    registry.register(
+        JobBuilder("partitioned")
+        .step(
+            StepBuilder("convert")
+            .reader(CsvItemReader(source))
+            .writer(CsvItemWriter(parts))
+            .chunk_size(25)
+            .partitioner(FileLinePartitioner(source), partitions=4)
+            .aggregator(FileAggregator(workdir / "merged.csv", parts=parts, header_lines=1))
+            .executor("threads")
+            .build()
+        )
+        .build()
+    )
+    return registry
+
+
+def run(url: str, workdir: str, job: str) -> None:
+    repository = SqlJobRepository(url)
+    operator = JobOperator(repository, crash_registry(url, Path(workdir)), heartbeat=0.5)
+    execution = operator.start_async(job)
+    print(execution.id, flush=True)
+    print(operator.wait(execution.id).status.value, flush=True)
+    operator.shutdown()
+
+
+if __name__ == "__main__":
+    run(*sys.argv[1:])
