@@ -18,14 +18,11 @@ What each operation takes and answers is in :mod:`batchd.daemon.protocol` and th
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 import selectors
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +34,7 @@ from sqlalchemy import text
 
 from batchd import __version__
 from batchd.daemon.backfill import plan_backfill
+from batchd.daemon.peers import peer_allowed, peer_credentials
 from batchd.daemon.protocol import (
     BAD_REQUEST,
     BUSY,
@@ -61,53 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_SUN_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 INVALID_OP = "invalid"  # the ``op`` reported to the listener for unparseable requests
 DENIED_OP = "denied"  # ... and for peers that are refused
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-    pid, uid, gid = _CREDENTIALS.unpack(raw)
-    return pid, uid, gid
-
-
-def _ids(names: list[str], lookup: Callable[[str], int]) -> set[int]:
-    """Numeric ids of user or group names (a string of digits is an id already)."""
-    found = set()
-    for name in names:
-        if name.isdigit():
-            found.add(int(name))
-            continue
-        try:
-            found.add(lookup(name))
-        except KeyError:
-            log.warning("control socket: no user or group named %r on this host", name)
-    return found
-
-
-def peer_allowed(
-    uid: int, gid: int, *, allowed_users: list[str], allowed_groups: list[str]
-) -> bool:
-    """Whether a peer running as ``uid`` (with primary group ``gid``) may use the socket:
-    root and the daemon's own user always may; others if their user is in
-    ``allowed_users`` or one of their groups in ``allowed_groups``."""
-    if uid in (0, os.geteuid()):
-        return True
-    try:
-        user: pwd.struct_passwd | None = pwd.getpwuid(uid)
-    except KeyError:
-        user = None  # a uid without a name (a container's, say): only its gid can match
-    if uid in _ids(allowed_users, lambda name: pwd.getpwnam(name).pw_uid):
-        return True
-    if not allowed_groups:
-        return False
-    groups = {gid}
-    if user is not None:
-        groups.update(os.getgrouplist(user.pw_name, user.pw_gid))
-    return bool(groups & _ids(allowed_groups, lambda name: grp.getgrnam(name).gr_gid))
 
 
 class ControlServer:
