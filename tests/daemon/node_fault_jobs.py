@@ -2,7 +2,8 @@
 
 ``gated`` runs until the file named by its ``gate`` parameter exists (or a stop is asked):
 a test holds a job running for as long as it needs — across a database outage, say — and
-lets it finish by creating the file.
+lets it finish by creating the file. Its step creates ``<gate>.waiting`` once it waits: from
+then on, the run needs the database again only when the gate opens.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class GateParams(BaseModel):
 
 def wait_for_gate(ctx: StepContext) -> None:
     gate = Path(ctx.params.gate)
+    Path(f"{gate}.waiting").touch()
     while not gate.exists():
         ctx.check_stop()
         time.sleep(0.02)

@@ -496,8 +496,11 @@ def test_the_database_goes_away_and_comes_back(
     try:
         mine = solo.call("start", job="gated", params={"gate": str(gate)})["id"]
         theirs = peer.start_async("gated", {"gate": f"{gate}-peer"}).id
-        for execution_id in (mine, theirs):
-            solo.wait_for_status(execution_id, "STARTED")
+        # STARTED is not enough: until its step waits at the gate, a run still reads and
+        # writes the repository (its step's records), and ends UNKNOWN if the database is
+        # away then.
+        for waiting in (f"{gate}.waiting", f"{gate}-peer.waiting"):
+            wait_until(Path(waiting).exists)
 
         private_server.pause()
         went_away = time.monotonic()
