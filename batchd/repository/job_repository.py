@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 RUNNING = [s.value for s in RUNNING_STATUSES]
+# The partial unique index that allows one running execution per instance.
+RUNNING_INDEX = next(ix for ix in job_execution.indexes if ix.name == "uq_job_execution_running")
 
 
 def utc_now() -> datetime:
@@ -219,7 +221,7 @@ class SqlJobRepository:
                     )
                 )
         except IntegrityError as exc:
-            if "uq_job_execution_running" in str(exc.orig) or "UNIQUE" in str(exc.orig).upper():
+            if _is_second_running_execution(exc):
                 raise JobExecutionAlreadyRunning(
                     f"job {job_name!r} already has a running execution for parameters "
                     f"{canonical_json(identifying_params)}"
@@ -362,22 +364,15 @@ class SqlJobRepository:
         ExecutionLost."""
         now = self.clock()
         with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(job_execution)
-                .where(
-                    job_execution.c.id == execution.id,
-                    job_execution.c.version == execution.version,
-                    job_execution.c.status == BatchStatus.STARTING.value,
-                )
-                .values(
-                    status=BatchStatus.STARTED.value,
-                    start_time=now,
-                    last_updated=now,
-                    heartbeat=now,
-                    version=execution.version + 1,
-                )
-            ).rowcount
-            if changed == 1:
+            if _update_if_unchanged(
+                conn,
+                execution,
+                [BatchStatus.STARTING.value],
+                status=BatchStatus.STARTED.value,
+                start_time=now,
+                last_updated=now,
+                heartbeat=now,
+            ):
                 execution.status, execution.start_time = BatchStatus.STARTED, now
                 execution.version += 1
                 return
@@ -402,24 +397,15 @@ class SqlJobRepository:
         meanwhile does not prevent it; a recovery or abandon elsewhere does."""
         now = self.clock()
         with self.engine.begin() as conn:
-            while True:
-                changed = conn.execute(
-                    update(job_execution)
-                    .where(
-                        job_execution.c.id == execution.id,
-                        job_execution.c.version == execution.version,
-                        job_execution.c.status.in_(RUNNING),
-                    )
-                    .values(
-                        status=status.value,
-                        exit_message=exit_message,
-                        end_time=now,
-                        last_updated=now,
-                        version=execution.version + 1,
-                    )
-                ).rowcount
-                if changed == 1:
-                    break
+            while not _update_if_unchanged(
+                conn,
+                execution,
+                RUNNING,
+                status=status.value,
+                exit_message=exit_message,
+                end_time=now,
+                last_updated=now,
+            ):
                 execution.version = self._reload_owned(conn, execution).version
             self._save_job_context(conn, execution.id, job_context)
         execution.status, execution.exit_message, execution.end_time = status, exit_message, now
@@ -764,22 +750,15 @@ class SqlJobRepository:
         the way ``execution`` saw it. False when it changed meanwhile."""
         now = self.clock()
         with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(job_execution)
-                .where(
-                    job_execution.c.id == execution.id,
-                    job_execution.c.version == execution.version,
-                    job_execution.c.status.in_(RUNNING),
-                )
-                .values(
-                    status=BatchStatus.FAILED.value,
-                    exit_message=reason,
-                    end_time=now,
-                    last_updated=now,
-                    version=execution.version + 1,
-                )
-            ).rowcount
-            if changed != 1:
+            if not _update_if_unchanged(
+                conn,
+                execution,
+                RUNNING,
+                status=BatchStatus.FAILED.value,
+                exit_message=reason,
+                end_time=now,
+                last_updated=now,
+            ):
                 return False
             conn.execute(
                 update(step_execution)
@@ -985,6 +964,38 @@ class PurgeResult:
     executions: int = 0
     step_executions: int = 0
     instances: int = 0
+
+
+def _update_if_unchanged(
+    conn: Connection, execution: JobExecution, statuses: Sequence[str], **values: Any
+) -> bool:
+    """Compare-and-set: update the execution's row (and bump its version) only if it is
+    still at the version ``execution`` last saw and in one of ``statuses``."""
+    changed = conn.execute(
+        update(job_execution)
+        .where(
+            job_execution.c.id == execution.id,
+            job_execution.c.version == execution.version,
+            job_execution.c.status.in_(statuses),
+        )
+        .values(version=execution.version + 1, **values)
+    ).rowcount
+    return bool(changed == 1)
+
+
+def _is_second_running_execution(error: IntegrityError) -> bool:
+    """Whether the partial unique index refused a second running execution of an instance:
+    PostgreSQL names the index; SQLite names only its columns, which no other unique
+    constraint of a new execution's rows has."""
+    original = error.orig
+    diag = getattr(original, "diag", None)
+    if diag is not None:
+        return bool(diag.constraint_name == RUNNING_INDEX.name)
+    columns = ", ".join(f"{job_execution.name}.{column.name}" for column in RUNNING_INDEX.columns)
+    return (
+        getattr(original, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_UNIQUE"
+        and str(original) == f"UNIQUE constraint failed: {columns}"
+    )
 
 
 def _failed_step_values(reason: str, now: datetime) -> dict[str, Any]:
