@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
 from batchd.items import ListItemReader, SqlItemWriter
@@ -86,14 +86,25 @@ def test_two_urls_of_one_postgresql_database_are_one_database(pg_url: str) -> No
         create_engine(pg_url),
         create_engine(f"postgresql+psycopg://postgres@/{name}?host=127.0.0.1&port={port}"),
     )
+    role = f"reader_{name}"
     try:
         assert database_identity(by_tcp) == database_identity(by_query)
         other = create_engine(pg_url.rsplit("/", 1)[0] + "/postgres")
         assert database_identity(other) != database_identity(by_tcp)  # same server
         other.dispose()
+        # Same database, another role: a writer keeps its own credentials.
+        with by_tcp.begin() as conn:
+            conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        as_role = create_engine(pg_url.replace("postgres@", f"{role}@"))
+        assert database_identity(as_role) != database_identity(by_tcp)
+        as_role.dispose()
     finally:
         by_tcp.dispose()
         by_query.dispose()
+        cleanup = create_engine(pg_url)
+        with cleanup.begin() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        cleanup.dispose()
 
 
 def test_sqlite_files_are_known_by_the_file_not_the_path(tmp_path: Path) -> None:

@@ -50,8 +50,9 @@ def database_identity(engine: Engine) -> str:
     """A string equal for two Engines that reach the same database, asked of the database
     itself (a URL cannot tell: ``?host=/run/a`` and ``?host=/run/b`` are two servers).
 
-    PostgreSQL: the cluster's system identifier and the current database; SQLite: the
-    device and inode of the main database file. A database that cannot say (another
+    PostgreSQL: the cluster's system identifier, the current database and the role (a
+    writer given other credentials keeps them); SQLite: the device and inode of the main
+    database file. A database that cannot say (another
     dialect, an in-memory SQLite database, a server that refuses the question) is only
     the same as itself through this very Engine, so a writer never joins a transaction of
     a database it cannot prove is its own. One query per Engine, cached.
@@ -88,9 +89,10 @@ def _ask(engine: Engine) -> str:
 def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
     try:
         cursor.execute(
-            "SELECT system_identifier::text, current_database() FROM pg_control_system()"
+            "SELECT system_identifier::text, current_database(), current_user"
+            " FROM pg_control_system()"
         )
-        system_id, database = cursor.fetchone()
+        system_id, database, user = cursor.fetchone()
     except engine.dialect.loaded_dbapi.Error as error:
         log.warning(
             "database %s does not tell its system identifier (%s): writers join its chunk "
@@ -99,7 +101,8 @@ def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
         )
         return unique
-    return f"postgresql:{system_id}/{database}"
+    # The role too: a writer given other credentials must not write with the repository's.
+    return f"postgresql:{system_id}/{database}/{user}"
 
 
 def _sqlite_identity(cursor: Any, unique: str) -> str:
