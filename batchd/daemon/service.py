@@ -25,7 +25,7 @@ from batchd.daemon.control import ControlServer
 from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
-from batchd.daemon.restarts import crashed_runs, restart_crashed
+from batchd.daemon.recovery import crashed_runs, restart_crashed
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
