@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
-from socketserver import ThreadingMixIn
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -50,11 +47,11 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from batchd import __version__
+from batchd.daemon.metrics_http import MetricsListener, parse_listen
 from batchd.model import BatchStatus, JobExecution, StepExecution
 from batchd.repository import SqlJobRepository
 
@@ -153,31 +150,6 @@ class ScheduleSource(Protocol):
     def next_fire_times(self) -> dict[str, datetime | None]: ...
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port). ValueError if malformed."""
-    host, sep, port = listen.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        host = ""  # an IPv6 address needs brackets
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f'not "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"): {listen!r}')
-    return host, int(port)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a scrape every 15 s is no news
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
 class _ScheduleCollector:
     """``batchd_schedule_next_fire_timestamp_seconds``, read from the scheduler when scraped."""
 
@@ -243,9 +215,7 @@ class Metrics:
     def __init__(self, repository: SqlJobRepository | None = None) -> None:
         self.repository = repository
         self.registry = CollectorRegistry()
-        self.port: int | None = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self.http = MetricsListener(self.registry)
         self._lock = threading.RLock()
         # job -> ids of its executions running now (this process's and, from the repository,
         # any other's); id -> job of those this process runs (their items are counted).
@@ -572,32 +542,16 @@ class Metrics:
     # ------------------------------------------------------------------ serving
 
     def start(self, listen: str) -> None:
-        """Serve ``/metrics`` on ``listen`` ("host:port", "[::1]:9464"; port 0 picks a free
-        port, then in ``.port``) from a daemon thread. OSError if it cannot bind."""
-        if self._server is not None:
-            raise RuntimeError("the metrics listener is already started")
-        host, port = parse_listen(listen)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = _Server6 if family == socket.AF_INET6 else _Server
-        server = make_server(host, port, make_wsgi_app(self.registry), server_class, _QuietHandler)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="batchd-metrics"
-        )
-        thread.daemon = True
-        thread.start()
-        self._server, self._thread = server, thread
-        self.port = server.server_port
-        log.info("metrics on http://%s/metrics", _url_host(host, self.port))
+        """Serve ``/metrics`` on ``listen`` (see :meth:`MetricsListener.start`)."""
+        self.http.start(listen)
+
+    @property
+    def port(self) -> int | None:
+        return self.http.port
 
     def stop(self) -> None:
         """Stop serving (the registry keeps its values)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
+        self.http.stop()
 
     def __enter__(self) -> Metrics:
         return self
@@ -612,10 +566,6 @@ class Metrics:
         for family in self.registry.collect():
             for sample in family.samples:
                 yield sample.name, dict(sample.labels), sample.value
-
-
-def _url_host(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = [
