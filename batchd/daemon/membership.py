@@ -15,6 +15,8 @@ import socket
 import time
 from datetime import timedelta
 
+from sqlalchemy import text
+
 from batchd.engine.operator import process_is_alive
 from batchd.repository import SqlJobRepository
 from batchd.repository.nodes import DatabaseClock, NodeConflict, NodeRecord, NodeStore
@@ -94,8 +96,7 @@ class Membership:
         return came_back
 
     def _failed(self, error: Exception) -> None:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        self.last_error = f"{type(error).__name__}: {first_line}"
+        self.last_error = _one_line(error)
         delay = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
         self._failures += 1
         if self.database_up or self._failures in (2, 5) or self._failures % 20 == 0:
@@ -128,6 +129,18 @@ class Membership:
             time.monotonic() - self._up_since >= self.lease.total_seconds()
         )
 
+    def database_state(self) -> str:
+        """``"ok"`` if the database answers a query now and answered the last heartbeat,
+        else one line saying what is wrong."""
+        try:
+            with self.repository.reading() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as error:
+            return _one_line(error)
+        if not self.database_up:
+            return f"unreachable at the last heartbeat: {self.last_error}"
+        return "ok"
+
     def nodes(self) -> list[tuple[NodeRecord, bool]]:
         """Every registered node, and whether it is live (heartbeat within the lease)."""
         now = self.clock()
@@ -138,3 +151,9 @@ class Membership:
             self.store.leave(self.name, self.pid)
         except Exception as error:
             log.warning("cannot remove node %s from the repository: %s", self.name, error)
+
+
+def _one_line(error: Exception) -> str:
+    """An error as its type and the first line of its message."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}"

@@ -15,8 +15,10 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from batchd import failpoints
 from batchd.daemon.backfill import Backfills
@@ -34,6 +36,13 @@ from batchd.errors import RepositoryError
 from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict
+
+if TYPE_CHECKING:
+    from batchd.daemon.scheduler import FireResult
+    from batchd.daemon.settings import ControlSettings
+    from batchd.model import BatchStatus
+    from batchd.repository.history import PurgeResult
+    from batchd.repository.nodes import NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +373,71 @@ class Daemon:
         for key in ("database_url", "max_concurrent_jobs", "control", "metrics", "heartbeat"):
             if getattr(new, key) != getattr(self.settings, key):
                 log.warning("%s changed: it takes effect only when batchd restarts", key)
+
+    # ------------------------------------------------------------------ control socket
+    # The DaemonControl interface (batchd.daemon.api), documented there.
+
+    def control_settings(self) -> ControlSettings:
+        return self.settings.control
+
+    def node_name(self) -> str:
+        return self.membership.name
+
+    def database_state(self) -> str:
+        return self.membership.database_state()
+
+    def clock_skew_seconds(self) -> float:
+        return self.membership.clock.skew_seconds
+
+    def lease(self) -> timedelta:
+        return self.membership.lease
+
+    def nodes(self) -> list[tuple[NodeRecord, bool]]:
+        return self.membership.nodes()
+
+    def describe_jobs(self) -> list[dict[str, Any]]:
+        return [job.describe() for job in self.operator.registry.jobs()]
+
+    def describe_schedules(self) -> list[dict[str, Any]]:
+        return self.scheduler.describe()
+
+    def list_executions(
+        self, job: str | None, status: BatchStatus | None, limit: int
+    ) -> list[JobExecution]:
+        return self.operator.list_executions(job_name=job, status=status, limit=limit)
+
+    def get_execution(self, execution_id: int) -> JobExecution:
+        return self.operator.get_execution(execution_id)
+
+    def start_job(self, job: str, params: dict[str, Any] | str) -> int:
+        return self.operator.start_async(job, params).id
+
+    def stop_executions(self, target: str | int) -> list[JobExecution]:
+        return self.operator.stop(target)
+
+    def restart_job(self, target: str | int) -> int:
+        return self.operator.restart_async(target).id
+
+    def abandon_execution(self, execution_id: int) -> JobExecution:
+        return self.operator.abandon(execution_id)
+
+    def pause_schedule(self, schedule: str) -> None:
+        self.scheduler.pause(schedule)
+
+    def resume_schedule(self, schedule: str) -> None:
+        self.scheduler.resume(schedule)
+
+    def fire_schedule(self, schedule: str) -> tuple[str, FireResult | None]:
+        outcome = self.scheduler.fire(schedule)
+        return outcome, self.scheduler.last_result(schedule)
+
+    def trigger_counts(self) -> tuple[int, int]:
+        return len(self.settings.schedules), len(self.settings.watches)
+
+    def purge_history(self, before_days: int, *, dry_run: bool) -> tuple[datetime, PurgeResult]:
+        repository = self.operator.repository
+        before = repository.clock() - timedelta(days=before_days)
+        return before, repository.purge(before, dry_run=dry_run)
 
     # ------------------------------------------------------------------ shutdown
 
