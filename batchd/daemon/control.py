@@ -117,6 +117,10 @@ class ControlServer:
         self._thread.start()
         log.info("control socket %s (mode %04o)", self.path, self.mode)
 
+    def threads(self) -> list[threading.Thread]:
+        """The accept thread, while started (each connection's own thread may end)."""
+        return [self._thread] if self._thread is not None else []
+
     def _listen(self) -> socket.socket:
         path = self.path
         if len(os.fsencode(path)) > _MAX_SUN_PATH:

@@ -215,6 +215,12 @@ class Scheduler:
             aps.shutdown(wait=True)
             log.info("scheduler stopped")
 
+    def threads(self) -> list[threading.Thread]:
+        """APScheduler's thread, while started: every schedule fires from it."""
+        with self._lock:
+            thread: threading.Thread | None = getattr(self._aps, "_thread", None)
+        return [thread] if thread is not None else []
+
     def reconfigure(self, schedules: Iterable[ScheduleSettings]) -> None:
         """Apply a new list of schedules (SIGHUP): add new ones, remove those that are gone,
         replace those whose settings changed. Unchanged schedules, running jobs and fires in
