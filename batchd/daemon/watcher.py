@@ -70,6 +70,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from batchd import failpoints
 from batchd.daemon.file_taker import OUTCOMES, FileTaker, TakenFile
 from batchd.daemon.settings import WatchSettings
 from batchd.daemon.watch_files import MAX_JSON_TRIGGER, PROCESSED, REJECTED
@@ -141,6 +142,12 @@ def _as_path(raw: bytes | str) -> Path | None:
 # 0.5 s). Every event queued behind one waits too, and each file taken is moved out into
 # processed/, so the next file dropped within 0.5 s would wait for it. The kernel reports
 # both halves of a rename in the same read, so 10 ms is ample.
+COMPONENT_THREAD_DIES = failpoints.declare(
+    "daemon.component_thread_dies",
+    "the watcher's worker thread dies (action raise) before taking a ready file; the daemon "
+    "sees the dead thread, stops sending WATCHDOG=1 and exits 70 for systemd to restart it, "
+    "and the restarted daemon's first scan takes the file",
+)
 MOVE_PAIRING_SECONDS = 0.01
 
 
@@ -263,6 +270,11 @@ class Watcher:
             worker.join(timeout)
         if observer is not None:
             log.info("watcher stopped")
+
+    def threads(self) -> list[threading.Thread]:
+        """The observer and the worker thread, while started."""
+        with self._lock:
+            return [thread for thread in (self._observer, self._worker) if thread is not None]
 
     def reconfigure(self, watches: list[WatchSettings]) -> None:
         """Replace the watches: new ones are observed and scanned, removed ones forgotten,
@@ -470,6 +482,7 @@ class Watcher:
                 with self._lock:
                     if self._stopping:
                         return
+                failpoints.failpoint(COMPONENT_THREAD_DIES)
                 self._take_path(path)
 
     def _poll_interval(self) -> float:
