@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    CursorResult,
-    Engine,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -40,7 +28,6 @@ from batchd.errors import (
 from batchd.model import (
     RESTARTABLE_STATUSES,
     RUNNING_STATUSES,
-    STEP_COUNTERS,
     BatchStatus,
     JobExecution,
     JobInstance,
@@ -49,30 +36,39 @@ from batchd.model import (
     database_identity,
 )
 from batchd.repository import migrate
-from batchd.repository.connect import (
-    READ_ONLY_OPTION,
-    create_database_engine,
-    parse_database_url,
+from batchd.repository.base import (
+    RUNNING,
+    Clock,
+    dialect_insert,
+    inserted_id,
+    utc_now,
 )
+from batchd.repository.connect import create_database_engine, parse_database_url
+from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
 from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
+from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
 from batchd.repository.tables import (
     job_execution,
     job_execution_context,
     job_instance,
-    step_context,
     step_execution,
 )
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-RUNNING = [s.value for s in RUNNING_STATUSES]
 # The partial unique index that allows one running execution per instance.
 RUNNING_INDEX = next(ix for ix in job_execution.indexes if ix.name == "uq_job_execution_running")
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
+# Defined in the parts of the repository, imported from here too.
+__all__ = [
+    "Clock",
+    "JobSummary",
+    "Owner",
+    "PurgeResult",
+    "SqlJobRepository",
+    "StepHistory",
+    "utc_now",
+]
 
 
 @dataclass(frozen=True)
@@ -83,31 +79,7 @@ class Owner:
     pid: int
 
 
-@dataclass(frozen=True)
-class StepHistory:
-    """What earlier executions of an instance did with one step."""
-
-    last: StepExecution | None
-    start_count: int
-
-
-# One statement per chunk commit: counters, checkpoint and version, compare-and-set.
-_COMMIT_CHUNK = (
-    update(step_execution)
-    .where(step_execution.c.id == bindparam("b_id"))
-    .where(step_execution.c.version == bindparam("b_version"))
-    .values(
-        {name: bindparam(name) for name in STEP_COUNTERS}
-        | {
-            "execution_context": bindparam("execution_context"),
-            "last_updated": bindparam("last_updated"),
-            "version": bindparam("new_version"),
-        }
-    )
-)
-
-
-class SqlJobRepository:
+class SqlJobRepository(StepRecords, HistoryQueries):
     """A job repository in SQLite or PostgreSQL, created or upgraded on open.
 
     ``SqlJobRepository("sqlite:///batchd.db")`` or
@@ -142,10 +114,6 @@ class SqlJobRepository:
                     f"cannot open database {self.url.render_as_string(hide_password=True)}: "
                     f"{_first_line(exc.orig)}"
                 ) from None
-
-    def reading(self) -> Connection:
-        """A connection for reads only (on SQLite it never takes the write lock)."""
-        return self.engine.connect().execution_options(**{READ_ONLY_OPTION: True})
 
     @property
     def database_id(self) -> str:
@@ -197,7 +165,7 @@ class SqlJobRepository:
                 )
                 last = self._last_execution_of_instance(conn, instance_id)
                 decide(last)
-                execution_id = _inserted_id(
+                execution_id = inserted_id(
                     conn.execute(
                         insert(job_execution).values(
                             instance_id=instance_id,
@@ -256,7 +224,7 @@ class SqlJobRepository:
 
     @staticmethod
     def _insert_ignoring_conflict(conn: Connection) -> Any:
-        return _dialect_insert(conn)(job_instance).on_conflict_do_nothing(
+        return dialect_insert(conn)(job_instance).on_conflict_do_nothing(
             index_elements=["job_name", "job_key"]
         )
 
@@ -455,221 +423,6 @@ class SqlJobRepository:
         ).scalar_one_or_none()
         return json.loads(text_value) if text_value else {}
 
-    # ----------------------------------------------------------------- steps
-
-    def step_history(self, instance_id: int, step_name: str, *, after_id: int = 0) -> StepHistory:
-        """The newest execution of ``step_name`` in the instance, and how often it started
-        (only step executions with an id above ``after_id``)."""
-        with self.reading() as conn:
-            rows = (
-                conn.execute(
-                    select(step_execution)
-                    .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
-                    .where(
-                        job_execution.c.instance_id == instance_id,
-                        step_execution.c.step_name == step_name,
-                        step_execution.c.id > after_id,
-                    )
-                    .order_by(step_execution.c.id.desc())
-                )
-                .mappings()
-                .all()
-            )
-        return StepHistory(last=to_step_execution(rows[0]) if rows else None, start_count=len(rows))
-
-    def last_step_executions(
-        self, instance_id: int, step_names: Sequence[str], *, after_id: int = 0
-    ) -> dict[str, StepExecution]:
-        """The newest execution of each of ``step_names`` in the instance (with an id above
-        ``after_id``), in one query; names never run are left out."""
-        with self.reading() as conn:
-            rows = conn.execute(
-                select(step_execution)
-                .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
-                .where(
-                    job_execution.c.instance_id == instance_id,
-                    step_execution.c.step_name.in_(list(step_names)),
-                    step_execution.c.id > after_id,
-                )
-                .order_by(step_execution.c.id)
-            ).mappings()
-            return {row["step_name"]: to_step_execution(row) for row in rows}
-
-    def get_step_executions(self, step_ids: Sequence[int]) -> list[StepExecution]:
-        """These step executions as stored now, in the order of ``step_ids`` (missing ones
-        left out)."""
-        with self.reading() as conn:
-            rows = conn.execute(
-                select(step_execution).where(step_execution.c.id.in_(list(step_ids)))
-            ).mappings()
-            found = {row["id"]: to_step_execution(row) for row in rows}
-        return [found[step_id] for step_id in step_ids if step_id in found]
-
-    def execution_status(self, execution_id: int) -> BatchStatus | None:
-        """The stored status of a job execution (None if there is no such execution)."""
-        with self.reading() as conn:
-            value = conn.execute(
-                select(job_execution.c.status).where(job_execution.c.id == execution_id)
-            ).scalar_one_or_none()
-        return BatchStatus(value) if value is not None else None
-
-    def fail_step_if_running(self, step_id: int, reason: str) -> bool:
-        """A step execution whose runner is gone (a dead worker) -> FAILED, unless it ended
-        meanwhile. Its checkpoint stays, so a restart resumes from it."""
-        now = self.clock()
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(step_execution)
-                .where(step_execution.c.id == step_id, step_execution.c.status.in_(RUNNING))
-                .values(_failed_step_values(reason, now))
-            ).rowcount
-        return changed == 1
-
-    def create_step_execution(
-        self, execution: JobExecution, step_name: str, context: dict[str, Any]
-    ) -> StepExecution:
-        """Add a STARTED step execution, if the job execution is still this owner's."""
-        return self.create_step_executions(execution, [(step_name, context)])[0]
-
-    def create_step_executions(
-        self, execution: JobExecution, steps: Sequence[tuple[str, dict[str, Any]]]
-    ) -> list[StepExecution]:
-        """Add STARTED step executions (name, checkpoint) in one transaction, if the job
-        execution is still this owner's (a partitioned step's partitions, for instance)."""
-        now = self.clock()
-        created = []
-        with self.engine.begin() as conn:
-            status = conn.execute(
-                select(job_execution.c.status).where(job_execution.c.id == execution.id)
-            ).scalar_one_or_none()
-            if status not in RUNNING:
-                raise ExecutionLost(
-                    f"job execution {execution.id} was ended elsewhere ({status}); "
-                    "this process gives up its run"
-                )
-            for step_name, context in steps:
-                step_id = _inserted_id(
-                    conn.execute(
-                        insert(step_execution).values(
-                            job_execution_id=execution.id,
-                            step_name=step_name,
-                            status=BatchStatus.STARTED.value,
-                            execution_context=canonical_json(context),
-                            start_time=now,
-                            last_updated=now,
-                            version=0,
-                        )
-                    )
-                )
-                created.append(
-                    StepExecution(
-                        id=step_id,
-                        job_execution_id=execution.id,
-                        step_name=step_name,
-                        status=BatchStatus.STARTED,
-                        start_time=now,
-                        last_updated=now,
-                        execution_context=dict(context),
-                    )
-                )
-        return created
-
-    @contextmanager
-    def chunk_transaction(self, step: StepExecution) -> Iterator[Connection]:
-        """The transaction of one chunk of ``step``: writers joining it and the checkpoint
-        (:meth:`commit_chunk`) commit together or not at all. When it does not commit, the
-        commit's own failure included (a full disk), ``step`` keeps the version of its
-        stored row, so that the step's end can still be recorded, with that error."""
-        version, last_updated = step.version, step.last_updated
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except BaseException:
-            step.version, step.last_updated = version, last_updated
-            raise
-
-    def commit_chunk(self, conn: Connection, step: StepExecution, context_json: str) -> None:
-        """Save counters and checkpoint in the chunk's transaction: exactly one statement.
-        Raises ExecutionLost (and the caller rolls back) if the step was ended elsewhere."""
-        now = self.clock()
-        params = step.counters() | {
-            "b_id": step.id,
-            "b_version": step.version,
-            "new_version": step.version + 1,
-            "execution_context": context_json,
-            "last_updated": now,
-        }
-        if conn.execute(_COMMIT_CHUNK, params).rowcount != 1:
-            raise ExecutionLost(
-                f"step execution {step.id} ({step.step_name}) was ended elsewhere; "
-                "its chunk is rolled back"
-            )
-        step.version += 1
-        step.last_updated = now
-
-    def finish_step(
-        self,
-        step: StepExecution,
-        status: BatchStatus,
-        exit_message: str | None,
-        context_json: str,
-        *,
-        instance_id: int,
-        step_context_value: dict[str, Any] | None,
-    ) -> None:
-        """Record a step's end with its counters, checkpoint and per-instance step context
-        (None: a partition, which has none)."""
-        now = self.clock()
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(step_execution)
-                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
-                .values(
-                    step.counters()
-                    | {
-                        "status": status.value,
-                        "exit_message": exit_message,
-                        "execution_context": context_json,
-                        "end_time": now,
-                        "last_updated": now,
-                        "version": step.version + 1,
-                    }
-                )
-            ).rowcount
-            if changed != 1:
-                raise ExecutionLost(
-                    f"step execution {step.id} ({step.step_name}) was ended elsewhere"
-                )
-            if step_context_value is not None:
-                self._save_step_context(conn, instance_id, step.step_name, step_context_value)
-        step.status, step.exit_message, step.end_time = status, exit_message, now
-        step.version += 1
-
-    def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
-        with self.reading() as conn:
-            text_value = conn.execute(
-                select(step_context.c.context).where(
-                    step_context.c.instance_id == instance_id,
-                    step_context.c.step_name == step_name,
-                )
-            ).scalar_one_or_none()
-        return json.loads(text_value) if text_value else {}
-
-    @staticmethod
-    def _save_step_context(
-        conn: Connection, instance_id: int, step_name: str, value: dict[str, Any]
-    ) -> None:
-        dialect_insert = _dialect_insert(conn)
-        stmt = dialect_insert(step_context).values(
-            instance_id=instance_id, step_name=step_name, context=canonical_json(value)
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["instance_id", "step_name"],
-                set_={"context": stmt.excluded.context},
-            )
-        )
-
     # ------------------------------------------------------ requests from anyone
 
     def request_stop(self, execution_id: int) -> bool:
@@ -766,7 +519,7 @@ class SqlJobRepository:
                     step_execution.c.job_execution_id == execution.id,
                     step_execution.c.status.in_(RUNNING),
                 )
-                .values(_failed_step_values(reason, now))
+                .values(failed_step_values(reason, now))
             )
         return True
 
@@ -797,173 +550,6 @@ class SqlJobRepository:
                     f"recovered: no heartbeat from {owner} since {last_beat}"
                     f" (lease {lease.total_seconds():g}s)",
                 )
-
-    # ------------------------------------------------------------------ metrics
-
-    def job_summaries(self) -> list[JobSummary]:
-        """One :class:`JobSummary` per job name that has executions: the status of the
-        execution that ended last, the end of its newest COMPLETED execution, its running
-        executions and every status its ended executions have had. A few grouped queries
-        (no history is loaded): what the metrics' job gauges start from."""
-        ended = job_execution.c.status.not_in(RUNNING)
-        last_end = (
-            select(
-                job_execution.c.job_name.label("job_name"),
-                func.max(job_execution.c.end_time).label("end_time"),
-            )
-            .where(ended)
-            .group_by(job_execution.c.job_name)
-            .subquery()
-        )
-        with self.reading() as conn:
-            last_rows = conn.execute(
-                select(
-                    job_execution.c.job_name,
-                    job_execution.c.id,
-                    job_execution.c.status,
-                    job_execution.c.end_time,
-                )
-                .select_from(
-                    job_execution.join(
-                        last_end,
-                        and_(
-                            job_execution.c.job_name == last_end.c.job_name,
-                            job_execution.c.end_time == last_end.c.end_time,
-                        ),
-                    )
-                )
-                .where(ended)
-            ).all()
-            success_rows = conn.execute(
-                select(job_execution.c.job_name, func.max(job_execution.c.end_time))
-                .where(job_execution.c.status == BatchStatus.COMPLETED.value)
-                .group_by(job_execution.c.job_name)
-            ).all()
-            status_rows = conn.execute(
-                select(job_execution.c.job_name, job_execution.c.status).where(ended).distinct()
-            ).all()
-            running_rows = conn.execute(
-                select(job_execution.c.job_name, job_execution.c.id).where(
-                    job_execution.c.status.in_(RUNNING)
-                )
-            ).all()
-        last: dict[str, tuple[datetime, int, BatchStatus]] = {}
-        for name, execution_id, status, end_time in last_rows:
-            candidate = (end_time, execution_id, BatchStatus(status))
-            if name not in last or candidate[:2] > last[name][:2]:
-                last[name] = candidate  # equal end times: the newer execution
-        success = {name: end_time for name, end_time in success_rows}
-        statuses: dict[str, set[BatchStatus]] = {}
-        for name, status in status_rows:
-            statuses.setdefault(name, set()).add(BatchStatus(status))
-        running: dict[str, list[int]] = {}
-        for name, execution_id in running_rows:
-            running.setdefault(name, []).append(execution_id)
-        names = sorted(set(last) | set(success) | set(statuses) | set(running))
-        return [
-            JobSummary(
-                job_name=name,
-                last_status=last[name][2] if name in last else None,
-                last_end_time=last[name][0] if name in last else None,
-                last_execution_id=last[name][1] if name in last else None,
-                last_success_time=success.get(name),
-                running_ids=tuple(sorted(running.get(name, ()))),
-                statuses=frozenset(statuses.get(name, ())),
-            )
-            for name in names
-        ]
-
-    # ------------------------------------------------------------------ history
-
-    def purge(self, before: datetime, *, dry_run: bool = False) -> PurgeResult:
-        """Delete the history that ended before ``before``: executions (with their step
-        executions and job contexts) of *complete* instances, and then the instances (with
-        their step contexts) that have no execution left.
-
-        An instance is complete when its last execution is COMPLETED or ABANDONED: it can
-        never run again, so its history is only history. Nothing of an instance that can
-        still be restarted (or is running) is ever deleted, whatever its age: restart needs
-        the checkpoints and step counts. Schedule fires and claimed trigger files are kept
-        (they are what stops a fire or a file from starting twice). ``dry_run`` counts
-        without deleting.
-        """
-        final = [BatchStatus.COMPLETED.value, BatchStatus.ABANDONED.value]
-        # Aliases: the subqueries must not correlate with the outer query's job_execution.
-        newest, last = job_execution.alias("newest"), job_execution.alias("last")
-        last_ids = select(func.max(newest.c.id)).group_by(newest.c.instance_id)
-        complete_instances = select(last.c.instance_id).where(
-            last.c.id.in_(last_ids), last.c.status.in_(final)
-        )
-        ended = func.coalesce(job_execution.c.end_time, job_execution.c.last_updated)
-        with self.engine.begin() as conn:
-            execution_ids = list(
-                conn.execute(
-                    select(job_execution.c.id, job_execution.c.instance_id).where(
-                        job_execution.c.instance_id.in_(complete_instances),
-                        job_execution.c.status.not_in(RUNNING),
-                        ended < before,
-                    )
-                ).all()
-            )
-            ids = [row.id for row in execution_ids]
-            touched = sorted({row.instance_id for row in execution_ids})
-            counts = PurgeResult(executions=len(ids))
-            for batch in _batches(ids):
-                counts.step_executions += conn.execute(
-                    select(func.count())
-                    .select_from(step_execution)
-                    .where(step_execution.c.job_execution_id.in_(batch))
-                ).scalar_one()
-                if not dry_run:
-                    conn.execute(
-                        delete(step_execution).where(step_execution.c.job_execution_id.in_(batch))
-                    )
-                    conn.execute(
-                        delete(job_execution_context).where(
-                            job_execution_context.c.job_execution_id.in_(batch)
-                        )
-                    )
-                    conn.execute(delete(job_execution).where(job_execution.c.id.in_(batch)))
-            purged_set = set(ids)
-            for batch in _batches(touched):
-                remaining = conn.execute(
-                    select(job_execution.c.instance_id, job_execution.c.id).where(
-                        job_execution.c.instance_id.in_(batch)
-                    )
-                ).all()
-                alive = {row.instance_id for row in remaining if row.id not in purged_set}
-                empty = [instance_id for instance_id in batch if instance_id not in alive]
-                counts.instances += len(empty)
-                if dry_run or not empty:
-                    continue
-                conn.execute(delete(step_context).where(step_context.c.instance_id.in_(empty)))
-                # Only if still empty: a start that found the instance meanwhile keeps it.
-                has_execution = (
-                    select(job_execution.c.id)
-                    .where(job_execution.c.instance_id == job_instance.c.id)
-                    .exists()
-                )
-                conn.execute(
-                    delete(job_instance).where(job_instance.c.id.in_(empty), ~has_execution)
-                )
-        log.info(
-            "%s %d job executions (%d step executions) and %d instances that ended before %s",
-            "would purge" if dry_run else "purged",
-            counts.executions,
-            counts.step_executions,
-            counts.instances,
-            before.isoformat(),
-        )
-        return counts
-
-
-@dataclass
-class PurgeResult:
-    """What :meth:`SqlJobRepository.purge` deleted (or, in a dry run, would delete)."""
-
-    executions: int = 0
-    step_executions: int = 0
-    instances: int = 0
 
 
 def _update_if_unchanged(
@@ -998,58 +584,6 @@ def _is_second_running_execution(error: IntegrityError) -> bool:
     )
 
 
-def _failed_step_values(reason: str, now: datetime) -> dict[str, Any]:
-    """A running step execution ended FAILED by someone other than its runner."""
-    return {
-        "status": BatchStatus.FAILED.value,
-        "exit_message": reason,
-        "end_time": now,
-        "last_updated": now,
-        "version": step_execution.c.version + 1,
-    }
-
-
-def _dialect_insert(conn: Connection) -> Any:
-    """The INSERT construct with ON CONFLICT of the connection's database (the dialect
-    module is imported on first use: a SQLite-only process never loads PostgreSQL's)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects import postgresql
-
-        return postgresql.insert
-    from sqlalchemy.dialects import sqlite
-
-    return sqlite.insert
-
-
-def _batches(values: Sequence[int], size: int = 500) -> Iterator[list[int]]:
-    """Slices of ``values`` small enough for an ``IN (...)`` on every database."""
-    for begin in range(0, len(values), size):
-        yield list(values[begin : begin + size])
-
-
-def _inserted_id(result: CursorResult[Any]) -> int:
-    key = result.inserted_primary_key
-    assert key is not None, "an INSERT returns its primary key"
-    return int(key[0])
-
-
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip() if error is not None else "unknown error"
     return text.splitlines()[0] if text else type(error).__name__
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """What :meth:`SqlJobRepository.job_summaries` says about one job."""
-
-    job_name: str
-    #: Status, end and id of the execution that ended last (None: none has ended).
-    last_status: BatchStatus | None
-    last_end_time: datetime | None
-    last_execution_id: int | None
-    #: End of the newest COMPLETED execution (None: never completed).
-    last_success_time: datetime | None
-    #: Executions STARTING, STARTED or STOPPING now (in any process).
-    running_ids: tuple[int, ...]
-    #: Every status the job's ended executions have had.
-    statuses: frozenset[BatchStatus]

@@ -1,0 +1,271 @@
+"""Step executions in the job repository: their records, chunk checkpoints and step
+contexts. Every write of a running step's owner is compare-and-set on the version it last
+saw (see :mod:`batchd.repository.job_repository`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from batchd.errors import ExecutionLost
+from batchd.model import STEP_COUNTERS, BatchStatus, JobExecution, StepExecution, canonical_json
+from batchd.repository.base import RUNNING, RepositoryBase, dialect_insert, inserted_id
+from batchd.repository.rows import to_step_execution
+from batchd.repository.tables import job_execution, step_context, step_execution
+
+
+@dataclass(frozen=True)
+class StepHistory:
+    """What earlier executions of an instance did with one step."""
+
+    last: StepExecution | None
+    start_count: int
+
+
+# One statement per chunk commit: counters, checkpoint and version, compare-and-set.
+_COMMIT_CHUNK = (
+    update(step_execution)
+    .where(step_execution.c.id == bindparam("b_id"))
+    .where(step_execution.c.version == bindparam("b_version"))
+    .values(
+        {name: bindparam(name) for name in STEP_COUNTERS}
+        | {
+            "execution_context": bindparam("execution_context"),
+            "last_updated": bindparam("last_updated"),
+            "version": bindparam("new_version"),
+        }
+    )
+)
+
+
+class StepRecords(RepositoryBase):
+    """The step executions' part of :class:`batchd.repository.SqlJobRepository`."""
+
+    def step_history(self, instance_id: int, step_name: str, *, after_id: int = 0) -> StepHistory:
+        """The newest execution of ``step_name`` in the instance, and how often it started
+        (only step executions with an id above ``after_id``)."""
+        with self.reading() as conn:
+            rows = (
+                conn.execute(
+                    select(step_execution)
+                    .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+                    .where(
+                        job_execution.c.instance_id == instance_id,
+                        step_execution.c.step_name == step_name,
+                        step_execution.c.id > after_id,
+                    )
+                    .order_by(step_execution.c.id.desc())
+                )
+                .mappings()
+                .all()
+            )
+        return StepHistory(last=to_step_execution(rows[0]) if rows else None, start_count=len(rows))
+
+    def last_step_executions(
+        self, instance_id: int, step_names: Sequence[str], *, after_id: int = 0
+    ) -> dict[str, StepExecution]:
+        """The newest execution of each of ``step_names`` in the instance (with an id above
+        ``after_id``), in one query; names never run are left out."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(step_execution)
+                .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+                .where(
+                    job_execution.c.instance_id == instance_id,
+                    step_execution.c.step_name.in_(list(step_names)),
+                    step_execution.c.id > after_id,
+                )
+                .order_by(step_execution.c.id)
+            ).mappings()
+            return {row["step_name"]: to_step_execution(row) for row in rows}
+
+    def get_step_executions(self, step_ids: Sequence[int]) -> list[StepExecution]:
+        """These step executions as stored now, in the order of ``step_ids`` (missing ones
+        left out)."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(step_execution).where(step_execution.c.id.in_(list(step_ids)))
+            ).mappings()
+            found = {row["id"]: to_step_execution(row) for row in rows}
+        return [found[step_id] for step_id in step_ids if step_id in found]
+
+    def execution_status(self, execution_id: int) -> BatchStatus | None:
+        """The stored status of a job execution (None if there is no such execution)."""
+        with self.reading() as conn:
+            value = conn.execute(
+                select(job_execution.c.status).where(job_execution.c.id == execution_id)
+            ).scalar_one_or_none()
+        return BatchStatus(value) if value is not None else None
+
+    def fail_step_if_running(self, step_id: int, reason: str) -> bool:
+        """A step execution whose runner is gone (a dead worker) -> FAILED, unless it ended
+        meanwhile. Its checkpoint stays, so a restart resumes from it."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step_id, step_execution.c.status.in_(RUNNING))
+                .values(failed_step_values(reason, now))
+            ).rowcount
+        return changed == 1
+
+    def create_step_execution(
+        self, execution: JobExecution, step_name: str, context: dict[str, Any]
+    ) -> StepExecution:
+        """Add a STARTED step execution, if the job execution is still this owner's."""
+        return self.create_step_executions(execution, [(step_name, context)])[0]
+
+    def create_step_executions(
+        self, execution: JobExecution, steps: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[StepExecution]:
+        """Add STARTED step executions (name, checkpoint) in one transaction, if the job
+        execution is still this owner's (a partitioned step's partitions, for instance)."""
+        now = self.clock()
+        created = []
+        with self.engine.begin() as conn:
+            status = conn.execute(
+                select(job_execution.c.status).where(job_execution.c.id == execution.id)
+            ).scalar_one_or_none()
+            if status not in RUNNING:
+                raise ExecutionLost(
+                    f"job execution {execution.id} was ended elsewhere ({status}); "
+                    "this process gives up its run"
+                )
+            for step_name, context in steps:
+                step_id = inserted_id(
+                    conn.execute(
+                        insert(step_execution).values(
+                            job_execution_id=execution.id,
+                            step_name=step_name,
+                            status=BatchStatus.STARTED.value,
+                            execution_context=canonical_json(context),
+                            start_time=now,
+                            last_updated=now,
+                            version=0,
+                        )
+                    )
+                )
+                created.append(
+                    StepExecution(
+                        id=step_id,
+                        job_execution_id=execution.id,
+                        step_name=step_name,
+                        status=BatchStatus.STARTED,
+                        start_time=now,
+                        last_updated=now,
+                        execution_context=dict(context),
+                    )
+                )
+        return created
+
+    @contextmanager
+    def chunk_transaction(self, step: StepExecution) -> Iterator[Connection]:
+        """The transaction of one chunk of ``step``: writers joining it and the checkpoint
+        (:meth:`commit_chunk`) commit together or not at all. When it does not commit, the
+        commit's own failure included (a full disk), ``step`` keeps the version of its
+        stored row, so that the step's end can still be recorded, with that error."""
+        version, last_updated = step.version, step.last_updated
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except BaseException:
+            step.version, step.last_updated = version, last_updated
+            raise
+
+    def commit_chunk(self, conn: Connection, step: StepExecution, context_json: str) -> None:
+        """Save counters and checkpoint in the chunk's transaction: exactly one statement.
+        Raises ExecutionLost (and the caller rolls back) if the step was ended elsewhere."""
+        now = self.clock()
+        params = step.counters() | {
+            "b_id": step.id,
+            "b_version": step.version,
+            "new_version": step.version + 1,
+            "execution_context": context_json,
+            "last_updated": now,
+        }
+        if conn.execute(_COMMIT_CHUNK, params).rowcount != 1:
+            raise ExecutionLost(
+                f"step execution {step.id} ({step.step_name}) was ended elsewhere; "
+                "its chunk is rolled back"
+            )
+        step.version += 1
+        step.last_updated = now
+
+    def finish_step(
+        self,
+        step: StepExecution,
+        status: BatchStatus,
+        exit_message: str | None,
+        context_json: str,
+        *,
+        instance_id: int,
+        step_context_value: dict[str, Any] | None,
+    ) -> None:
+        """Record a step's end with its counters, checkpoint and per-instance step context
+        (None: a partition, which has none)."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
+                .values(
+                    step.counters()
+                    | {
+                        "status": status.value,
+                        "exit_message": exit_message,
+                        "execution_context": context_json,
+                        "end_time": now,
+                        "last_updated": now,
+                        "version": step.version + 1,
+                    }
+                )
+            ).rowcount
+            if changed != 1:
+                raise ExecutionLost(
+                    f"step execution {step.id} ({step.step_name}) was ended elsewhere"
+                )
+            if step_context_value is not None:
+                self._save_step_context(conn, instance_id, step.step_name, step_context_value)
+        step.status, step.exit_message, step.end_time = status, exit_message, now
+        step.version += 1
+
+    def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
+        with self.reading() as conn:
+            text_value = conn.execute(
+                select(step_context.c.context).where(
+                    step_context.c.instance_id == instance_id,
+                    step_context.c.step_name == step_name,
+                )
+            ).scalar_one_or_none()
+        return json.loads(text_value) if text_value else {}
+
+    @staticmethod
+    def _save_step_context(
+        conn: Connection, instance_id: int, step_name: str, value: dict[str, Any]
+    ) -> None:
+        stmt = dialect_insert(conn)(step_context).values(
+            instance_id=instance_id, step_name=step_name, context=canonical_json(value)
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["instance_id", "step_name"],
+                set_={"context": stmt.excluded.context},
+            )
+        )
+
+
+def failed_step_values(reason: str, now: datetime) -> dict[str, Any]:
+    """A running step execution ended FAILED by someone other than its runner."""
+    return {
+        "status": BatchStatus.FAILED.value,
+        "exit_message": reason,
+        "end_time": now,
+        "last_updated": now,
+        "version": step_execution.c.version + 1,
+    }
