@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from batchd.errors import EXIT_ERROR as EXIT_ERROR
+from batchd.errors import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
+from batchd.errors import ControlError as ControlError
+
 PROTOCOL_VERSION = 1
 DEFAULT_TIMEOUT = 60.0
-# Exit statuses of ``batchd ctl``: the daemon answered with an error, or could not be reached.
-EXIT_ERROR = 1
-EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE
 
 RUNNING = ("STARTING", "STARTED", "STOPPING")
 _STATUS_STYLE = {
@@ -39,21 +40,6 @@ _STATUS_STYLE = {
     "ABANDONED": "magenta",
     "UNKNOWN": "bold red",
 }
-
-
-class ControlError(Exception):
-    """An error response of the daemon (``type`` is its error type, e.g. ``NoSuchJob``), or
-    a failure to talk to it at all (``unavailable`` is then true)."""
-
-    def __init__(self, type_: str, message: str, *, unavailable: bool = False) -> None:
-        super().__init__(f"{type_}: {message}")
-        self.type = type_
-        self.message = message
-        self.unavailable = unavailable
-
-    @property
-    def exit_status(self) -> int:
-        return EXIT_UNAVAILABLE if self.unavailable else EXIT_ERROR
 
 
 def socket_path(socket_option: Path | None, config: Path | None) -> Path:

@@ -1,6 +1,15 @@
-"""Errors raised by batchd. Every one subclasses :class:`BatchError`."""
+"""Errors raised by batchd. Every one subclasses :class:`BatchError`.
+
+Every error class of batchd is defined here, whatever layer raises it, so that one import
+finds them all; the modules that raise them import them from here (and the old import paths,
+e.g. ``batchd.daemon.config.ConfigError``, keep working). This module imports nothing from
+batchd, so every layer may use it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
 
 
 class BatchError(Exception):
@@ -130,3 +139,86 @@ class OutputCheckpointError(CheckpointMismatch):
 
 class PathTemplateError(BatchError):
     """A path template names a job parameter that the job does not have, or is malformed."""
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class SkipLimitExceeded(BatchError):
+    """More items were skipped than the step's skip limit allows."""
+
+
+class PartitionError(BatchError):
+    """A partitioned step could not run its partitions (bad plan, unpicklable step...)."""
+
+
+class PartitionFailed(BatchError):
+    """A partition ended FAILED; the message is its exit message."""
+
+
+class NodeConflict(BatchError):
+    """Another live node holds this node's name, or (on SQLite) any other node runs."""
+
+
+class FailpointHit(BatchError):
+    """Raised by a failpoint whose action is ``raise``."""
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class ConfigError(BatchError):
+    """The configuration is bad. ``problems`` has one line per problem, each naming its key
+    (``schedules[0] (eod).cron: ...``); ``path`` is the config file, if there is one."""
+
+    def __init__(self, problems: Iterable[str], path: Path | str | None = None) -> None:
+        problems = list(problems)
+        super().__init__(problems, path)
+        self.problems: list[str] = problems
+        self.path: Path | None = Path(path) if path is not None else None
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+class TemplateError(BatchError, ValueError):
+    """A template names an unknown variable, or a value cannot be rendered."""
+
+
+class NoSuchSchedule(BatchError, LookupError):
+    """No schedule has the given name."""
+
+
+class NoSuchBackfill(BatchError):
+    """No backfill of this daemon has the given id."""
+
+
+class ProtocolError(BatchError):
+    """A control request that cannot be carried out as sent; ``type`` is the error type to
+    answer."""
+
+    def __init__(self, type_: str, message: str, op: str | None = None) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.op = op  # the operation, when the request named a known one
+
+
+# Exit statuses of ``batchd ctl``: the daemon answered with an error, or could not be reached.
+EXIT_ERROR = 1
+EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE
+
+
+class ControlError(BatchError):
+    """An error response of the daemon (``type`` is its error type, e.g. ``NoSuchJob``), or
+    a failure to talk to it at all (``unavailable`` is then true)."""
+
+    def __init__(self, type_: str, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(f"{type_}: {message}")
+        self.type = type_
+        self.message = message
+        self.unavailable = unavailable
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_UNAVAILABLE if self.unavailable else EXIT_ERROR

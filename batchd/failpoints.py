@@ -21,7 +21,7 @@ import re
 import signal
 import time
 
-from batchd.errors import BatchError
+from batchd.errors import FailpointHit as FailpointHit
 
 ENVIRONMENT_VARIABLE = "BATCHD_FAILPOINTS"
 
@@ -29,10 +29,6 @@ ENVIRONMENT_VARIABLE = "BATCHD_FAILPOINTS"
 # crash-recovery section lists the same windows; tests/test_failpoints.py checks that each one is
 # exercised by a test.
 WINDOWS: dict[str, str] = {}
-
-
-class FailpointHit(BatchError):
-    """Raised by a failpoint whose action is ``raise``."""
 
 
 def declare(name: str, description: str) -> str:

@@ -24,7 +24,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from batchd.engine import JobOperator
-from batchd.errors import BatchError
+from batchd.errors import NoSuchBackfill as NoSuchBackfill
 from batchd.model import BatchStatus, JobExecution
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ RUNNING = "running"
 STOPPED = "stopped"  # stopped by request: no further date started
 DONE = "done"  # every planned date was started (or could not be) and has ended
 INTERRUPTED = "interrupted"  # the daemon shut down
-
-
-class NoSuchBackfill(BatchError):
-    """No backfill of this daemon has the given id."""
 
 
 @dataclass

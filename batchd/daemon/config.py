@@ -40,7 +40,8 @@ from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
 from batchd.daemon.templates import TemplateError, check_templates
 from batchd.daemon.watch_rules import WATCH_VARIABLES, watch_problems
 from batchd.engine import JobRegistry
-from batchd.errors import BatchError, RepositoryError
+from batchd.errors import ConfigError as ConfigError
+from batchd.errors import RepositoryError
 from batchd.repository import parse_database_url
 from batchd.shortcuts import default_registry
 
@@ -61,21 +62,6 @@ __all__ = [
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: the exit status of a bad configuration
 ENV_PREFIX = "BATCHD_"
 CONFIG_ENV = "BATCHD_CONFIG"  # the config file's path; not itself a setting
-
-
-
-class ConfigError(BatchError):
-    """The configuration is bad. ``problems`` has one line per problem, each naming its key
-    (``schedules[0] (eod).cron: ...``); ``path`` is the config file, if there is one."""
-
-    def __init__(self, problems: Iterable[str], path: Path | str | None = None) -> None:
-        problems = list(problems)
-        super().__init__(problems, path)
-        self.problems: list[str] = problems
-        self.path: Path | None = Path(path) if path is not None else None
-
-    def __str__(self) -> str:
-        return "\n".join(self.problems)
 
 
 # --------------------------------------------------------------------------- settings

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from batchd.errors import ProtocolError as ProtocolError
 from batchd.model import BatchStatus, JobExecution, StepExecution
 
 PROTOCOL_VERSION = 1
@@ -36,16 +37,6 @@ UNSUPPORTED_VERSION = "UnsupportedVersion"
 PERMISSION_DENIED = "PermissionDenied"
 BUSY = "Busy"
 INTERNAL_ERROR = "InternalError"
-
-
-class ProtocolError(Exception):
-    """A request that cannot be carried out as sent; ``type`` is the error type to answer."""
-
-    def __init__(self, type_: str, message: str, op: str | None = None) -> None:
-        super().__init__(message)
-        self.type = type_
-        self.message = message
-        self.op = op  # the operation, when the request named a known one
 
 
 def shown(value: Any) -> str:

@@ -36,11 +36,11 @@ from batchd.daemon.settings import ScheduleSettings
 from batchd.daemon.templates import TemplateError, render_params
 from batchd.engine import JobOperator
 from batchd.errors import (
-    BatchError,
     InvalidJobParameters,
     JobExecutionAlreadyRunning,
     JobInstanceAlreadyComplete,
 )
+from batchd.errors import NoSuchSchedule as NoSuchSchedule
 from batchd.repository import TriggerStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,6 @@ AFTER_CATCH_UP_FIRE = failpoints.declare(
     "a caught-up fire is recorded and started, the next missed one not yet claimed; the "
     "restarted daemon catches up from the newest recorded fire",
 )
-
-
-class NoSuchSchedule(BatchError, LookupError):
-    """No schedule has the given name."""
 
 
 @dataclass(frozen=True)

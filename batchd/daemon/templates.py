@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from batchd.errors import TemplateError as TemplateError
+
 _PLACEHOLDER = re.compile(
     r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"(?:\((?P<parse>[^(){}]*)\))?"
@@ -34,10 +36,6 @@ _PLACEHOLDER = re.compile(
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # strptime directives that read a time of day: a parse format with one gives a datetime.
 _TIME_DIRECTIVES = frozenset("HIMSfpzXc")
-
-
-class TemplateError(ValueError):
-    """A template names an unknown variable, or a value cannot be rendered."""
 
 
 def _split(text: str) -> Iterable[tuple[str, re.Match[str] | None]]:

@@ -6,15 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from batchd.errors import BatchError
+from batchd.errors import SkipLimitExceeded as SkipLimitExceeded
 
 T = TypeVar("T")
 
 ErrorTypes = tuple[type[BaseException], ...]
-
-
-class SkipLimitExceeded(BatchError):
-    """More items were skipped than the step's skip limit allows."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from batchd.engine.partition_worker import (
     run_partition,
 )
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
-from batchd.errors import BatchError
+from batchd.errors import PartitionError as PartitionError
+from batchd.errors import PartitionFailed as PartitionFailed
 from batchd.model import (
     PARTITION_KEY,
     PLAN_KEY,
@@ -69,14 +70,6 @@ AFTER_AGGREGATE = failpoints.declare(
     "the aggregator ran (its file published, the parts removed) but the partitioned step's "
     "end is not recorded: a restart runs the aggregator again, which finds its work done",
 )
-
-
-class PartitionError(BatchError):
-    """A partitioned step could not run its partitions (bad plan, unpicklable step...)."""
-
-
-class PartitionFailed(BatchError):
-    """A partition ended FAILED; the message is its exit message."""
 
 
 @dataclass

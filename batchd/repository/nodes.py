@@ -19,17 +19,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from batchd.errors import BatchError
+from batchd.errors import NodeConflict as NodeConflict
 from batchd.repository.job_repository import SqlJobRepository, utc_now
 from batchd.repository.tables import node as node_table
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-
-
-class NodeConflict(BatchError):
-    """Another live node holds this node's name, or (on SQLite) any other node runs."""
 
 
 @dataclass(frozen=True)
