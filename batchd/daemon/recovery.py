@@ -1,19 +1,30 @@
-"""Restarts after a crash (``on_crash = "restart"``), found from what the repository holds.
+"""The recovery pass: what crashed, here or on a dead node, is found in the repository and
+repaired, at start-up (before any trigger fires), every ``recover_every`` and when ``ctl
+recover`` asks. In order:
 
-Crash recovery marks an execution FAILED, then (in a second transaction) restarts it, then
-(in a third) moves its fire or file over to the restart. A node killed between any two of
-these leaves no in-memory note behind, so what is still to restart is read back every
-recovery pass instead: a fire or file of a trigger with ``on_crash = "restart"`` whose
-execution crash recovery marked FAILED, and whose instance has not run since except in
-executions crash recovery also marked FAILED (a restart that crashed before the move).
-Restarting the instance's last execution, then moving the trigger to the new one, leaves
-nothing to find: the next pass restarts nothing twice. Two nodes that both try are told
-apart by the repository (only one restart of an instance can be created).
+1. unfinished file claims are finished (so that an execution a dead taker started is linked
+   to its file before step 3 looks up what started it);
+2. running executions whose owner died are marked FAILED (``JobOperator.recover``);
+3. those whose schedule or watch says ``on_crash = "restart"`` are restarted;
+4. fires claimed by a dead node that never started their job are taken over and started;
+5. the metrics read the nodes and the job states again.
+
+Restarts after a crash are found from what the repository holds. Crash recovery marks an
+execution FAILED, then (in a second transaction) restarts it, then (in a third) moves its fire
+or file over to the restart. A node killed between any two of these leaves no in-memory note
+behind, so what is still to restart is read back every pass instead: a fire or file of a
+trigger with ``on_crash = "restart"`` whose execution crash recovery marked FAILED, and whose
+instance has not run since except in executions crash recovery also marked FAILED (a restart
+that crashed before the move). Restarting the instance's last execution, then moving the
+trigger to the new one, leaves nothing to find: the next pass restarts nothing twice. Two
+nodes that both try are told apart by the repository (only one restart of an instance can be
+created).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +33,13 @@ from sqlalchemy import Select, Table, and_, exists, select
 from sqlalchemy.orm import aliased
 
 from batchd import failpoints
-from batchd.daemon.settings import ScheduleSettings, WatchSettings
+from batchd.daemon.membership import Membership
+from batchd.daemon.metrics import Metrics
+from batchd.daemon.scheduler import Scheduler
+from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
+from batchd.daemon.watcher import Watcher
 from batchd.engine import JobOperator
-from batchd.model import BatchStatus
+from batchd.model import BatchStatus, JobExecution
 from batchd.repository import TriggerStore
 from batchd.repository.tables import job_execution, schedule_fire, trigger_file
 
@@ -34,6 +49,16 @@ log = logging.getLogger(__name__)
 # (SqlJobRepository.stale_executions); a job's own failure never does.
 RECOVERED = "recovered:"
 
+AFTER_RECOVER = failpoints.declare(
+    "daemon.after_recover",
+    "crashed executions are FAILED but not yet restarted (on_crash = restart); the next "
+    "recovery pass, here or on any node, finds them in the repository and restarts each once",
+)
+AFTER_TAKE_FIRE_CLAIM = failpoints.declare(
+    "daemon.after_take_fire_claim",
+    "a dead node's fire claim is taken over but its job not started; the claim is stale again "
+    "a lease later and the next node to recover takes it over and starts the job once",
+)
 AFTER_CRASH_RESTART = failpoints.declare(
     "daemon.after_crash_restart",
     "the restart of a crashed execution exists but its fire or file still names the crashed "
@@ -116,4 +141,117 @@ def restart_crashed(operator: JobOperator, store: TriggerStore, run: CrashedRun,
     return restarted.id
 
 
-__all__ = ["RECOVERED", "CrashedRun", "crashed_runs", "restart_crashed"]
+class Recovery:
+    """The daemon's recovery pass over its operator, triggers, node and metrics."""
+
+    def __init__(
+        self,
+        operator: JobOperator,
+        store: TriggerStore,
+        scheduler: Scheduler,
+        watcher: Watcher,
+        membership: Membership,
+        metrics: Metrics,
+    ) -> None:
+        self.operator = operator
+        self.store = store
+        self.scheduler = scheduler
+        self.watcher = watcher
+        self.membership = membership
+        self.metrics = metrics
+        # One pass at a time, whether the timer or the control socket asks.
+        self._lock = threading.Lock()
+        self._refused_restarts: set[int] = set()  # logged once, not every pass
+
+    def run(
+        self, settings: Settings, *, raise_errors: bool = False
+    ) -> tuple[list[JobExecution], bool]:
+        """One pass with the triggers of ``settings``: the executions it marked FAILED, and
+        whether old heartbeats were trusted to mean dead nodes (only once the database has
+        answered this node for a lease). ``raise_errors``: a failure of step 2 raises
+        instead of being logged for the next pass to retry."""
+        with self._lock:
+            return self._run(settings, raise_errors)
+
+    def _run(self, settings: Settings, raise_errors: bool) -> tuple[list[JobExecution], bool]:
+        trust_heartbeats = self.membership.may_recover_others()
+        self.watcher.finish_claims()
+        try:
+            recovered = self.operator.recover(
+                lease=settings.lease, trust_heartbeats=trust_heartbeats
+            )
+        except Exception:
+            if raise_errors:
+                raise
+            log.exception("crash recovery failed; trying again later")
+            return [], trust_heartbeats
+        for execution in recovered:
+            self.metrics.on_execution_recovered(execution)
+            log.warning(
+                "job execution %d (%s %s) FAILED by recovery: %s",
+                execution.id,
+                execution.job_name,
+                execution.params,
+                execution.exit_message,
+            )
+        failpoints.failpoint(AFTER_RECOVER)
+        self._restart_after_crash(settings)
+        if trust_heartbeats:
+            self._take_over_stale_claims(settings)
+        self._refresh_metrics()
+        return recovered, trust_heartbeats
+
+    def _restart_after_crash(self, settings: Settings) -> None:
+        """Restart, on this node, the crashed executions whose schedule or watch says
+        ``on_crash = "restart"``, as read from the repository."""
+        try:
+            runs = crashed_runs(self.operator, settings.schedules, settings.watches)
+        except Exception:
+            log.exception("cannot look up the crashed executions to restart; trying again later")
+            return
+        for run in runs:
+            try:
+                restart_crashed(self.operator, self.store, run, settings.node)
+            except Exception as error:  # BatchError (e.g. the job was abandoned) or the database
+                if run.last_execution_id not in self._refused_restarts:
+                    self._refused_restarts.add(run.last_execution_id)
+                    log.error(
+                        "job execution %d of %s %s: restart after the crash failed: %s",
+                        run.last_execution_id,
+                        run.kind,
+                        run.name,
+                        error,
+                    )
+
+    def _take_over_stale_claims(self, settings: Settings) -> None:
+        """Fires claimed by a node that died before it started their job. (The watcher
+        takes over stale file claims itself, when it sees the file again.)"""
+        before = self.operator.repository.clock() - settings.lease
+        try:
+            fires = self.store.stale_fire_claims(before)
+            for schedule, fire_time, claimed_at in fires:
+                if self.store.take_fire_claim(schedule, fire_time, claimed_at):
+                    failpoints.failpoint(AFTER_TAKE_FIRE_CLAIM)
+                    log.warning(
+                        "schedule %s fire %s was claimed by a node that died before starting "
+                        "its job: starting it here",
+                        schedule,
+                        fire_time.isoformat(),
+                    )
+                    self.scheduler.launch_claimed(schedule, fire_time)
+        except Exception:
+            log.exception("taking over the claims of dead nodes failed; trying again later")
+
+    def _refresh_metrics(self) -> None:
+        try:
+            self.metrics.nodes_live.set(sum(live for _, live in self.membership.nodes()))
+        except Exception:
+            log.warning("cannot read the nodes for the metrics", exc_info=True)
+        try:
+            # Also brings in what other processes sharing the repository did.
+            self.metrics.initialise_from(self.operator.repository, self.operator.registry.names())
+        except Exception:
+            log.exception("reading job states for the metrics failed; trying again later")
+
+
+__all__ = ["RECOVERED", "CrashedRun", "Recovery", "crashed_runs", "restart_crashed"]

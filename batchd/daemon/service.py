@@ -1,9 +1,22 @@
-"""``batchd run``: the long-running service.
+"""``batchd run``: the long-running service, as start-up, main loop and shutdown.
 
-Start-up: config, repository, crash recovery, schedules and watches, then READY=1.
-Signals: SIGTERM/SIGINT stop taking triggers, ask every running execution to stop, wait up
-to ``stop_grace`` and exit (what still runs is left to crash recovery); a second one exits
-at once. SIGHUP reloads the config: schedules and watches change, running jobs do not.
+- **Start-up** reads the config, then starts the components in order: repository,
+  membership, operator, metrics, scheduler, watcher, control server, metrics listener. Each
+  is registered on an :class:`~contextlib.ExitStack` as it starts (:mod:`batchd.daemon.lifecycle`),
+  so a start-up that fails half-way stops exactly what had started. The recovery pass
+  (:mod:`batchd.daemon.recovery`) runs before the scheduler and the watcher start, so that no
+  trigger fires into a crashed run; then READY=1.
+- **The main loop** renews the node's heartbeat, runs the recovery pass every
+  ``recover_every``, acts on the signals its handlers noted (they do nothing else), and sends
+  WATCHDOG=1 only while every component's background threads are alive. A dead thread (a
+  watcher that no longer takes files, a socket nobody answers) stops the daemon with exit
+  status 70, for systemd (``Restart=on-failure``) to start it again.
+- **Shutdown** (a stop signal, a dead thread, this node's name taken over) stops the
+  components newest first: no more triggers; every running execution asked to stop and given
+  ``stop_grace`` (what still runs is left to crash recovery); a second SIGTERM/SIGINT exits
+  at once. The signal handlers the daemon found are put back at the end.
+
+SIGHUP reloads the config: schedules and watches change, running jobs do not.
 """
 
 from __future__ import annotations
@@ -15,7 +28,9 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -24,14 +39,15 @@ from batchd import failpoints
 from batchd.daemon.backfill import Backfills
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
+from batchd.daemon.lifecycle import Lifecycle, Part, nothing, restored_signal_handlers
 from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
-from batchd.daemon.recovery import crashed_runs, restart_crashed
+from batchd.daemon.recovery import Recovery
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
-from batchd.engine import JobOperator
+from batchd.engine import JobOperator, JobRegistry
 from batchd.errors import RepositoryError
 from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
@@ -48,21 +64,15 @@ log = logging.getLogger(__name__)
 
 # sysexits.h: the database could not be reached (systemd restarts the unit for it).
 EX_UNAVAILABLE = 69
+# sysexits.h: internal software error: a component's thread died (systemd restarts the unit).
+EX_SOFTWARE = 70
 # sysexits.h: the control socket cannot be created.
 EX_CANTCREAT = 73
 # A second SIGTERM/SIGINT while stopping: leave at once.
 EX_FORCED = 1
 
-AFTER_RECOVER = failpoints.declare(
-    "daemon.after_recover",
-    "crashed executions are FAILED but not yet restarted (on_crash = restart); the next "
-    "recovery pass, here or on any node, finds them in the repository and restarts each once",
-)
-AFTER_TAKE_FIRE_CLAIM = failpoints.declare(
-    "daemon.after_take_fire_claim",
-    "a dead node's fire claim is taken over but its job not started; the claim is stale again "
-    "a lease later and the next node to recover takes it over and starts the job once",
-)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 DURING_RELOAD = failpoints.declare(
     "daemon.during_reload",
     "a reload has read the new config but not applied it; nothing durable is written, so a "
@@ -71,38 +81,74 @@ DURING_RELOAD = failpoints.declare(
 )
 
 
+class StartupFailed(Exception):
+    """A component could not start; ``status`` is the exit status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Daemon:
-    """One run of the service, from start-up to exit status."""
+    """One run of the service, from start-up to exit status; also what the control socket
+    talks to (:class:`~batchd.daemon.api.DaemonControl`)."""
+
+    settings: Settings
+    membership: Membership
+    operator: JobOperator
+    backfills: Backfills
+    metrics: Metrics
+    store: TriggerStore
+    scheduler: Scheduler
+    watcher: Watcher
+    recovery: Recovery
+    control: ControlServer
 
     def __init__(self, config_path: Path | None, *, notifier: SystemdNotifier | None = None):
         self.config_path = config_path
         self.notifier = notifier or SystemdNotifier()
+        # The signal handlers only note the signal here; the main loop acts on it.
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        # One reload at a time, whether SIGHUP or the control socket asks; one recovery
-        # pass at a time, whether the timer or the control socket asks.
+        # One reload at a time, whether SIGHUP or the control socket asks.
         self._reload_lock = threading.Lock()
-        self._recover_lock = threading.Lock()
-        self._refused_restarts: set[int] = set()  # logged once, not every pass
-
-    # ------------------------------------------------------------------ start-up
+        self._exit_status = 0  # of the shutdown under way
 
     def run(self) -> int:
-        """Run until a stop signal; returns the exit status."""
+        """Start up, serve until told to stop, shut down; returns the exit status."""
         try:
-            settings, registry = load_config(self.config_path)
-            parse_database_url(settings.database_url)
+            self.settings, registry = load_config(self.config_path)
+            parse_database_url(self.settings.database_url)
         except (ConfigError, RepositoryError) as error:
             log.error("bad config %s:\n%s", self.config_path or "(defaults)", error)
             return EX_CONFIG
+        with ExitStack() as stack:
+            # Entered first, so left last: after the shutdown's own handlers have served.
+            stack.enter_context(restored_signal_handlers((*STOP_SIGNALS, signal.SIGHUP)))
+            lifecycle = Lifecycle(stack)
+            try:
+                self._startup(lifecycle, registry)
+            except StartupFailed as failure:
+                log.error("%s", failure)
+                self._exit_status = failure.status
+                return failure.status  # leaving the stack stops what had started
+            self.notifier.ready(self._status())
+            reason, self._exit_status = self._main_loop(lifecycle)
+            self._begin_shutdown(reason)
+        log.info("batchd stopped")
+        return self._exit_status
+
+    # ------------------------------------------------------------------ start-up
+
+    def _startup(self, lifecycle: Lifecycle, registry: JobRegistry) -> None:
+        settings = self.settings
         try:
             repository = SqlJobRepository(settings.database_url)
         except RepositoryError as error:
-            log.error("%s", error)
-            return EX_UNAVAILABLE
-        self.settings = settings
+            raise StartupFailed(EX_UNAVAILABLE, str(error)) from error
         # Times other nodes compare with ours (heartbeats, leases, claims) are the database's.
         clock = DatabaseClock(repository.clock)
         repository.clock = clock
+        lifecycle.start(Part("repository", nothing, repository.dispose))
         self.membership = Membership(
             repository,
             clock,
@@ -110,16 +156,7 @@ class Daemon:
             heartbeat=settings.heartbeat,
             lease=settings.lease,
         )
-        try:
-            self.membership.join()
-        except NodeConflict as error:
-            log.error("%s", error)
-            repository.dispose()
-            return EX_CONFIG
-        except Exception as error:
-            log.error("cannot register node %s in the repository: %s", settings.node, error)
-            repository.dispose()
-            return EX_UNAVAILABLE
+        lifecycle.start(Part("membership", self._join, self.membership.leave))
         self.operator = JobOperator(
             repository,
             registry,
@@ -127,37 +164,42 @@ class Daemon:
             heartbeat=settings.heartbeat.total_seconds(),
             host=settings.node,
         )
+        self.backfills = Backfills(self.operator)
+        lifecycle.start(Part("operator", nothing, self._stop_executions))
         # Metrics watch the engine through its observer hooks and the triggers through
         # their listeners; the job gauges start from what the repository knows.
         self.metrics = Metrics(repository)
-        self.backfills = Backfills(self.operator)
-        self.metrics.node.info({"node": settings.node, "host": self.membership.host})
-        self._report_membership()
-        self.operator.add_observer(self.metrics)
-        store = TriggerStore(repository, node=settings.node)
-        self.store = store
+        lifecycle.start(Part("metrics", self._start_metrics))
+        self.store = TriggerStore(repository, node=settings.node)
         self.scheduler = Scheduler(
             settings.schedules,
             self.operator,
-            store,
+            self.store,
             timezone=settings.timezone,
             listener=self.metrics,
+            calendars=settings.calendars,
         )
         self.watcher = Watcher(
             settings.watches,
             self.operator,
-            store,
+            self.store,
             timezone=settings.timezone,
             listener=self.metrics,
             lease=settings.lease,
             may_take_over=self.membership.may_recover_others,
         )
+        self.recovery = Recovery(
+            self.operator, self.store, self.scheduler, self.watcher, self.membership, self.metrics
+        )
+        # Before any trigger fires: a schedule's catch-up must find its crashed runs FAILED.
         self.recover()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (*STOP_SIGNALS, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self.scheduler.start()
-        self.metrics.refresh_schedules(self.scheduler)
-        self.watcher.start()
+        scheduler, watcher = self.scheduler, self.watcher
+        lifecycle.start(
+            Part("scheduler", self._start_scheduler, scheduler.shutdown, scheduler.threads)
+        )
+        lifecycle.start(Part("watcher", watcher.start, watcher.stop, watcher.threads))
         log.info(
             "batchd node %s running: %d jobs, %d schedules, %d watches, repository %s",
             settings.node,
@@ -167,16 +209,42 @@ class Daemon:
             repository.url.render_as_string(hide_password=True),
         )
         self.control = ControlServer(self, listener=self.metrics)
+        control = Part(
+            "control server", self.control.start, self.control.close, self.control.threads
+        )
+        self._open(lifecycle, control)
+        if settings.metrics.listen:
+            listen = partial(self.metrics.start, settings.metrics.listen)
+            self._open(
+                lifecycle,
+                Part("metrics listener", listen, self.metrics.stop, self.metrics.http.threads),
+            )
+
+    def _join(self) -> None:
         try:
-            self.control.start()
-            if settings.metrics.listen:
-                self.metrics.start(settings.metrics.listen)
+            self.membership.join()
+        except NodeConflict as error:
+            raise StartupFailed(EX_CONFIG, str(error)) from error
+        except Exception as error:
+            message = f"cannot register node {self.settings.node} in the repository: {error}"
+            raise StartupFailed(EX_UNAVAILABLE, message) from error
+
+    def _start_metrics(self) -> None:
+        self.metrics.node.info({"node": self.settings.node, "host": self.membership.host})
+        self._report_membership()
+        self.operator.add_observer(self.metrics)
+
+    def _start_scheduler(self) -> None:
+        self.scheduler.start()
+        self.metrics.refresh_schedules(self.scheduler)
+
+    @staticmethod
+    def _open(lifecycle: Lifecycle, socket_part: Part) -> None:
+        try:
+            lifecycle.start(socket_part)
         except OSError as error:
-            log.error("cannot open the control socket or the metrics listener: %s", error)
-            self._shutdown("no control socket or metrics listener")
-            return EX_CANTCREAT
-        self.notifier.ready(self._status())
-        return self._serve()
+            message = f"cannot open the control socket or the metrics listener: {error}"
+            raise StartupFailed(EX_CANTCREAT, message) from error
 
     def _status(self) -> str:
         running = len(self.operator.active_handles())
@@ -191,14 +259,22 @@ class Daemon:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.put(signum)
 
-    def _serve(self) -> int:
+    def _main_loop(self, lifecycle: Lifecycle) -> tuple[str, int]:
+        """Until a stop signal, a dead component or this node's name taken over: why, and
+        the exit status."""
         recover_every = self.settings.recover_every.total_seconds()
         watchdog_every = self.notifier.watchdog_interval
         next_recover = time.monotonic() + recover_every
         next_watchdog = time.monotonic() if watchdog_every else float("inf")
         while True:
+            # Checked right before each WATCHDOG=1: systemd must not hear that all is well
+            # from a daemon whose watcher or socket has died.
+            dead = ", ".join(lifecycle.dead())
+            if dead:
+                log.error("thread died: %s; stopping with exit status %d", dead, EX_SOFTWARE)
+                return f"thread died: {dead}", EX_SOFTWARE
             now = time.monotonic()
-            if now >= next_watchdog and watchdog_every:
+            if watchdog_every and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_every
             if now >= self.membership.next_beat():
@@ -206,22 +282,20 @@ class Daemon:
                     self._beat()
                 except NodeConflict as error:
                     log.error("%s", error)
-                    self._shutdown("node name taken over")
-                    return EX_CONFIG
+                    return "node name taken over", EX_CONFIG
             if now >= next_recover:
                 self.recover()
                 self.notifier.status(self._status())
                 next_recover = now + recover_every
             due = min(next_recover, next_watchdog, self.membership.next_beat())
-            timeout = max(0.0, due - time.monotonic())
             try:
-                signum = self._signals.get(timeout=timeout)
+                signum = self._signals.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
                 continue
             if signum == signal.SIGHUP:
                 self.reload("SIGHUP")
             else:
-                return self._shutdown(signal.Signals(signum).name)
+                return signal.Signals(signum).name, 0
 
     def _beat(self) -> None:
         """This node's heartbeat; after a database outage, catch up what was missed."""
@@ -241,92 +315,9 @@ class Daemon:
         self.metrics.clock_skew.set(self.membership.clock.skew_seconds)
 
     def recover(self, *, raise_errors: bool = False) -> tuple[list[JobExecution], bool]:
-        """One recovery pass (periodic, or asked for over the control socket): executions of
-        dead owners FAILED, and restarted where their trigger says ``on_crash = "restart"``.
-        Returns them, and whether old heartbeats were trusted to mean dead nodes (only once
-        the database has answered this node for a lease)."""
-        with self._recover_lock:
-            return self._recover(raise_errors)
-
-    def _recover(self, raise_errors: bool) -> tuple[list[JobExecution], bool]:
-        trust_heartbeats = self.membership.may_recover_others()
-        # First, so that an execution a dead taker started is linked to its file's claim
-        # before recovery looks up what started it (on_crash = "restart").
-        self.watcher.finish_claims()
-        try:
-            recovered = self.operator.recover(
-                lease=self.settings.lease, trust_heartbeats=trust_heartbeats
-            )
-        except Exception:
-            if raise_errors:
-                raise
-            log.exception("crash recovery failed; trying again later")
-            return [], trust_heartbeats
-        for execution in recovered:
-            self.metrics.on_execution_recovered(execution)
-            log.warning(
-                "job execution %d (%s %s) FAILED by recovery: %s",
-                execution.id,
-                execution.job_name,
-                execution.params,
-                execution.exit_message,
-            )
-        failpoints.failpoint(AFTER_RECOVER)
-        self._restart_after_crash()
-        if trust_heartbeats:
-            self._take_over_stale_claims()
-        try:
-            self.metrics.nodes_live.set(sum(live for _, live in self.membership.nodes()))
-        except Exception:
-            log.warning("cannot read the nodes for the metrics", exc_info=True)
-        try:
-            # Also brings in what other processes sharing the repository did.
-            self.metrics.initialise_from(self.operator.repository, self.operator.registry.names())
-        except Exception:
-            log.exception("reading job states for the metrics failed; trying again later")
-        return recovered, trust_heartbeats
-
-    def _restart_after_crash(self) -> None:
-        """Restart, on this node, the crashed executions whose schedule or watch says
-        ``on_crash = "restart"``: read from the repository, so that those left over by a
-        node killed between marking them FAILED and restarting them are restarted too."""
-        try:
-            runs = crashed_runs(self.operator, self.settings.schedules, self.settings.watches)
-        except Exception:
-            log.exception("cannot look up the crashed executions to restart; trying again later")
-            return
-        for run in runs:
-            try:
-                restart_crashed(self.operator, self.store, run, self.settings.node)
-            except Exception as error:  # BatchError (e.g. the job was abandoned) or the database
-                if run.last_execution_id not in self._refused_restarts:
-                    self._refused_restarts.add(run.last_execution_id)
-                    log.error(
-                        "job execution %d of %s %s: restart after the crash failed: %s",
-                        run.last_execution_id,
-                        run.kind,
-                        run.name,
-                        error,
-                    )
-
-    def _take_over_stale_claims(self) -> None:
-        """Fires claimed by a node that died before it started their job. (The watcher
-        takes over stale file claims itself, when it sees the file again.)"""
-        before = self.operator.repository.clock() - self.settings.lease
-        try:
-            fires = self.store.stale_fire_claims(before)
-            for schedule, fire_time, claimed_at in fires:
-                if self.store.take_fire_claim(schedule, fire_time, claimed_at):
-                    failpoints.failpoint(AFTER_TAKE_FIRE_CLAIM)
-                    log.warning(
-                        "schedule %s fire %s was claimed by a node that died before starting "
-                        "its job: starting it here",
-                        schedule,
-                        fire_time.isoformat(),
-                    )
-                    self.scheduler.launch_claimed(schedule, fire_time)
-        except Exception:
-            log.exception("taking over the claims of dead nodes failed; trying again later")
+        """One recovery pass (:class:`~batchd.daemon.recovery.Recovery`) with the triggers of
+        the running config."""
+        return self.recovery.run(self.settings, raise_errors=raise_errors)
 
     # ------------------------------------------------------------------ reload
 
@@ -355,10 +346,14 @@ class Daemon:
             return False
         failpoints.failpoint(DURING_RELOAD)
         self._warn_about_restart_only_settings(settings)
-        self.scheduler.reconfigure(settings.schedules)
+        self.scheduler.reconfigure(settings.schedules, settings.calendars)
         self.watcher.reconfigure(settings.watches)
         self.settings = self.settings.model_copy(
-            update={"schedules": settings.schedules, "watches": settings.watches}
+            update={
+                "schedules": settings.schedules,
+                "watches": settings.watches,
+                "calendars": settings.calendars,
+            }
         )
         log.info(
             "reloaded (%s): %d schedules, %d watches",
@@ -441,17 +436,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ shutdown
 
-    def _shutdown(self, reason: str) -> int:
-        self.control.close()
-        self.backfills.close()
+    def _begin_shutdown(self, reason: str) -> None:
         # From now on a second stop signal leaves at once.
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, _exit_at_once)
+        running = len(self.operator.active_handles())
+        self.notifier.stopping(f"{reason}: stopping {running} running executions")
+        log.info("%s: stopping", reason)
+
+    def _stop_executions(self) -> None:
+        """The operator's stop, once no trigger can start anything: no further backfill date,
+        every running execution asked to stop and given ``stop_grace``."""
+        self.backfills.close()
         handles = self.operator.active_handles()
-        self.notifier.stopping(f"{reason}: stopping {len(handles)} running executions")
-        log.info("%s: no more triggers; asking %d running executions to stop", reason, len(handles))
-        self.scheduler.shutdown()
-        self.watcher.stop()
+        log.info("no more triggers; asking %d running executions to stop", len(handles))
         for handle in handles:
             self.operator.stop(handle.execution_id)
         deadline = time.monotonic() + self.settings.stop_grace.total_seconds()
@@ -464,13 +462,10 @@ class Daemon:
                 still_running,
             )
             logging.shutdown()
-            os._exit(0)  # job threads cannot be interrupted; recovery takes over
+            # Job threads cannot be interrupted; recovery takes over. The exit status is
+            # still the shutdown's: a dead component must make systemd restart batchd.
+            os._exit(self._exit_status)
         self.operator.shutdown(wait=True)
-        self.membership.leave()
-        self.operator.repository.dispose()
-        self.metrics.stop()
-        log.info("batchd stopped")
-        return 0
 
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:

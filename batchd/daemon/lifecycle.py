@@ -1,0 +1,100 @@
+"""The daemon's components, the order they start in, and whether their threads still run.
+
+A component is started by :meth:`Lifecycle.start`, which registers its ``stop()`` on an
+:class:`~contextlib.ExitStack` as soon as it has started: leaving the stack (a stop signal, a
+start-up that failed half-way, a dead thread) stops exactly what had started, newest first.
+
+A component's ``threads()`` are the background threads it needs while it runs (the watcher's
+observer and worker, the control socket's accept thread, ...). None of them ends on its own,
+so one that has ended is a bug or a crash: :meth:`Lifecycle.dead` names it, and the daemon
+then stops sending ``WATCHDOG=1`` instead of vouching for a daemon that no longer takes files
+or answers its socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """One part of the daemon with a start, a stop and the threads it runs meanwhile."""
+
+    @property
+    def name(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def threads(self) -> list[threading.Thread]: ...
+
+
+def no_threads() -> list[threading.Thread]:
+    return []
+
+
+def nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Part:
+    """A :class:`Component` made of an object's own start and stop methods."""
+
+    name: str
+    start: Callable[[], None]
+    stop: Callable[[], None] = nothing
+    threads: Callable[[], list[threading.Thread]] = no_threads
+
+
+class Lifecycle:
+    """The components started so far, each stopped when ``stack`` closes."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._started: list[Component] = []
+
+    def start(self, component: Component) -> None:
+        component.start()
+        self._stack.callback(self._stop, component)
+        self._started.append(component)
+
+    @staticmethod
+    def _stop(component: Component) -> None:
+        # The components stopped after this one (older ones) must still stop.
+        try:
+            component.stop()
+        except Exception:
+            log.exception("stopping the %s failed", component.name)
+
+    def dead(self) -> list[str]:
+        """``"component (thread)"`` for each thread of a started component that has ended."""
+        return [
+            f"{component.name} ({thread.name})"
+            for component in self._started
+            for thread in component.threads()
+            if not thread.is_alive()
+        ]
+
+
+@contextmanager
+def restored_signal_handlers(signums: Iterable[int]) -> Iterator[None]:
+    """Put back, on leaving, the handlers ``signums`` had on entering (whatever the daemon
+    installed meanwhile: its flag-setting handlers, then those of a shutdown)."""
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+__all__ = ["Component", "Lifecycle", "Part", "no_threads", "nothing", "restored_signal_handlers"]
