@@ -35,6 +35,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from batchd.daemon.calendars import calendar_problems
 from batchd.daemon.scheduler import SCHEDULE_VARIABLES, validate_schedule
 from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
 from batchd.daemon.templates import TemplateError, check_templates
@@ -327,6 +328,10 @@ def check(settings: Settings, registry: JobRegistry) -> None:
         )
     problems += _duplicates("schedules", [s.name for s in settings.schedules])
     problems += _duplicates("watches", [w.name for w in settings.watches])
+    problems += _duplicates("calendars", [c.name for c in settings.calendars])
+    for index, calendar in enumerate(settings.calendars):
+        key = f"calendars[{index}] ({calendar.name})"
+        problems += [f"{key}.{field}: {error}" for field, error in calendar_problems(calendar)]
     for index, schedule in enumerate(settings.schedules):
         problems += _check_schedule(
             f"schedules[{index}] ({schedule.name})", schedule, settings, registry
@@ -362,12 +367,14 @@ def _check_job(key: str, job: str, registry: JobRegistry) -> list[str]:
     return [f"{key}.job: no job named {job!r} is registered (registered: {known})"]
 
 
-def _check_params(key: str, params: Mapping[str, Any], available: Iterable[str]) -> list[str]:
+def _check_params(
+    key: str, params: Mapping[str, Any], available: Iterable[str], *, business_days: bool = False
+) -> list[str]:
     problems = []
     names = sorted(available)
     for name, template in params.items():
         try:
-            check_templates({name: template}, names)
+            check_templates({name: template}, names, business_days=business_days)
         except TemplateError as error:
             problems.append(f"{key}.params.{name}: {error}")
     return problems
@@ -390,7 +397,20 @@ def _check_schedule(
             message = str(error) or type(error).__name__
             field = next((f for f in _TRIGGER_FIELDS if f in message.lower()), None)
             problems.append(f"{key}.{field}: {message}" if field else f"{key}: {message}")
-    problems += _check_params(key, schedule.params, SCHEDULE_VARIABLES)
+    has_calendar = schedule.calendar is not None
+    if has_calendar and schedule.calendar not in {c.name for c in settings.calendars}:
+        known = ", ".join(c.name for c in settings.calendars) or "none"
+        problems.append(
+            f"{key}.calendar: no calendar named {schedule.calendar!r} (calendars: {known})"
+        )
+    problems += _check_params(key, schedule.params, SCHEDULE_VARIABLES, business_days=has_calendar)
+    for index, after in enumerate(schedule.after):
+        problems += _check_job(f"{key}.after[{index}]", after.job, registry)
+        problems += _check_params(
+            f"{key}.after[{index}]", after.params, SCHEDULE_VARIABLES, business_days=has_calendar
+        )
+    if schedule.wait_timeout is not None and not schedule.after:
+        problems.append(f"{key}.wait_timeout: the schedule waits for nothing (no after)")
     return problems
 
 

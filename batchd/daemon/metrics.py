@@ -70,6 +70,8 @@ METRIC_NAMES = (
     "batchd_step_items",
     "batchd_schedule_next_fire_timestamp_seconds",
     "batchd_schedule_fires",
+    "batchd_schedule_deadline_missed",
+    "batchd_schedule_late",
     "batchd_watch_files",
     "batchd_control_requests",
     "batchd_node_info",
@@ -282,6 +284,19 @@ class Metrics:
             "batchd_schedule_fires",
             "Schedule fires by outcome.",
             ["schedule", "outcome"],
+            registry=registry,
+        )
+        self.deadline_missed = Counter(
+            "batchd_schedule_deadline_missed",
+            "Fires not COMPLETED by their nominal time plus the schedule's deadline (each "
+            "counted once, by the node that saw it first).",
+            ["schedule"],
+            registry=registry,
+        )
+        self.late = Gauge(
+            "batchd_schedule_late",
+            "1 while a fire of the schedule has missed its deadline and not completed, else 0.",
+            ["schedule"],
             registry=registry,
         )
         self.watch_files = Counter(
@@ -519,6 +534,13 @@ class Metrics:
 
     def on_schedule_fire(self, name: str, outcome: str) -> None:
         self.schedule_fires.labels(str(name), str(outcome)).inc()
+
+    def on_deadline_missed(self, name: str) -> None:
+        self.deadline_missed.labels(str(name)).inc()
+
+    def on_schedule_late(self, name: str, late: bool) -> None:
+        self.deadline_missed.labels(str(name))  # 0 until a deadline is missed
+        self.late.labels(str(name)).set(1 if late else 0)
 
     def on_watch_file(self, watch: str, outcome: str) -> None:
         self.watch_files.labels(str(watch), str(outcome)).inc()

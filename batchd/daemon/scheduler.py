@@ -26,13 +26,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from batchd import failpoints
+from batchd.daemon.calendars import Calendar, NoSuchCalendar, build_calendar, business_date
+from batchd.daemon.dependencies import FireWatch
 from batchd.daemon.schedule_triggers import (
     FireExecutor,
     build_trigger,
     describe_trigger,
     validate_schedule,
 )
-from batchd.daemon.settings import ScheduleSettings
+from batchd.daemon.settings import CalendarSettings, ScheduleSettings
 from batchd.daemon.templates import TemplateError, render_params
 from batchd.engine import JobOperator
 from batchd.errors import (
@@ -42,13 +44,17 @@ from batchd.errors import (
 )
 from batchd.errors import NoSuchSchedule as NoSuchSchedule
 from batchd.repository import TriggerStore, utc_now
+from batchd.repository.triggers import RecordedFire
 
 log = logging.getLogger(__name__)
 
 # The variables a schedule's parameter templates may use.
-SCHEDULE_VARIABLES = ("fire_time", "fire_date", "schedule")
+SCHEDULE_VARIABLES = ("fire_time", "fire_date", "business_date", "schedule")
 # What a fire can come to (also the ``outcome`` label of the fire counter). "missed" is a
-# fire APScheduler dropped because it came later than ``misfire_grace``.
+# fire APScheduler dropped because it came later than ``misfire_grace``; "closed" one on a
+# date that is not a business day of the schedule's calendar (nothing runs); "waiting" one
+# recorded to start once its ``after`` jobs completed, or be given up
+# ("dependency_timeout") after ``wait_timeout``.
 OUTCOMES = (
     "started",
     "complete",
@@ -58,6 +64,9 @@ OUTCOMES = (
     "duplicate",
     "elsewhere",
     "missed",
+    "closed",
+    "waiting",
+    "dependency_timeout",
 )
 
 # At most this many missed fires of one schedule are caught up (the newest ones).
@@ -109,17 +118,35 @@ class _Entry:
     trigger: BaseTrigger
     nominal: BaseTrigger
     timezone: ZoneInfo
+    calendar: Calendar | None
 
     @property
     def name(self) -> str:
         return self.settings.name
 
+    def business_date(self, fire_time: datetime) -> date:
+        return business_date(fire_time.astimezone(self.timezone), self.settings.day_start)
 
-def _make_entry(settings: ScheduleSettings, default_timezone: str) -> _Entry:
+    def closed_because(self, fire_time: datetime) -> str | None:
+        """Why a fire time's business date is not a business day, or None if it is."""
+        if self.calendar is None:
+            return None
+        return self.calendar.closed_because(self.business_date(fire_time))
+
+
+def _make_entry(
+    settings: ScheduleSettings, default_timezone: str, calendars: dict[str, Calendar]
+) -> _Entry:
     trigger = build_trigger(settings, default_timezone)
     nominal = copy.copy(trigger)
     nominal.jitter = None
-    return _Entry(settings, trigger, nominal, ZoneInfo(settings.timezone or default_timezone))
+    calendar = None
+    if settings.calendar is not None:
+        calendar = calendars.get(settings.calendar)
+        if calendar is None:
+            raise ValueError(f"schedule {settings.name!r}: no calendar named {settings.calendar!r}")
+    zone = ZoneInfo(settings.timezone or default_timezone)
+    return _Entry(settings, trigger, nominal, zone, calendar)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -163,6 +190,7 @@ class Scheduler:
         timezone: str,
         clock: Callable[[], datetime] = utc_now,
         listener: object | None = None,
+        calendars: Iterable[CalendarSettings] = (),
     ) -> None:
         self.operator = operator
         self.store = store
@@ -170,18 +198,24 @@ class Scheduler:
         self.clock = clock
         self.listener = listener
         self._lock = threading.RLock()
-        self._entries = self._build_entries(schedules)
+        self._calendars = {c.name: build_calendar(c) for c in calendars}
+        self._entries = self._build_entries(schedules, self._calendars)
+        # Waiting fires and deadlines; woken by completions this operator sees.
+        self.watch = FireWatch(store, self, clock, listener)
+        operator.add_observer(self.watch)
         self._paused = {name for name, entry in self._entries.items() if entry.settings.paused}
         self._last: dict[str, FireResult] = {}
         self._counts: Counter[tuple[str, str]] = Counter()
         self._aps: Any = None  # the BackgroundScheduler while started
 
-    def _build_entries(self, schedules: Iterable[ScheduleSettings]) -> dict[str, _Entry]:
+    def _build_entries(
+        self, schedules: Iterable[ScheduleSettings], calendars: dict[str, Calendar]
+    ) -> dict[str, _Entry]:
         entries: dict[str, _Entry] = {}
         for settings in schedules:
             if settings.name in entries:
                 raise ValueError(f"two schedules are named {settings.name!r}")
-            entries[settings.name] = _make_entry(settings, self.timezone)
+            entries[settings.name] = _make_entry(settings, self.timezone, calendars)
         return entries
 
     # ------------------------------------------------------------- start, stop, reload
@@ -201,6 +235,7 @@ class Scheduler:
                 self._add_job(aps, entry, paused=entry.name in self._paused)
             aps.start()
             self._aps = aps
+            self.watch.start()
         log.info("scheduler started with %d schedules", len(self._entries))
 
     def shutdown(self) -> None:
@@ -209,22 +244,34 @@ class Scheduler:
             aps, self._aps = self._aps, None
         if aps is not None:
             aps.shutdown(wait=True)
+            self.watch.stop()
             log.info("scheduler stopped")
 
     def threads(self) -> list[threading.Thread]:
         """APScheduler's thread, while started: every schedule fires from it."""
         with self._lock:
             thread: threading.Thread | None = getattr(self._aps, "_thread", None)
-        return [thread] if thread is not None else []
+        return [t for t in (thread, self.watch.thread) if t is not None]
 
-    def reconfigure(self, schedules: Iterable[ScheduleSettings]) -> None:
+    def reconfigure(
+        self,
+        schedules: Iterable[ScheduleSettings],
+        calendars: Iterable[CalendarSettings] | None = None,
+    ) -> None:
         """Apply a new list of schedules (SIGHUP): add new ones, remove those that are gone,
         replace those whose settings changed. Unchanged schedules, running jobs and fires in
         progress are not touched. A pause or resume made at run time survives unless the
         schedule's ``paused`` setting itself changed. ValueError (before anything changes)
-        if a schedule is bad."""
-        new = self._build_entries(schedules)
+        if a schedule is bad. ``calendars`` (when given) replace the calendars, and every
+        schedule that has one is rebuilt with the new one."""
+        new_calendars = (
+            {c.name: build_calendar(c) for c in calendars}
+            if calendars is not None
+            else self._calendars
+        )
+        new = self._build_entries(schedules, new_calendars)
         with self._lock:
+            self._calendars = new_calendars
             old = self._entries
             removed = sorted(old.keys() - new.keys())
             changed = sorted(n for n in new if n not in old or old[n].settings != new[n].settings)
@@ -236,7 +283,9 @@ class Scheduler:
                 self._apply_paused_setting(old.get(name), new[name])
                 if self._aps is not None:
                     self._add_job(self._aps, new[name], paused=name in self._paused)
-            self._entries = {name: new[name] if name in changed else old[name] for name in new}
+            # Unchanged schedules keep their APScheduler job; their entry is the new one,
+            # which holds the reloaded calendar.
+            self._entries = new
         log.info(
             "schedules reconfigured: added or changed %s, removed %s",
             ", ".join(changed) or "none",
@@ -294,15 +343,53 @@ class Scheduler:
         entry = self._require(name)
         fire_time = self.clock().replace(microsecond=0)
         log.info("schedule %s fired by request", name)
-        return self._fire(entry, fire_time).outcome
+        return self._fire(entry, fire_time, requested=True).outcome
 
-    def launch_claimed(self, name: str, fire_time: datetime) -> FireResult:
+    def launch_claimed(
+        self, name: str, fire_time: datetime, params: dict[str, Any] | None = None
+    ) -> FireResult:
         """Start the job of a fire already claimed in the repository (taken over from a
-        node that died between claiming it and starting its job)."""
+        node that died between claiming it and starting its job, or a waiting fire this
+        node claimed), with the parameters recorded with the fire when there are some."""
         entry = self._require(name)
-        return self._finish(
-            self._launch(entry, fire_time.astimezone(entry.timezone)), recorded=True
+        if params is None:
+            recorded = self.store.recorded_fire(name, fire_time)
+            params = recorded.params if recorded is not None else None
+        local = fire_time.astimezone(entry.timezone)
+        return self._finish(self._launch(entry, local, params), recorded=True)
+
+    def calendar(self, name: str) -> Calendar:
+        """The configured calendar ``name``; NoSuchCalendar if there is none."""
+        with self._lock:
+            found = self._calendars.get(name)
+        if found is None:
+            raise NoSuchCalendar(f"no calendar named {name!r}")
+        return found
+
+    # ----------------------------------------------- waiting fires (see FireWatch)
+
+    def job_of(self, name: str) -> str | None:
+        with self._lock:
+            entry = self._entries.get(name)
+        return entry.settings.job if entry is not None else None
+
+    def deadline_schedules(self) -> list[str]:
+        with self._lock:
+            return [e.name for e in self._entries.values() if e.settings.deadline is not None]
+
+    def start_waited(self, fire: RecordedFire) -> None:
+        log.info(
+            "schedule %s fire %s: what it waited for has completed",
+            fire.schedule,
+            fire.fire_time.isoformat(),
         )
+        self.launch_claimed(fire.schedule, fire.fire_time, fire.params)
+
+    def give_up(self, fire: RecordedFire, message: str) -> None:
+        result = FireResult(
+            fire.schedule, fire.fire_time, "dependency_timeout", fire.params, message=message
+        )
+        self._finish(result, recorded=True)
 
     def _require(self, name: str) -> _Entry:
         with self._lock:
@@ -315,8 +402,10 @@ class Scheduler:
 
     def catch_up(self) -> list[FireResult]:
         """Fire what each schedule with ``catch_up`` other than ``none`` (and not paused)
-        missed between its newest recorded fire and now. A schedule that never fired
-        catches up nothing. ``start()`` calls this."""
+        missed between its newest recorded fire and now (fire times on closing days of its
+        calendar are not missed). A schedule that never fired catches up nothing, unless it
+        has ``catch_up = "all"`` and a ``start``: then it catches up from its start.
+        ``start()`` calls this."""
         results: list[FireResult] = []
         with self._lock:
             entries = [e for e in self._entries.values() if e.name not in self._paused]
@@ -347,6 +436,8 @@ class Scheduler:
         entry = self._require(name)
         last = self.store.last_fire(name)
         now = self.clock().astimezone(UTC)
+        if last is None:
+            last = self._catch_up_start(entry)
         if last is None or last.astimezone(UTC) >= now:
             return []
         missed: deque[datetime] = deque(maxlen=CATCH_UP_LIMIT)
@@ -355,8 +446,10 @@ class Scheduler:
             following = _utc(entry.nominal.get_next_fire_time(previous, now))
             if following is None or following > now or following <= previous:
                 break
-            missed.append(following)
-            previous, found = following, found + 1
+            previous = following
+            if entry.closed_because(following) is None:
+                missed.append(following)
+                found += 1
         else:
             log.warning(
                 "schedule %s: more than %d fires since %s; catch-up looks no further than %s",
@@ -374,6 +467,17 @@ class Scheduler:
                 CATCH_UP_LIMIT,
             )
         return list(missed)
+
+    @staticmethod
+    def _catch_up_start(entry: _Entry) -> datetime | None:
+        """Where a schedule that never fired catches up from: just before its ``start``
+        (as Airflow's catch-up from ``start_date``), with ``catch_up = "all"`` only."""
+        start = entry.settings.start
+        if entry.settings.catch_up != "all" or start is None:
+            return None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=entry.timezone)
+        return start.astimezone(UTC) - timedelta(microseconds=1)
 
     # -------------------------------------------------------------------------- firing
 
@@ -413,11 +517,32 @@ class Scheduler:
         )
         self._count(event.job_id, "missed")
 
-    def _fire(self, entry: _Entry, fire_time: datetime) -> FireResult:
-        """Claim the fire, start the job, record the outcome. Never raises."""
+    def _fire(self, entry: _Entry, fire_time: datetime, *, requested: bool = False) -> FireResult:
+        """Claim the fire, start the job (or record it waiting for its ``after`` jobs),
+        record the outcome. Never raises. A fire on a closing day of the schedule's
+        calendar runs nothing, unless an operator ``requested`` it."""
         fire_time = fire_time.astimezone(entry.timezone)
+        closed = entry.closed_because(fire_time)
+        day = entry.business_date(fire_time).isoformat()
+        if closed is not None and not requested:
+            message = (
+                f"{day} is not a business day of calendar {entry.settings.calendar} ({closed})"
+            )
+            return self._finish(
+                FireResult(entry.name, fire_time, "closed", message=message), recorded=False
+            )
+        if closed is not None:
+            log.warning(
+                "schedule %s fired by request on %s, not a business day of calendar %s (%s): "
+                "running it as asked",
+                entry.name,
+                day,
+                entry.settings.calendar,
+                closed,
+            )
+        plan = self._plan(entry, fire_time)
         try:
-            claimed = self.store.record_fire(entry.name, fire_time)
+            claimed = self.store.record_fire(entry.name, fire_time, business_date=day, **plan)
         except Exception as error:
             return self._finish(
                 FireResult(entry.name, fire_time, "error", message=str(error), error=error),
@@ -426,8 +551,38 @@ class Scheduler:
         if not claimed:
             result = self._taken(entry, fire_time)
             return self._finish(result, recorded=False)
+        if plan.get("waits_for"):
+            # Not "claimed": whichever node sees its dependencies complete claims it.
+            self.watch.wake()
+            waiting = FireResult(entry.name, fire_time, "waiting", plan["params"])
+            return self._finish(waiting, recorded=False)
         failpoints.failpoint(AFTER_FIRE_RECORD)
-        return self._finish(self._launch(entry, fire_time), recorded=True)
+        return self._finish(self._launch(entry, fire_time, plan["params"]), recorded=True)
+
+    def _plan(self, entry: _Entry, fire_time: datetime) -> dict[str, Any]:
+        """What is recorded with a fire: its parameters (None when they cannot be rendered:
+        the start then reports why), what it waits for and until when, its deadline."""
+        settings = entry.settings
+        try:
+            params = self._render(entry, settings.params, fire_time)
+            waits_for = [
+                {"job": after.job, "params": self._render(entry, after.params, fire_time)}
+                for after in settings.after
+            ]
+        except TemplateError:
+            return {"params": None}
+        return {
+            "params": params,
+            "waits_for": waits_for,
+            "wait_until": fire_time + settings.wait_timeout if settings.wait_timeout else None,
+            "deadline_at": fire_time + settings.deadline if settings.deadline else None,
+        }
+
+    def _render(
+        self, entry: _Entry, templates: dict[str, Any], fire_time: datetime
+    ) -> dict[str, Any]:
+        shift = entry.calendar.shift_value if entry.calendar is not None else None
+        return render_params(templates, self._variables(entry, fire_time), shift)
 
     def _taken(self, entry: _Entry, fire_time: datetime) -> FireResult:
         """A fire recorded before: by another node sharing the repository (``elsewhere``),
@@ -440,12 +595,15 @@ class Scheduler:
             return FireResult(entry.name, fire_time, "elsewhere", message=f"taken by node {node}")
         return FireResult(entry.name, fire_time, "duplicate", message="fired before")
 
-    def _launch(self, entry: _Entry, fire_time: datetime) -> FireResult:
-        """Render the parameters and start the job; the outcome, whatever happens."""
+    def _launch(
+        self, entry: _Entry, fire_time: datetime, params: dict[str, Any] | None = None
+    ) -> FireResult:
+        """Start the job with ``params`` (rendered here when None); the outcome, whatever
+        happens."""
         name = entry.name
-        params: dict[str, Any] | None = None
         try:
-            params = render_params(entry.settings.params, self._variables(entry, fire_time))
+            if params is None:
+                params = self._render(entry, entry.settings.params, fire_time)
             execution = self.operator.start_async(entry.settings.job, params)
         except (TemplateError, InvalidJobParameters) as error:
             return FireResult(name, fire_time, "invalid", params, message=str(error))
@@ -462,7 +620,12 @@ class Scheduler:
     @staticmethod
     def _variables(entry: _Entry, fire_time: datetime) -> dict[str, Any]:
         fire_date: date = fire_time.date()
-        return {"fire_time": fire_time, "fire_date": fire_date, "schedule": entry.name}
+        return {
+            "fire_time": fire_time,
+            "fire_date": fire_date,
+            "business_date": entry.business_date(fire_time),
+            "schedule": entry.name,
+        }
 
     def _finish(self, result: FireResult, *, recorded: bool) -> FireResult:
         if recorded:
@@ -554,8 +717,12 @@ class Scheduler:
     def describe(self) -> list[dict[str, Any]]:
         """One dict per schedule: ``name, job, trigger, timezone, catch_up, paused,
         next_fire_time, last_fire`` (times ISO 8601 UTC or None), ``last_outcome`` (of this
-        process, or None)."""
+        process, or None), ``calendar``, and ``waiting``: its fires waiting for other jobs
+        (``fire_time, business_date, params, waits_for, wait_until``), from the repository."""
         next_times = self.next_fire_times()
+        waiting: dict[str, list[dict[str, Any]]] = {}
+        for fire in self.store.waiting_fires():
+            waiting.setdefault(fire.schedule, []).append(fire.view())
         with self._lock:
             entries = list(self._entries.values())
             paused = set(self._paused)
@@ -571,6 +738,8 @@ class Scheduler:
                 "next_fire_time": _iso(next_times.get(entry.name)),
                 "last_fire": _iso(self.store.last_fire(entry.name)),
                 "last_outcome": last[entry.name].outcome if entry.name in last else None,
+                "calendar": entry.settings.calendar,
+                "waiting": waiting.get(entry.name, []),
             }
             for entry in entries
         ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -90,6 +90,32 @@ class MetricsSettings(Section):
         return value
 
 
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_WORKING_WEEK: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
+
+
+class CalendarSettings(Section):
+    """A business calendar (DESIGN §7): open weekdays less holidays and closing days."""
+
+    name: str
+    weekdays: list[Weekday] = Field(default_factory=lambda: list(_WORKING_WEEK))
+    # Markets or countries of the ``holidays`` library: "ECB", "NYSE", "DE", "DE-BY"...
+    holidays: str | list[str] = Field(default_factory=list)
+    dates: list[date] = Field(default_factory=list)  # extra closing days
+    file: Path | None = None  # more of them, one ISO date a line
+
+    _name = field_validator("name")(_check_name)
+
+
+class DependencySettings(Section):
+    """One entry of a schedule's ``after``: a job whose execution with these parameters
+    (rendered from the fire, as the schedule's own) must have COMPLETED."""
+
+    job: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ScheduleSettings(Section):
     """A job fired by a cron expression or an interval, parameters from the fire time."""
 
@@ -108,9 +134,24 @@ class ScheduleSettings(Section):
     end: datetime | None = None
     # When the node running a fire's job dies, the node that recovers it restarts it.
     on_crash: Literal["none", "restart"] = "none"
+    # Business dates (DESIGN §7): fires only on the calendar's business days; a fire before
+    # day_start belongs to the day before.
+    calendar: str | None = None
+    day_start: time = time(0)
+    after: list[DependencySettings] = Field(default_factory=list)
+    wait_timeout: Duration | None = None  # after the nominal fire time
+    deadline: Duration | None = None  # after the nominal fire time
 
     _name = field_validator("name")(_check_name)
     _timezone = field_validator("timezone")(_check_timezone)
+    _positive = field_validator("wait_timeout", "deadline")(_check_positive)
+
+    @field_validator("day_start")
+    @classmethod
+    def _naive_time(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("a time of day without an offset (the schedule's time zone is used)")
+        return value
 
     @model_validator(mode="after")
     def _start_before_end(self) -> ScheduleSettings:
@@ -177,6 +218,7 @@ class Settings(Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     watches: list[WatchSettings] = Field(default_factory=list)
+    calendars: list[CalendarSettings] = Field(default_factory=list)
 
     _timezone = field_validator("timezone")(_check_timezone)
     _node = field_validator("node")(_check_node_name)

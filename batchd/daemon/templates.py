@@ -9,6 +9,7 @@ format, in that order::
     {fire_date-1d}         2026-11-20
     {fire_date:%Y%m%d}     20261121
     {fire_time+2h:%H:%M}   03:30
+    {business_date-1bd}    2026-11-20   (business days of the schedule's calendar)
     {day(%Y%m%d)}          2026-11-21   (day = "20261121", a regex group)
     {day(%Y%m%d)-1d:%d.%m} 20.11
     {path} {name} {stem} {mtime_date} {group_name}
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from batchd.errors import TemplateError as TemplateError
@@ -30,12 +31,16 @@ from batchd.errors import TemplateError as TemplateError
 _PLACEHOLDER = re.compile(
     r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
     r"(?:\((?P<parse>[^(){}]*)\))?"
-    r"(?:(?P<sign>[+-])(?P<amount>\d+)(?P<unit>[dhm]))?"
+    r"(?:(?P<sign>[+-])(?P<amount>\d+)(?P<unit>bd|[dhm]))?"
     r"(?::(?P<format>[^{}]*))?\}"
 )
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # strptime directives that read a time of day: a parse format with one gives a datetime.
 _TIME_DIRECTIVES = frozenset("HIMSfpzXc")
+
+#: Shifts a date (or a datetime, keeping its time of day) by business days: what a
+#: calendar gives the templates of a schedule that has one.
+BusinessDays = Callable[[dt.date, int], dt.date]
 
 
 def _split(text: str) -> Iterable[tuple[str, re.Match[str] | None]]:
@@ -70,9 +75,17 @@ def referenced_variables(templates: Mapping[str, Any]) -> set[str]:
     return {match.group("name") for match in _placeholders(templates)}
 
 
-def check_templates(templates: Mapping[str, Any], available: Iterable[str]) -> None:
-    """Raise TemplateError naming each unknown variable and the ones that exist."""
+def check_templates(
+    templates: Mapping[str, Any], available: Iterable[str], *, business_days: bool = False
+) -> None:
+    """Raise TemplateError naming each unknown variable and the ones that exist, and each
+    business-day offset (``bd``) when there is no calendar (``business_days`` False)."""
     for match in _placeholders(templates):
+        if match.group("unit") == "bd" and not business_days:
+            raise TemplateError(
+                f"{match.group(0)}: an offset in business days (bd) needs a calendar "
+                "(set the schedule's calendar)"
+            )
         if match.group("parse") is not None and "%" not in match.group("parse"):
             raise TemplateError(
                 f"{match.group(0)}: the date format in parentheses has no strptime directive "
@@ -87,7 +100,9 @@ def check_templates(templates: Mapping[str, Any], available: Iterable[str]) -> N
         )
 
 
-def _render_one(match: re.Match[str], variables: Mapping[str, Any]) -> Any:
+def _render_one(
+    match: re.Match[str], variables: Mapping[str, Any], business_days: BusinessDays | None
+) -> Any:
     name = match.group("name")
     if name not in variables:
         raise TemplateError(f"unknown template variable {name!r}")
@@ -97,8 +112,20 @@ def _render_one(match: re.Match[str], variables: Mapping[str, Any]) -> Any:
     if match.group("amount"):
         if not isinstance(value, dt.date):
             raise TemplateError(f"{name} is not a date or time: it cannot be shifted")
-        delta = dt.timedelta(**{_UNITS[match.group("unit")]: int(match.group("amount"))})
-        value = value + delta if match.group("sign") == "+" else value - delta
+        amount = int(match.group("amount")) * (1 if match.group("sign") == "+" else -1)
+        if match.group("unit") == "bd":
+            if business_days is None:
+                raise TemplateError(f"{match.group(0)}: business days need a calendar")
+            try:
+                value = business_days(value, amount)
+            except ValueError as error:
+                raise TemplateError(f"{match.group(0)}: {error}") from None
+        else:
+            value = value + dt.timedelta(**{_UNITS[match.group("unit")]: amount})
+    return _format(value, match)
+
+
+def _format(value: Any, match: re.Match[str]) -> Any:
     fmt = match.group("format")
     if fmt:
         return format(value, fmt)
@@ -121,9 +148,14 @@ def _parse_date(name: str, value: Any, fmt: str) -> dt.date:
     return parsed.date()
 
 
-def render_params(templates: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:
+def render_params(
+    templates: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    business_days: BusinessDays | None = None,
+) -> dict[str, Any]:
     """Render every template value. A value that is one placeholder alone keeps the
-    variable's JSON type (a number stays a number); dates become ISO 8601 text."""
+    variable's JSON type (a number stays a number); dates become ISO 8601 text.
+    ``business_days`` shifts dates for ``bd`` offsets (without it they are an error)."""
     rendered: dict[str, Any] = {}
     for key, value in templates.items():
         if not isinstance(value, str):
@@ -131,9 +163,10 @@ def render_params(templates: Mapping[str, Any], variables: Mapping[str, Any]) ->
             continue
         parts = list(_split(value))
         if len(parts) == 1 and parts[0][1] is not None:
-            rendered[key] = _render_one(parts[0][1], variables)
+            rendered[key] = _render_one(parts[0][1], variables, business_days)
             continue
         rendered[key] = "".join(
-            str(_render_one(match, variables)) if match else literal for literal, match in parts
+            str(_render_one(match, variables, business_days)) if match else literal
+            for literal, match in parts
         )
     return rendered

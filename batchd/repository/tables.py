@@ -165,13 +165,23 @@ schedule_fire = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("schedule_name", String(200), nullable=False),
     Column("fire_time", UTCDateTime, nullable=False),
-    Column("outcome", String(16), nullable=False),
+    Column("outcome", String(32), nullable=False),
     Column("job_execution_id", Id),
     Column("message", Text),
     Column("recorded_at", UTCDateTime, nullable=False),
     Column("node", String(200)),  # migration 0003: the node that claimed the fire
+    # Migration 0005: what a fire waiting for other jobs (outcome "waiting") will start,
+    # what it waits for and until when; its deadline and whether it was met.
+    Column("business_date", String(10)),
+    Column("params", Text),
+    Column("waits_for", Text),
+    Column("wait_until", UTCDateTime),
+    Column("deadline_at", UTCDateTime),
+    Column("deadline_state", String(16)),
     UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
     Index("ix_schedule_fire_execution", "job_execution_id"),
+    Index("ix_schedule_fire_outcome", "outcome"),
+    Index("ix_schedule_fire_deadline", "deadline_state"),
 )
 
 trigger_file = Table(

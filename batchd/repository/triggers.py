@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd.model.params import canonical_json
@@ -67,6 +67,64 @@ class FileClaim:
         )
 
 
+@dataclass(frozen=True)
+class RecordedFire:
+    """A fire's row as the scheduler's periodic pass reads it: a fire ``waiting`` for
+    other jobs (``waits_for``: ``[{"job", "params"}]``, given up after ``wait_until``), or
+    one whose deadline (``deadline_at``) is ``pending`` or ``missed``."""
+
+    schedule: str
+    fire_time: datetime
+    outcome: str
+    business_date: str | None
+    params: dict[str, Any] | None
+    waits_for: list[dict[str, Any]]
+    wait_until: datetime | None
+    deadline_at: datetime | None
+    deadline_state: str | None
+    execution_id: int | None
+
+    @classmethod
+    def of(cls, row: Any) -> RecordedFire:
+        return cls(
+            schedule=row["schedule_name"],
+            fire_time=row["fire_time"],
+            outcome=row["outcome"],
+            business_date=row["business_date"],
+            params=json.loads(row["params"]) if row["params"] is not None else None,
+            waits_for=json.loads(row["waits_for"]) if row["waits_for"] is not None else [],
+            wait_until=row["wait_until"],
+            deadline_at=row["deadline_at"],
+            deadline_state=row["deadline_state"],
+            execution_id=row["job_execution_id"],
+        )
+
+    def view(self) -> dict[str, Any]:
+        """As the control socket lists it (times ISO 8601 UTC)."""
+        return {
+            "fire_time": self.fire_time.astimezone(UTC).isoformat(),
+            "business_date": self.business_date,
+            "params": self.params,
+            "waits_for": self.waits_for,
+            "wait_until": self.wait_until.isoformat() if self.wait_until else None,
+        }
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _contains(params: Any, wanted: dict[str, Any]) -> bool:
+    """Whether parameters hold every key of ``wanted`` with that very value."""
+    return isinstance(params, dict) and all(
+        key in params and params[key] == value for key, value in wanted.items()
+    )
+
+
+def _fire_key(schedule: str, fire_time: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (schedule_fire.c.schedule_name == schedule, schedule_fire.c.fire_time == fire_time)
+
+
 def _unchanged(claim: FileClaim) -> tuple[ColumnElement[bool], ...]:
     """The claim row as it was read: same state, holder and time (compare-and-set)."""
     node = trigger_file.c.node
@@ -88,22 +146,113 @@ class TriggerStore:
 
     # -------------------------------------------------------------- schedules
 
-    def record_fire(self, schedule: str, fire_time: datetime) -> bool:
-        """Claim this fire; False when it was recorded before (it already ran)."""
+    def record_fire(
+        self,
+        schedule: str,
+        fire_time: datetime,
+        *,
+        business_date: str | None = None,
+        params: dict[str, Any] | None = None,
+        waits_for: list[dict[str, Any]] | None = None,
+        wait_until: datetime | None = None,
+        deadline_at: datetime | None = None,
+    ) -> bool:
+        """Claim this fire; False when it was recorded before (it already ran). With
+        ``waits_for`` the fire is recorded ``waiting`` instead of claimed: whichever node
+        sees its dependencies complete first claims it (:meth:`claim_waiting_fire`)."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(
                     insert(schedule_fire).values(
                         schedule_name=schedule,
                         fire_time=fire_time,
-                        outcome="claimed",
+                        outcome="waiting" if waits_for else "claimed",
                         recorded_at=self.repository.clock(),
                         node=self.node,
+                        business_date=business_date,
+                        params=canonical_json(params) if params is not None else None,
+                        waits_for=canonical_json(waits_for) if waits_for else None,
+                        wait_until=wait_until,
+                        deadline_at=deadline_at,
+                        deadline_state="pending" if deadline_at is not None else None,
                     )
                 )
         except IntegrityError:
             return False
         return True
+
+    def recorded_fire(self, schedule: str, fire_time: datetime) -> RecordedFire | None:
+        with self.repository.reading() as conn:
+            row = conn.execute(select(schedule_fire).where(*_fire_key(schedule, fire_time)))
+            found = row.mappings().first()
+        return RecordedFire.of(found) if found is not None else None
+
+    def waiting_fires(self) -> list[RecordedFire]:
+        """Every fire still waiting for its dependencies, oldest first (an indexed query:
+        every node runs it about once a second)."""
+        with self.repository.reading() as conn:
+            rows = conn.execute(
+                select(schedule_fire)
+                .where(schedule_fire.c.outcome == "waiting")
+                .order_by(schedule_fire.c.fire_time)
+            ).mappings()
+            return [RecordedFire.of(row) for row in rows]
+
+    def end_waiting_fire(self, schedule: str, fire_time: datetime, outcome: str) -> bool:
+        """Move a waiting fire on, if it still waits (compare-and-set): to ``claimed`` by
+        this node (to start its job) or to a final outcome (``dependency_timeout``). True
+        for exactly one of the nodes that try."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(schedule_fire)
+                .where(*_fire_key(schedule, fire_time), schedule_fire.c.outcome == "waiting")
+                .values(outcome=outcome, recorded_at=self.repository.clock(), node=self.node)
+            ).rowcount
+        return changed == 1
+
+    def completed_with(
+        self, job: str, params: dict[str, Any], *, by: datetime | None = None
+    ) -> bool:
+        """Whether an execution of ``job`` whose parameters contain ``params`` COMPLETED
+        (and ended no later than ``by``, if given)."""
+        query = select(job_execution.c.params).where(
+            job_execution.c.job_name == job, job_execution.c.status == "COMPLETED"
+        )
+        if by is not None:
+            query = query.where(job_execution.c.end_time <= by)
+        # Canonical JSON holds each key/value as the same text: narrow with LIKE, then check.
+        for key, value in params.items():
+            fragment = _like_escaped(canonical_json({key: value})[1:-1])
+            query = query.where(job_execution.c.params.like(literal(f"%{fragment}%"), escape="\\"))
+        with self.repository.reading() as conn:
+            for (text,) in conn.execute(query.order_by(job_execution.c.id.desc())):
+                if _contains(json.loads(text), params):
+                    return True
+        return False
+
+    def open_deadlines(self) -> list[RecordedFire]:
+        """Fires whose deadline is ``pending`` (not yet known to be met) or ``missed`` (and
+        their job not completed since)."""
+        with self.repository.reading() as conn:
+            rows = conn.execute(
+                select(schedule_fire).where(
+                    schedule_fire.c.deadline_state.in_(("pending", "missed"))
+                )
+            ).mappings()
+            return [RecordedFire.of(row) for row in rows]
+
+    def set_deadline_state(self, fire: RecordedFire, state: str) -> bool:
+        """Compare-and-set the deadline state: True for exactly one node that tries."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(schedule_fire)
+                .where(
+                    *_fire_key(fire.schedule, fire.fire_time),
+                    schedule_fire.c.deadline_state == fire.deadline_state,
+                )
+                .values(deadline_state=state)
+            ).rowcount
+        return changed == 1
 
     def set_fire_outcome(
         self,
@@ -116,10 +265,7 @@ class TriggerStore:
         with self.engine.begin() as conn:
             conn.execute(
                 update(schedule_fire)
-                .where(
-                    schedule_fire.c.schedule_name == schedule,
-                    schedule_fire.c.fire_time == fire_time,
-                )
+                .where(*_fire_key(schedule, fire_time))
                 .values(outcome=outcome, job_execution_id=execution_id, message=message)
             )
 
