@@ -21,6 +21,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from batchd.daemon.cron import CronExpression
 from batchd.daemon.settings import ScheduleSettings
 
+#: What the scheduler holds of a trigger (an APScheduler one, which other modules need not know).
+Trigger = BaseTrigger
+
 # "Strictly after" for a search from an instant that may itself be a fire time.
 _TICK = timedelta(microseconds=1)
 

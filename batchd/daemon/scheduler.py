@@ -10,24 +10,34 @@ was down are caught up from the newest recorded fire.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
 
 from batchd import failpoints
-from batchd.daemon.calendars import Calendar, NoSuchCalendar, build_calendar, business_date
+from batchd.daemon.calendars import Calendar, NoSuchCalendar, build_calendar
 from batchd.daemon.dependencies import FireWatch
+from batchd.daemon.schedule_entries import (
+    CATCH_UP_LIMIT,
+    OUTCOMES,
+    SCHEDULE_VARIABLES,
+    FireResult,
+    ScheduleEntry,
+    fire_plan,
+    iso,
+    log_result,
+    make_entry,
+    missed_fire_times,
+    nominal_time,
+    render,
+)
 from batchd.daemon.schedule_triggers import (
     FireExecutor,
     build_trigger,
@@ -35,8 +45,9 @@ from batchd.daemon.schedule_triggers import (
     validate_schedule,
 )
 from batchd.daemon.settings import CalendarSettings, ScheduleSettings
-from batchd.daemon.templates import TemplateError, render_params
+from batchd.daemon.templates import TemplateError
 from batchd.engine import JobOperator
+from batchd.engine.listeners import notify
 from batchd.errors import (
     InvalidJobParameters,
     JobExecutionAlreadyRunning,
@@ -48,32 +59,6 @@ from batchd.repository.triggers import RecordedFire
 
 log = logging.getLogger(__name__)
 
-# The variables a schedule's parameter templates may use.
-SCHEDULE_VARIABLES = ("fire_time", "fire_date", "business_date", "schedule")
-# What a fire can come to (also the ``outcome`` label of the fire counter). "missed" is a
-# fire APScheduler dropped because it came later than ``misfire_grace``; "closed" one on a
-# date that is not a business day of the schedule's calendar (nothing runs); "waiting" one
-# recorded to start once its ``after`` jobs completed, or be given up
-# ("dependency_timeout") after ``wait_timeout``.
-OUTCOMES = (
-    "started",
-    "complete",
-    "running",
-    "invalid",
-    "error",
-    "duplicate",
-    "elsewhere",
-    "missed",
-    "closed",
-    "waiting",
-    "dependency_timeout",
-)
-
-# At most this many missed fires of one schedule are caught up (the newest ones).
-CATCH_UP_LIMIT = 1000
-# Catch-up stops looking for missed fires after this many (a per-second interval down for
-# a week must not keep start-up busy for minutes).
-_CATCH_UP_SCAN_LIMIT = 100_000
 # Threads that turn APScheduler's fires into job starts (a start only creates the execution;
 # the job itself runs on the operator's pool).
 _FIRE_THREADS = 4
@@ -94,72 +79,6 @@ AFTER_CATCH_UP_FIRE = failpoints.declare(
     "a caught-up fire is recorded and started, the next missed one not yet claimed; the "
     "restarted daemon catches up from the newest recorded fire",
 )
-
-
-@dataclass(frozen=True)
-class FireResult:
-    """What one fire of a schedule came to (``outcome`` is one of :data:`OUTCOMES`)."""
-
-    schedule: str
-    fire_time: datetime
-    outcome: str
-    params: dict[str, Any] | None = None
-    execution_id: int | None = None
-    message: str | None = None
-    error: BaseException | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """A schedule with its triggers: ``trigger`` is what APScheduler runs (with jitter),
-    ``nominal`` the same without jitter, which names fire times and finds missed ones."""
-
-    settings: ScheduleSettings
-    trigger: BaseTrigger
-    nominal: BaseTrigger
-    timezone: ZoneInfo
-    calendar: Calendar | None
-
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
-    def business_date(self, fire_time: datetime) -> date:
-        return business_date(fire_time.astimezone(self.timezone), self.settings.day_start)
-
-    def closed_because(self, fire_time: datetime) -> str | None:
-        """Why a fire time's business date is not a business day, or None if it is."""
-        if self.calendar is None:
-            return None
-        return self.calendar.closed_because(self.business_date(fire_time))
-
-
-def _make_entry(
-    settings: ScheduleSettings, default_timezone: str, calendars: dict[str, Calendar]
-) -> _Entry:
-    trigger = build_trigger(settings, default_timezone)
-    nominal = copy.copy(trigger)
-    nominal.jitter = None
-    calendar = None
-    if settings.calendar is not None:
-        calendar = calendars.get(settings.calendar)
-        if calendar is None:
-            raise ValueError(f"schedule {settings.name!r}: no calendar named {settings.calendar!r}")
-    zone = ZoneInfo(settings.timezone or default_timezone)
-    return _Entry(settings, trigger, nominal, zone, calendar)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """An aware datetime as UTC, the zone in which batchd compares and keys fire times."""
-    return value.astimezone(UTC) if value is not None else None
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value is not None else None
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------ scheduler
@@ -210,12 +129,12 @@ class Scheduler:
 
     def _build_entries(
         self, schedules: Iterable[ScheduleSettings], calendars: dict[str, Calendar]
-    ) -> dict[str, _Entry]:
-        entries: dict[str, _Entry] = {}
+    ) -> dict[str, ScheduleEntry]:
+        entries: dict[str, ScheduleEntry] = {}
         for settings in schedules:
             if settings.name in entries:
                 raise ValueError(f"two schedules are named {settings.name!r}")
-            entries[settings.name] = _make_entry(settings, self.timezone, calendars)
+            entries[settings.name] = make_entry(settings, self.timezone, calendars)
         return entries
 
     # ------------------------------------------------------------- start, stop, reload
@@ -292,7 +211,7 @@ class Scheduler:
             ", ".join(removed) or "none",
         )
 
-    def _apply_paused_setting(self, old: _Entry | None, new: _Entry) -> None:
+    def _apply_paused_setting(self, old: ScheduleEntry | None, new: ScheduleEntry) -> None:
         if old is not None and old.settings.paused == new.settings.paused:
             return  # keep the run-time state
         if new.settings.paused:
@@ -300,7 +219,7 @@ class Scheduler:
         else:
             self._paused.discard(new.name)
 
-    def _add_job(self, aps: Any, entry: _Entry, *, paused: bool) -> None:
+    def _add_job(self, aps: Any, entry: ScheduleEntry, *, paused: bool) -> None:
         grace = max(1, int(entry.settings.misfire_grace.total_seconds()))
         # next_run_time=None is how APScheduler adds a job paused.
         extra: dict[str, Any] = {"next_run_time": None} if paused else {}
@@ -391,7 +310,7 @@ class Scheduler:
         )
         self._finish(result, recorded=True)
 
-    def _require(self, name: str) -> _Entry:
+    def _require(self, name: str) -> ScheduleEntry:
         with self._lock:
             entry = self._entries.get(name)
         if entry is None:
@@ -428,56 +347,11 @@ class Scheduler:
         return results
 
     def missed_fire_times(self, name: str) -> list[datetime]:
-        """The fire times of ``name`` (aware UTC) after its newest recorded fire, up to the
-        clock's now (the newest :data:`CATCH_UP_LIMIT` of them), oldest first.
-
-        Instants are compared in UTC: two wall times of one time zone compare equal in the
-        hour repeated when clocks go back, whatever their ``fold``."""
+        """The fire times of ``name`` (aware UTC) after its newest recorded fire (or from
+        its ``start``, see :meth:`catch_up`), up to the clock's now, on its business days
+        (the newest :data:`CATCH_UP_LIMIT` of them), oldest first."""
         entry = self._require(name)
-        last = self.store.last_fire(name)
-        now = self.clock().astimezone(UTC)
-        if last is None:
-            last = self._catch_up_start(entry)
-        if last is None or last.astimezone(UTC) >= now:
-            return []
-        missed: deque[datetime] = deque(maxlen=CATCH_UP_LIMIT)
-        previous, found = last.astimezone(UTC), 0
-        for _ in range(_CATCH_UP_SCAN_LIMIT):
-            following = _utc(entry.nominal.get_next_fire_time(previous, now))
-            if following is None or following > now or following <= previous:
-                break
-            previous = following
-            if entry.closed_because(following) is None:
-                missed.append(following)
-                found += 1
-        else:
-            log.warning(
-                "schedule %s: more than %d fires since %s; catch-up looks no further than %s",
-                name,
-                _CATCH_UP_SCAN_LIMIT,
-                last.isoformat(),
-                previous.isoformat(),
-            )
-        if found > CATCH_UP_LIMIT:
-            log.warning(
-                "schedule %s missed %d fires since %s: only the newest %d are caught up",
-                name,
-                found,
-                last.isoformat(),
-                CATCH_UP_LIMIT,
-            )
-        return list(missed)
-
-    @staticmethod
-    def _catch_up_start(entry: _Entry) -> datetime | None:
-        """Where a schedule that never fired catches up from: just before its ``start``
-        (as Airflow's catch-up from ``start_date``), with ``catch_up = "all"`` only."""
-        start = entry.settings.start
-        if entry.settings.catch_up != "all" or start is None:
-            return None
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=entry.timezone)
-        return start.astimezone(UTC) - timedelta(microseconds=1)
+        return missed_fire_times(entry, self.store.last_fire(name), self.clock())
 
     # -------------------------------------------------------------------------- firing
 
@@ -490,34 +364,20 @@ class Scheduler:
         if entry is None:
             return  # removed by a reconfigure while this fire was on its way
         due = scheduled if scheduled is not None else datetime.now(UTC).replace(microsecond=0)
-        self._fire(entry, self._nominal_time(entry, due.astimezone(UTC)))
-
-    def _nominal_time(self, entry: _Entry, scheduled: datetime) -> datetime:
-        """The un-jittered fire time (UTC) of a run APScheduler delayed by up to ``jitter``:
-        the latest nominal fire time not after it, so a fire is named the same whatever its
-        random delay. (APScheduler 3 adds an interval's jitter to the next interval too, so
-        interval runs drift off their grid: they look back a whole interval.)"""
-        jitter = entry.settings.jitter
-        if not jitter:
-            return scheduled
-        lookback = jitter + (entry.settings.interval or timedelta(0))
-        nominal = scheduled
-        candidate = _utc(entry.nominal.get_next_fire_time(None, scheduled - lookback))
-        while candidate is not None and candidate <= scheduled:
-            nominal = candidate
-            candidate = _utc(entry.nominal.get_next_fire_time(candidate, scheduled))
-        return nominal
+        self._fire(entry, nominal_time(entry, due.astimezone(UTC)))
 
     def _on_missed(self, event: Any) -> None:
         """APScheduler dropped a fire that came later than ``misfire_grace``."""
         log.warning(
             "schedule %s: fire due at %s missed (more than misfire_grace late)",
             event.job_id,
-            _iso(event.scheduled_run_time),
+            iso(event.scheduled_run_time),
         )
         self._count(event.job_id, "missed")
 
-    def _fire(self, entry: _Entry, fire_time: datetime, *, requested: bool = False) -> FireResult:
+    def _fire(
+        self, entry: ScheduleEntry, fire_time: datetime, *, requested: bool = False
+    ) -> FireResult:
         """Claim the fire, start the job (or record it waiting for its ``after`` jobs),
         record the outcome. Never raises. A fire on a closing day of the schedule's
         calendar runs nothing, unless an operator ``requested`` it."""
@@ -540,7 +400,7 @@ class Scheduler:
                 entry.settings.calendar,
                 closed,
             )
-        plan = self._plan(entry, fire_time)
+        plan = fire_plan(entry, fire_time)
         try:
             claimed = self.store.record_fire(entry.name, fire_time, business_date=day, **plan)
         except Exception as error:
@@ -559,32 +419,7 @@ class Scheduler:
         failpoints.failpoint(AFTER_FIRE_RECORD)
         return self._finish(self._launch(entry, fire_time, plan["params"]), recorded=True)
 
-    def _plan(self, entry: _Entry, fire_time: datetime) -> dict[str, Any]:
-        """What is recorded with a fire: its parameters (None when they cannot be rendered:
-        the start then reports why), what it waits for and until when, its deadline."""
-        settings = entry.settings
-        try:
-            params = self._render(entry, settings.params, fire_time)
-            waits_for = [
-                {"job": after.job, "params": self._render(entry, after.params, fire_time)}
-                for after in settings.after
-            ]
-        except TemplateError:
-            return {"params": None}
-        return {
-            "params": params,
-            "waits_for": waits_for,
-            "wait_until": fire_time + settings.wait_timeout if settings.wait_timeout else None,
-            "deadline_at": fire_time + settings.deadline if settings.deadline else None,
-        }
-
-    def _render(
-        self, entry: _Entry, templates: dict[str, Any], fire_time: datetime
-    ) -> dict[str, Any]:
-        shift = entry.calendar.shift_value if entry.calendar is not None else None
-        return render_params(templates, self._variables(entry, fire_time), shift)
-
-    def _taken(self, entry: _Entry, fire_time: datetime) -> FireResult:
+    def _taken(self, entry: ScheduleEntry, fire_time: datetime) -> FireResult:
         """A fire recorded before: by another node sharing the repository (``elsewhere``),
         or by this one (``duplicate``)."""
         try:
@@ -596,14 +431,14 @@ class Scheduler:
         return FireResult(entry.name, fire_time, "duplicate", message="fired before")
 
     def _launch(
-        self, entry: _Entry, fire_time: datetime, params: dict[str, Any] | None = None
+        self, entry: ScheduleEntry, fire_time: datetime, params: dict[str, Any] | None = None
     ) -> FireResult:
         """Start the job with ``params`` (rendered here when None); the outcome, whatever
         happens."""
         name = entry.name
         try:
             if params is None:
-                params = self._render(entry, entry.settings.params, fire_time)
+                params = render(entry, entry.settings.params, fire_time)
             execution = self.operator.start_async(entry.settings.job, params)
         except (TemplateError, InvalidJobParameters) as error:
             return FireResult(name, fire_time, "invalid", params, message=str(error))
@@ -617,16 +452,6 @@ class Scheduler:
         failpoints.failpoint(AFTER_JOB_START)
         return FireResult(name, fire_time, "started", params, execution_id=execution.id)
 
-    @staticmethod
-    def _variables(entry: _Entry, fire_time: datetime) -> dict[str, Any]:
-        fire_date: date = fire_time.date()
-        return {
-            "fire_time": fire_time,
-            "fire_date": fire_date,
-            "business_date": entry.business_date(fire_time),
-            "schedule": entry.name,
-        }
-
     def _finish(self, result: FireResult, *, recorded: bool) -> FireResult:
         if recorded:
             try:
@@ -639,44 +464,16 @@ class Scheduler:
                 )
             except Exception:
                 log.exception("schedule %s: cannot record the fire's outcome", result.schedule)
-        self._log(result)
+        log_result(result)
         with self._lock:
             self._last[result.schedule] = result
         self._count(result.schedule, result.outcome)
         return result
 
-    @staticmethod
-    def _log(result: FireResult) -> None:
-        detail = (
-            f" execution {result.execution_id}"
-            if result.execution_id is not None
-            else f": {result.message}"
-            if result.message
-            else ""
-        )
-        level = {"invalid": logging.WARNING, "error": logging.ERROR}.get(
-            result.outcome, logging.INFO
-        )
-        log.log(
-            level,
-            "schedule %s fire %s params %s: %s%s",
-            result.schedule,
-            result.fire_time.isoformat(),
-            _json(result.params),
-            result.outcome,
-            detail,
-            exc_info=result.error,
-        )
-
     def _count(self, name: str, outcome: str) -> None:
         with self._lock:
             self._counts[(name, outcome)] += 1
-        hook = getattr(self.listener, "on_schedule_fire", None)
-        if callable(hook):
-            try:
-                hook(name, outcome)
-            except Exception:
-                log.exception("schedule listener failed in on_schedule_fire")
+        notify(self.listener, "on_schedule_fire", name, outcome)
 
     # ---------------------------------------------------------------------- inspecting
 
@@ -706,7 +503,7 @@ class Scheduler:
             for entry in entries
         }
 
-    def _next_fire_time(self, aps: Any, entry: _Entry) -> datetime | None:
+    def _next_fire_time(self, aps: Any, entry: ScheduleEntry) -> datetime | None:
         if aps is None:  # not started: when it would fire next
             following: datetime | None = entry.nominal.get_next_fire_time(None, self.clock())
         else:
@@ -735,8 +532,8 @@ class Scheduler:
                 "timezone": str(entry.timezone),
                 "catch_up": entry.settings.catch_up,
                 "paused": entry.name in paused,
-                "next_fire_time": _iso(next_times.get(entry.name)),
-                "last_fire": _iso(self.store.last_fire(entry.name)),
+                "next_fire_time": iso(next_times.get(entry.name)),
+                "last_fire": iso(self.store.last_fire(entry.name)),
                 "last_outcome": last[entry.name].outcome if entry.name in last else None,
                 "calendar": entry.settings.calendar,
                 "waiting": waiting.get(entry.name, []),
