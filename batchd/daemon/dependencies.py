@@ -80,7 +80,13 @@ class FireWatch:
     # ------------------------------------------------------------------ thread
 
     def start(self) -> None:
+        """A first pass at once (fires whose dependencies completed while this node was
+        down start now; the late gauges exist from start-up on), then the thread."""
         self._stopping.clear()
+        try:
+            self.check()
+        except Exception:
+            log.warning("checking waiting fires and deadlines failed", exc_info=True)
         self.thread = threading.Thread(target=self._run, name="batchd-fire-watch", daemon=True)
         self.thread.start()
 
