@@ -56,7 +56,8 @@ def test_the_alerts_fire_when_they_should(promtool: str) -> None:
     tests = (PROMETHEUS / "batchd-alerts.test.yml").read_text()
     for alert in ("BatchdDown", "BatchdAbsent", "BatchdJobLastExecutionFailed",
                   "BatchdJobSuccessTooOld", "BatchdScheduleStuck", "BatchdWatchFilesRejected",
-                  "BatchdDatabaseUnreachable", "BatchdClockSkew", "BatchdNodeLost"):
+                  "BatchdDatabaseUnreachable", "BatchdClockSkew", "BatchdNodeLost",
+                  "BatchdScheduleLate"):
         assert f"alertname: {alert}\n" in tests, f"no unit test of {alert}"
     assert "SUCCESS" in run_promtool(promtool, "test", "rules", "batchd-alerts.test.yml")
 
