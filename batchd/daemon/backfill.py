@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from batchd.daemon.calendars import Calendar
 from batchd.engine import JobOperator
 from batchd.errors import NoSuchBackfill as NoSuchBackfill
 from batchd.model import BatchStatus, JobExecution
@@ -57,16 +58,28 @@ class Plan:
 
 
 def plan_backfill(
-    operator: JobOperator, job: str, first: date, last: date, param: str, params: dict[str, Any]
+    operator: JobOperator,
+    job: str,
+    first: date,
+    last: date,
+    param: str,
+    params: dict[str, Any],
+    calendar: Calendar | None = None,
 ) -> Plan:
     """The dates from ``first`` to ``last`` whose instance has not COMPLETED, was not
-    ABANDONED and is not running. InvalidJobParameters (nothing runs) for a bad date value."""
+    ABANDONED and is not running; with a ``calendar``, its business days only (the others
+    are skipped with status ``CLOSED`` and the reason). InvalidJobParameters (nothing runs)
+    for a bad date value."""
     repository = operator.repository
     definition = operator.registry.get(job)
     to_run: list[BackfillDate] = []
     skipped: list[dict[str, Any]] = []
     for offset in range((last - first).days + 1):
         day = (first + timedelta(days=offset)).isoformat()
+        closed = calendar.closed_because(first + timedelta(days=offset)) if calendar else None
+        if closed is not None:
+            skipped.append({"date": day, "status": "CLOSED", "reason": closed})
+            continue
         values = {**params, param: day}
         key = definition.parameters(values).job_key
         instance = repository.find_instance(job, key)
@@ -245,6 +258,18 @@ class Backfills:
             daemon=True,
         ).start()
         return backfill
+
+    def plan(
+        self,
+        job: str,
+        first: date,
+        last: date,
+        param: str,
+        params: dict[str, Any],
+        calendar: Calendar | None = None,
+    ) -> Plan:
+        """:func:`plan_backfill` on this daemon's operator."""
+        return plan_backfill(self.operator, job, first, last, param, params, calendar)
 
     def get(self, backfill_id: int) -> Backfill:
         with self._lock:

@@ -302,3 +302,30 @@ def test_a_bad_closing_date_is_a_config_error_naming_the_key(tmp_path: Path) -> 
     assert in_file == [
         f"calendars[0] (y).file: {file} line 2: '2026-13-01' is not a date (YYYY-MM-DD)"
     ]
+
+
+# ------------------------------------------------------------------------------ backfill
+
+
+def test_a_backfill_with_a_calendar_runs_business_dates_only(nodes: Callable[..., Node]) -> None:
+    from batchd.daemon.backfill import plan_backfill
+
+    node = nodes([])
+    calendar = build_calendar(target())
+    plan = plan_backfill(node.operator, "daily", D(2026, 4, 1), D(2026, 4, 8), "date", {}, calendar)
+    assert [item.date for item in plan.to_run] == [
+        "2026-04-01",
+        "2026-04-02",
+        "2026-04-07",
+        "2026-04-08",
+    ]
+    assert [(s["date"], s["reason"]) for s in plan.skipped] == [
+        ("2026-04-03", "Good Friday"),
+        ("2026-04-04", "Saturday"),
+        ("2026-04-05", "Sunday"),
+        ("2026-04-06", "Easter Monday"),
+    ]
+    assert (
+        len(plan_backfill(node.operator, "daily", D(2026, 4, 1), D(2026, 4, 8), "date", {}).to_run)
+        == 8
+    )
