@@ -317,7 +317,8 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     batchd_bin = Path(sys.executable).with_name("batchd")
     unit = (ROOT / "systemd" / "batchd.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecReload=" in unit
-    (tmp_path / "batchd.service").write_text(unit.replace("/opt/batchd/bin/batchd", str(batchd_bin)))
+    installed = unit.replace("/opt/batchd/bin/batchd", str(batchd_bin))
+    (tmp_path / "batchd.service").write_text(installed)
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / "batchd.service")], capture_output=True, text=True
     )
