@@ -189,6 +189,10 @@ class NoSuchSchedule(BatchError, LookupError):
     """No schedule has the given name."""
 
 
+class NoSuchCalendar(BatchError, LookupError):
+    """No calendar has the given name."""
+
+
 class NoSuchBackfill(BatchError):
     """No backfill of this daemon has the given id."""
 

@@ -23,6 +23,7 @@ OLD_PATHS = {
     "ConfigError": ["batchd.daemon.config"],
     "TemplateError": ["batchd.daemon.templates"],
     "NoSuchSchedule": ["batchd.daemon.scheduler"],
+    "NoSuchCalendar": ["batchd.daemon.calendars"],
     "NoSuchBackfill": ["batchd.daemon.backfill"],
     "ProtocolError": ["batchd.daemon.protocol"],
     "ControlError": ["batchd.ctl"],
@@ -50,7 +51,7 @@ def test_old_import_paths_give_the_same_class(name: str) -> None:
 
 
 # Exceptions that never leave the module that raises them (control flow, not errors).
-INTERNAL = {"batchd.daemon.watch_files.Rejected"}
+INTERNAL = {"batchd.daemon.watch_files.Rejected", "batchd.daemon.service.StartupFailed"}
 
 
 def test_no_error_class_is_defined_outside_batchd_errors() -> None:

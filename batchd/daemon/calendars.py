@@ -21,15 +21,11 @@ from typing import Any
 import holidays as holidays_library
 
 from batchd.daemon.settings import WEEKDAYS, CalendarSettings
-from batchd.errors import BatchError
+from batchd.errors import NoSuchCalendar
 
 # Business-day offsets look at most this far for a business day: a calendar closed for a
 # whole year is a mistake, not something to walk for ever.
 _SEARCH_LIMIT = timedelta(days=366)
-
-
-class NoSuchCalendar(BatchError, LookupError):
-    """No calendar has the given name."""
 
 
 @dataclass(frozen=True)

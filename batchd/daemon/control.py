@@ -51,6 +51,7 @@ from batchd.daemon.protocol import (
     ok,
     parse_request,
 )
+from batchd.engine.listeners import notify
 from batchd.errors import BatchError
 from batchd.model import BatchStatus
 
@@ -397,12 +398,7 @@ class ControlServer:
         return response
 
     def _count(self, op: str, outcome: str) -> None:
-        hook = getattr(self.listener, "on_control_request", None)
-        if callable(hook):
-            try:
-                hook(op, outcome)
-            except Exception:
-                log.exception("control listener failed in on_control_request")
+        notify(self.listener, "on_control_request", op, outcome)
 
     # -------------------------------------------------------------- operations
 

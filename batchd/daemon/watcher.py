@@ -81,6 +81,7 @@ from batchd.daemon.watch_rules import (
     validate_watch,
     watch_variables,
 )
+from batchd.engine.listeners import notify
 from batchd.engine.operator import JobOperator
 from batchd.items.paths import allow_input_directory
 from batchd.repository.triggers import TriggerStore
@@ -583,9 +584,4 @@ class Watcher:
             log.warning(
                 "watch %s: %s %s: %s", result.watch, result.name, result.outcome, result.reason
             )
-        hook = getattr(self._listener, "on_watch_file", None)
-        if callable(hook):
-            try:
-                hook(result.watch, result.outcome)
-            except Exception:
-                log.exception("watcher: listener %r failed in on_watch_file", self._listener)
+        notify(self._listener, "on_watch_file", result.watch, result.outcome)

@@ -15,6 +15,17 @@ from batchd.engine.listeners import Listeners
 from batchd.engine.partition_executors import check_executor_spec
 from batchd.engine.partition_step import PartitionStep
 from batchd.engine.tasklet_step import Tasklet, TaskletStep
+from batchd.interfaces import (
+    AggregateFunction,
+    Aggregator,
+    Partitioner,
+    PartitionFunction,
+    ProcessFunction,
+    Processor,
+    Reader,
+    WriteFunction,
+    Writer,
+)
 
 
 def _error_types(on: type[BaseException] | Iterable[type[BaseException]], what: str) -> ErrorTypes:
@@ -38,17 +49,17 @@ class StepBuilder:
     def __init__(self, name: str) -> None:
         self._name = _check_name(name, "step")
         self._tasklet: Tasklet | None = None
-        self._reader: Any = None
-        self._processor: Any = None
-        self._writer: Any = None
+        self._reader: Reader[Any] | None = None
+        self._processor: Processor[Any, Any] | ProcessFunction | None = None
+        self._writer: Writer[Any] | WriteFunction | None = None
         self._chunk_size = 100
         self._faults = FaultPolicy()
-        self._listeners: list[Any] = []
+        self._listeners: list[object] = []
         self._allow_start_if_complete = False
         self._start_limit: int | None = None
-        self._partitioner: Any = None
+        self._partitioner: Partitioner | PartitionFunction | None = None
         self._partitions = 0
-        self._aggregator: Any = None
+        self._aggregator: Aggregator | AggregateFunction | None = None
         self._executor: Any = None
         self._workers: int | None = None
 
@@ -59,22 +70,25 @@ class StepBuilder:
         self._tasklet = fn
         return self
 
-    def reader(self, reader: Any) -> StepBuilder:
-        """An object with ``read() -> item | None`` (None ends the step)."""
+    def reader(self, reader: Reader[Any]) -> StepBuilder:
+        """An object with ``read() -> item | None`` (None ends the step): a
+        :class:`batchd.interfaces.Reader`, and optionally an ItemStream."""
         if not callable(getattr(reader, "read", None)):
             raise TypeError(f"a reader needs a read() method: {reader!r}")
         self._reader = reader
         return self
 
-    def processor(self, processor: Any) -> StepBuilder:
-        """A callable or an object with ``process(item) -> item | None`` (None filters)."""
+    def processor(self, processor: Processor[Any, Any] | ProcessFunction) -> StepBuilder:
+        """A callable or an object with ``process(item) -> item | None`` (None filters): a
+        :class:`batchd.interfaces.Processor`."""
         if not (callable(processor) or callable(getattr(processor, "process", None))):
             raise TypeError(f"a processor must be callable or have process(): {processor!r}")
         self._processor = processor
         return self
 
-    def writer(self, writer: Any) -> StepBuilder:
-        """A callable or an object with ``write(items: list)``."""
+    def writer(self, writer: Writer[Any] | WriteFunction) -> StepBuilder:
+        """A callable or an object with ``write(items: list)``: a
+        :class:`batchd.interfaces.Writer`, and optionally an ItemStream with ``complete``."""
         if not (callable(writer) or callable(getattr(writer, "write", None))):
             raise TypeError(f"a writer must be callable or have write(): {writer!r}")
         self._writer = writer
@@ -122,8 +136,10 @@ class StepBuilder:
         )
         return self
 
-    def listener(self, listener: Any) -> StepBuilder:
-        """Register every step, chunk and skip hook ``listener`` has."""
+    def listener(self, listener: object) -> StepBuilder:
+        """Register every step, chunk, skip and partition hook ``listener`` has (see
+        :mod:`batchd.interfaces`: StepListener, ChunkListener, SkipListener and
+        PartitionListener)."""
         self._listeners.append(listener)
         return self
 
@@ -139,7 +155,9 @@ class StepBuilder:
         self._start_limit = limit
         return self
 
-    def partitioner(self, partitioner: Any, *, partitions: int | None = None) -> StepBuilder:
+    def partitioner(
+        self, partitioner: Partitioner | PartitionFunction, *, partitions: int | None = None
+    ) -> StepBuilder:
         """Split the step into partitions: ``partitioner.partition(n, params)`` (or
         ``partitioner(n, params)``) returns one context dict per partition, which its copy
         of the reader and writer find in ``ctx.partition``. ``partitions`` is the ``n``
@@ -156,7 +174,7 @@ class StepBuilder:
         self._partitions = count
         return self
 
-    def aggregator(self, aggregator: Any) -> StepBuilder:
+    def aggregator(self, aggregator: Aggregator | AggregateFunction) -> StepBuilder:
         """Run ``aggregator.aggregate(step_execution, partitions)`` (or
         ``aggregator(step_execution, partitions)``) once, after every partition COMPLETED."""
         call = getattr(aggregator, "aggregate", aggregator)
@@ -234,7 +252,7 @@ class JobBuilder:
         self._steps: list[Step] = []
         self._params_model: type[BaseModel] | None = None
         self._non_identifying: set[str] = set()
-        self._listeners: list[Any] = []
+        self._listeners: list[object] = []
         self._restartable = True
 
     def step(self, step: Step) -> JobBuilder:
@@ -255,8 +273,9 @@ class JobBuilder:
         self._non_identifying.update(keys)
         return self
 
-    def listener(self, listener: Any) -> JobBuilder:
-        """Register job hooks, and step/chunk/skip hooks for every step."""
+    def listener(self, listener: object) -> JobBuilder:
+        """Register job hooks, and step/chunk/skip/partition hooks for every step (see
+        :mod:`batchd.interfaces`: JobListener and the step listeners)."""
         self._listeners.append(listener)
         return self
 

@@ -15,6 +15,7 @@ from batchd.engine.faults import FaultPolicy, SkipLimitExceeded
 from batchd.engine.listeners import Listeners
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import ExecutionLost, JobStopped
+from batchd.interfaces import ProcessFunction, Processor, Reader, WriteFunction, Writer
 from batchd.model import (
     BatchStatus,
     ChunkContext,
@@ -53,13 +54,14 @@ class ChunkStep:
     ``reader`` has ``read() -> item | None``; ``processor`` is a callable or has
     ``process(item)``; ``writer`` is a callable or has ``write(items)``. Any of them may be
     an ItemStream (``open(ctx)``, ``update(ctx)``, ``close()``); writers may also have
-    ``complete(ctx)``, called once after the last chunk committed.
+    ``complete(ctx)``, called once after the last chunk committed (see
+    :mod:`batchd.interfaces`).
     """
 
     name: str
-    reader: Any
-    writer: Any
-    processor: Any = None
+    reader: Reader[Any]
+    writer: Writer[Any] | WriteFunction
+    processor: Processor[Any, Any] | ProcessFunction | None = None
     chunk_size: int = 100
     faults: FaultPolicy = field(default_factory=FaultPolicy)
     listeners: Listeners = field(default_factory=Listeners)

@@ -17,6 +17,7 @@ from batchd import failpoints
 from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job import Job
 from batchd.engine.job_runner import ExecutionHandle, JobRunner
+from batchd.engine.listeners import notify
 from batchd.engine.registry import JobRegistry
 from batchd.engine.step_run import describe_error
 from batchd.errors import (
@@ -97,7 +98,7 @@ class JobOperator:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="batchd-job")
         self._heartbeat = Heartbeat(repository, self.active_handles, heartbeat)
-        self._observers: list[Any] = []
+        self._observers: list[object] = []
 
     # ------------------------------------------------------------------ starting
 
@@ -308,19 +309,15 @@ class JobOperator:
 
     # ---------------------------------------------------------- observing, waiting
 
-    def add_observer(self, observer: Any) -> None:
+    def add_observer(self, observer: object) -> None:
         """An object with ``on_execution_created(execution)`` and/or
-        ``on_execution_ended(execution)``: how the daemon watches the engine."""
+        ``on_execution_ended(execution)`` (:class:`batchd.interfaces.ExecutionObserver`):
+        how the daemon watches the engine. What an observer raises is logged and ignored."""
         self._observers.append(observer)
 
     def _notify(self, hook: str, execution: JobExecution) -> None:
         for observer in self._observers:
-            method = getattr(observer, hook, None)
-            if callable(method):
-                try:
-                    method(execution)
-                except Exception:
-                    log.exception("observer %r failed in %s", observer, hook)
+            notify(observer, hook, execution)
 
     def active_handles(self) -> list[ExecutionHandle]:
         with self._lock:

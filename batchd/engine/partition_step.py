@@ -32,6 +32,7 @@ from batchd.engine.partition_worker import (
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import PartitionError as PartitionError
 from batchd.errors import PartitionFailed as PartitionFailed
+from batchd.interfaces import AggregateFunction, Aggregator, Partitioner, PartitionFunction
 from batchd.model import (
     PARTITION_KEY,
     PLAN_KEY,
@@ -85,9 +86,9 @@ class PartitionStep:
 
     name: str
     worker: ChunkStep
-    partitioner: Any
+    partitioner: Partitioner | PartitionFunction
     partitions: int
-    aggregator: Any = None
+    aggregator: Aggregator | AggregateFunction | None = None
     executor: Any = "threads"
     workers: int | None = None
     listeners: Listeners = field(default_factory=Listeners)
@@ -153,7 +154,10 @@ class PartitionStep:
         resumed = run.step_execution.execution_context
         if isinstance(resumed.get(PLAN_KEY), list):
             return resumed[PLAN_KEY], int(resumed[PLAN_ORIGIN_KEY])
-        partition = getattr(self.partitioner, "partition", self.partitioner)
+        partitioner = self.partitioner
+        partition = (
+            partitioner.partition if isinstance(partitioner, Partitioner) else partitioner
+        )
         contexts = partition(self.partitions, run.params)
         return _checked_plan(self.name, self.partitioner, contexts), run.step_execution.id
 
@@ -283,7 +287,8 @@ class PartitionStep:
         if callable(open_):
             open_(ctx)
         try:
-            aggregate = getattr(aggregator, "aggregate", aggregator)
+            aggregate = aggregator.aggregate if isinstance(aggregator, Aggregator) else aggregator
+            assert aggregate is not None  # called only for a step that has an aggregator
             aggregate(run.step_execution, partitions)
         finally:
             close = getattr(aggregator, "close", None)

@@ -5,7 +5,7 @@ Every one is an ItemStream (``open(ctx)``, ``update(ctx)``, ``close()``; writers
 under its own prefix, its class name or ``name=``. File paths may be templates filled from
 the job parameters (``"out/report_{date:%Y%m%d}.csv"``), kept under their fixed leading
 directory unless the job trusts a parameter (``trusted_path``). This package imports only
-``batchd.model`` and ``batchd.errors``.
+``batchd.model``, ``batchd.errors`` and ``batchd.interfaces``.
 """
 
 from batchd.items.aggregators import FileAggregator

@@ -1,4 +1,7 @@
-"""Base classes shared by the built-in readers and writers."""
+"""Base classes shared by the built-in readers and writers.
+
+They implement the Protocols of :mod:`batchd.interfaces` (a user's reader or writer need not
+inherit from them: any object with the right methods works)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from typing import Any, Self
 
 from pydantic import BaseModel
 
+from batchd import interfaces
 from batchd.model import ExecutionContext
 
 
-class ItemStream:
+class ItemStream(interfaces.ItemStream):
     """An object the engine opens, checkpoints and closes around a step.
 
     - ``open(ctx)`` is called before the first item; it must reset every per-run attribute
@@ -63,7 +67,7 @@ class ItemStream:
         """Release resources; always called, after a failure too."""
 
 
-class ItemReader(ItemStream, ABC):
+class ItemReader(ItemStream, interfaces.Reader[Any], ABC):
     """A restartable reader: ``read()`` returns the next item, or None at the end."""
 
     @abstractmethod
@@ -71,7 +75,7 @@ class ItemReader(ItemStream, ABC):
         """The next item, or None when there are no more."""
 
 
-class ItemWriter(ItemStream, ABC):
+class ItemWriter(ItemStream, interfaces.Writer[Any], interfaces.Completable, ABC):
     """A restartable writer: ``write(items)`` writes one chunk (or part of one)."""
 
     @abstractmethod
