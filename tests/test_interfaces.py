@@ -15,18 +15,23 @@ from typing import Any
 import pytest
 
 import batchd
-from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
-from batchd.engine.listeners import CHUNK_HOOKS, JOB_HOOKS, STEP_HOOKS, notify
-from batchd.interfaces import (
+from batchd import (
+    BatchStatus,
     ChunkListener,
-    ExecutionObserver,
     ItemStream,
+    JobBuilder,
     JobListener,
+    JobOperator,
+    JobRegistry,
     Processor,
     Reader,
+    SqlJobRepository,
+    StepBuilder,
     StepListener,
     Writer,
 )
+from batchd.engine.listeners import CHUNK_HOOKS, JOB_HOOKS, STEP_HOOKS, notify
+from batchd.interfaces import ExecutionObserver
 from batchd.items import ListItemReader
 from batchd.model import ChunkContext, ExecutionContext, JobExecution, StepExecution
 
