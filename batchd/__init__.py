@@ -1,6 +1,12 @@
-"""batchd: batch jobs with a job repository, restart from the last commit, and a daemon."""
+"""batchd: batch jobs with a job repository, restart from the last commit, and a daemon.
 
-from batchd.engine import JobBuilder, JobOperator, JobRegistry, StepBuilder
+The engine, the repository and the shortcuts are imported when first used, so that
+``batchd ctl`` (which imports this package) does not pay for SQLAlchemy and pydantic.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from batchd.interfaces import (
     Aggregator,
     ChunkListener,
@@ -23,18 +29,43 @@ from batchd.model import (
     StepContext,
     StepExecution,
 )
-from batchd.repository import SqlJobRepository
-from batchd.shortcuts import (
-    configure,
-    default_operator,
-    register,
-    restart,
-    start,
-    start_async,
-    stop,
-)
+
+if TYPE_CHECKING:
+    from batchd.engine import JobBuilder, JobOperator, JobRegistry, StepBuilder
+    from batchd.repository import SqlJobRepository
+    from batchd.shortcuts import (
+        configure,
+        default_operator,
+        register,
+        restart,
+        start,
+        start_async,
+        stop,
+    )
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "JobBuilder": "batchd.engine",
+    "JobOperator": "batchd.engine",
+    "JobRegistry": "batchd.engine",
+    "StepBuilder": "batchd.engine",
+    "SqlJobRepository": "batchd.repository",
+    **dict.fromkeys(
+        ("configure", "default_operator", "register", "restart", "start", "start_async", "stop"),
+        "batchd.shortcuts",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Aggregator",

@@ -1,4 +1,8 @@
-"""The ``batchd`` command."""
+"""The ``batchd`` command.
+
+``batchd ctl`` only sends a line and shows the answer: the repository, the config loader and
+the engine (SQLAlchemy, pydantic) are imported by the commands that use them, not here.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +15,33 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from sqlalchemy.exc import DBAPIError
 
 from batchd import __version__
 from batchd.ctl import (
     DEFAULT_TIMEOUT,
     EXIT_ERROR,
     EXIT_UNAVAILABLE,
-    RENDERERS,
     ControlClient,
     ControlError,
-    make_console,
     param_value,
+    renderer,
     socket_path,
 )
-from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
-from batchd.errors import RepositoryError
-from batchd.model import BatchStatus
-from batchd.repository import SqlJobRepository, migrate, parse_database_url
+from batchd.daemon.protocol import (
+    DEFAULT_BACKFILL_CONCURRENCY,
+    DEFAULT_LIMIT,
+    MAX_BACKFILL_CONCURRENCY,
+    MAX_LIMIT,
+    OPERATIONS,
+)
+from batchd.errors import ConfigError, RepositoryError
+from batchd.model.status import BatchStatus
+
+if TYPE_CHECKING:
+    from batchd.repository import SqlJobRepository
 
 
 @click.group()
@@ -57,6 +67,11 @@ DATABASE_URL = click.option(
 def _repository(database_url: str) -> Iterator[SqlJobRepository]:
     """The repository for a ``db`` command; a problem ends the command as ``batchd run``
     ends: one line on stderr, 78 for a bad URL, 69 when the database cannot be used."""
+    from sqlalchemy.exc import DBAPIError
+
+    from batchd.daemon.config import EX_CONFIG
+    from batchd.repository import SqlJobRepository, parse_database_url
+
     try:
         parse_database_url(database_url)
     except RepositoryError as error:
@@ -84,6 +99,8 @@ def _fail_line(message: str, status: int) -> NoReturn:
 @DATABASE_URL
 def db_upgrade(database_url: str) -> None:
     """Create or upgrade the repository schema to the newest revision."""
+    from batchd.repository import migrate
+
     with _repository(database_url) as repository:
         with repository.engine.connect() as conn:
             before = migrate.current_revision(conn)
@@ -100,6 +117,8 @@ def db_upgrade(database_url: str) -> None:
 @DATABASE_URL
 def db_current(database_url: str) -> None:
     """Print the schema revision of the repository and the newest one batchd knows."""
+    from batchd.repository import migrate
+
     with _repository(database_url) as repository, repository.engine.connect() as conn:
         current = migrate.current_revision(conn)
     click.echo(f"current: {current or 'none'}  newest: {migrate.head_revision()}")
@@ -131,6 +150,8 @@ def check_config(config_path: Path) -> None:
 
     Exits 0 if it is good, else 78 (EX_CONFIG) with every problem on stderr.
     """
+    from batchd.daemon.config import EX_CONFIG, load_config
+
     try:
         settings, registry = load_config(config_path)
     except ConfigError as error:
@@ -243,7 +264,9 @@ def _call(op: str, **args: Any) -> Any:
     if options.as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        RENDERERS[op](make_console(), result)
+        from batchd.ctl_render import make_console
+
+        renderer(op)(make_console(), result)
     return result
 
 
@@ -287,35 +310,12 @@ PARAM = click.option(
 )
 
 
-@ctl.command("ping")
-@_ctl_options
-def ctl_ping() -> None:
-    """Is the daemon up? Its version, pid, uptime and database state."""
-    _call("ping")
+def _ctl_command(op: str) -> Callable[[Callable[..., None]], click.Command]:
+    """Register the ``batchd ctl`` command of ``op``; its help is the operation's summary."""
+    return ctl.command(op, help=OPERATIONS[op].summary)
 
 
-@ctl.command("nodes")
-@_ctl_options
-def ctl_nodes() -> None:
-    """The nodes sharing the repository: live or lost, last heartbeat, clock skew."""
-    _call("nodes")
-
-
-@ctl.command("jobs")
-@_ctl_options
-def ctl_jobs() -> None:
-    """The registered jobs."""
-    _call("jobs")
-
-
-@ctl.command("schedules")
-@_ctl_options
-def ctl_schedules() -> None:
-    """The schedules, with their next and last fires."""
-    _call("schedules")
-
-
-@ctl.command("executions")
+@_ctl_command("executions")
 @click.argument("job_argument", metavar="[JOB]", required=False)
 @click.option("--job", help="Only this job's executions.")
 @click.option(
@@ -323,86 +323,43 @@ def ctl_schedules() -> None:
     type=click.Choice([status.value for status in BatchStatus], case_sensitive=False),
     help="Only executions with this status.",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_LIMIT), default=DEFAULT_LIMIT, show_default=True
+)
 @_ctl_options
 def ctl_executions(
     job_argument: str | None, job: str | None, status: str | None, limit: int
 ) -> None:
-    """Executions, newest first, with the progress of running ones."""
     _call("executions", job=job or job_argument, status=status and status.upper(), limit=limit)
 
 
-@ctl.command("execution")
-@click.argument("execution_id", type=int)
-@_ctl_options
-def ctl_execution(execution_id: int) -> None:
-    """One execution and its steps."""
-    _call("execution", id=execution_id)
-
-
-@ctl.command("start")
+@_ctl_command("start")
 @click.argument("job")
 @click.argument("params_json", metavar="[PARAMS]", required=False)
 @PARAM
 @_ctl_options
 def ctl_start(job: str, params_json: str | None, param_pairs: tuple[str, ...]) -> None:
-    """Start JOB with PARAMS (a JSON object) and/or --param NAME=VALUE; returns at once."""
     _call("start", job=job, params=_params(params_json, param_pairs))
 
 
-@ctl.command("stop")
+@_ctl_command("stop")
 @click.argument("job_or_id", required=False)
 @click.option("--backfill", "backfill", type=click.IntRange(1), help="Stop this backfill.")
 @_ctl_options
 def ctl_stop(job_or_id: str | None, backfill: int | None) -> None:
-    """Stop the running executions of a job (by name; and its backfills) or one execution
-    (by id), or a whole backfill (--backfill ID): no further date of it starts."""
     if (job_or_id is None) == (backfill is None):
         raise click.UsageError("give a JOB or an execution id, or --backfill ID")
     _call("stop", **({"backfill": backfill} if backfill is not None else {"job": job_or_id}))
 
 
-@ctl.command("restart")
+@_ctl_command("restart")
 @click.argument("job_or_id")
 @_ctl_options
 def ctl_restart(job_or_id: str) -> None:
-    """Restart a job's newest instance (by name) or an execution's instance (by id)."""
     _call("restart", job=job_or_id)
 
 
-@ctl.command("abandon")
-@click.argument("execution_id", type=int)
-@_ctl_options
-def ctl_abandon(execution_id: int) -> None:
-    """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it is never restarted."""
-    _call("abandon", id=execution_id)
-
-
-@ctl.command("pause")
-@click.argument("schedule")
-@_ctl_options
-def ctl_pause(schedule: str) -> None:
-    """Stop firing a schedule until it is resumed."""
-    _call("pause", schedule=schedule)
-
-
-@ctl.command("resume")
-@click.argument("schedule")
-@_ctl_options
-def ctl_resume(schedule: str) -> None:
-    """Fire a paused schedule on time again."""
-    _call("resume", schedule=schedule)
-
-
-@ctl.command("fire")
-@click.argument("schedule")
-@_ctl_options
-def ctl_fire(schedule: str) -> None:
-    """Fire a schedule now (paused or not)."""
-    _call("fire", schedule=schedule)
-
-
-@ctl.command("backfill")
+@_ctl_command("backfill")
 @click.argument("job")
 @click.option("--from", "first", required=True, metavar="DATE", help="First date (ISO).")
 @click.option("--to", "last", required=True, metavar="DATE", help="Last date (ISO), included.")
@@ -411,7 +368,12 @@ def ctl_fire(schedule: str) -> None:
 )
 @click.option("--params", "params_json", metavar="JSON", help="Other parameters, as JSON.")
 @PARAM
-@click.option("--max-concurrent", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, MAX_BACKFILL_CONCURRENCY),
+    default=DEFAULT_BACKFILL_CONCURRENCY,
+    show_default=True,
+)
 @click.option("--dry-run", is_flag=True, help="Only show which dates would run.")
 @_ctl_options
 def ctl_backfill(
@@ -424,7 +386,6 @@ def ctl_backfill(
     max_concurrent: int,
     dry_run: bool,
 ) -> None:
-    """Run JOB for every date from --from to --to, skipping dates already complete."""
     _call(
         "backfill",
         job=job,
@@ -436,29 +397,43 @@ def ctl_backfill(
     )
 
 
-@ctl.command("reload")
+@_ctl_command("reload")
 @_ctl_options
 def ctl_reload() -> None:
-    """Reload the config (as SIGHUP does); fails if the new config is bad."""
     result = _call("reload")
     if not result.get("accepted"):
         _fail("ReloadRefused", "the new config is bad; batchd keeps the running one (see its log)")
 
 
-@ctl.command("recover")
-@_ctl_options
-def ctl_recover() -> None:
-    """Mark FAILED the running executions whose owner is gone."""
-    _call("recover")
-
-
-@ctl.command("purge")
+@_ctl_command("purge")
 @click.option("--days", type=click.IntRange(min=1), required=True, help="Keep this many days.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @_ctl_options
 def ctl_purge(days: int, dry_run: bool) -> None:
-    """Delete the history of complete instances that ended more than --days days ago."""
     _call("purge", days=days, dry_run=dry_run)
+
+
+# Execution ids are positional integers; other required arguments positional strings.
+_POSITIONAL = {"id": click.argument("id", metavar="EXECUTION_ID", type=int)}
+
+
+def _derived_command(op: str) -> None:
+    """The ``batchd ctl`` command of an operation whose arguments are all required: each one
+    positional, sent as it is."""
+
+    def command(**args: Any) -> None:
+        _call(op, **args)
+
+    for name in reversed(list(OPERATIONS[op].args)):
+        command = _POSITIONAL.get(name, click.argument(name))(command)
+    _ctl_command(op)(_ctl_options(command))
+
+
+# Every operation without a command of its own above gets one from the table.
+for _op, _operation in OPERATIONS.items():
+    if _op not in ctl.commands:
+        assert all(arg.required for arg in _operation.args.values()), _op
+        _derived_command(_op)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""``batchd ctl``: the control socket's client, and the tables it shows people.
+"""``batchd ctl``: the control socket's client.
 
 :class:`ControlClient` sends requests and returns their results (raising
-:class:`ControlError` with the daemon's error type and message). The ``render_*`` functions
-turn results into rich tables; the click commands are in ``batchd.cli``.
+:class:`ControlError` with the daemon's error type and message); :func:`renderer` finds the
+function of :mod:`batchd.ctl_render` that shows an operation's result to people. The click
+commands are in ``batchd.cli``. This module imports nothing heavy: sending a line must not
+cost SQLAlchemy, pydantic or the engine.
 """
 
 from __future__ import annotations
@@ -12,34 +14,23 @@ import json
 import math
 import os
 import socket
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
+from batchd.daemon.protocol import OPERATIONS, PROTOCOL_VERSION
 from batchd.errors import EXIT_ERROR as EXIT_ERROR
 from batchd.errors import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from batchd.errors import ControlError as ControlError
+from batchd.model.status import RUNNING_STATUSES
 
-PROTOCOL_VERSION = 1
+if TYPE_CHECKING:
+    from rich.console import Console
+
 DEFAULT_TIMEOUT = 60.0
-
-RUNNING = ("STARTING", "STARTED", "STOPPING")
-_STATUS_STYLE = {
-    "COMPLETED": "green",
-    "STARTING": "cyan",
-    "STARTED": "cyan",
-    "STOPPING": "yellow",
-    "STOPPED": "yellow",
-    "FAILED": "bold red",
-    "ABANDONED": "magenta",
-    "UNKNOWN": "bold red",
-}
+RUNNING = tuple(sorted(RUNNING_STATUSES))  # the statuses of executions still running
 
 
 def socket_path(socket_option: Path | None, config: Path | None) -> Path:
@@ -193,325 +184,9 @@ def _not_a_number(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# ---------------------------------------------------------------------------- formatting
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def local_time(value: str | None) -> str:
-    """An ISO UTC time from the daemon, in the local time zone to the second."""
-    moment = parse_time(value)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else ""
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def elapsed(start: str | None, end: str | None, now: datetime | None = None) -> float | None:
-    began = parse_time(start)
-    if began is None:
-        return None
-    ended = parse_time(end) or now or datetime.now(UTC)
-    return max(0.0, (ended - began).total_seconds())
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-
-
-def status_text(status: str | None) -> Text:
-    return Text(status or "", style=_STATUS_STYLE.get(status or "", ""))
-
-
-def progress(execution: Mapping[str, Any], now: datetime | None = None) -> str:
-    """What a running execution has done so far: the running step's items read and written
-    and its read rate (for a partitioned step, summed over its running partitions)."""
-    if execution.get("status") not in RUNNING:
-        return ""
-    running = [step for step in execution.get("steps", []) if step.get("status") in RUNNING]
-    if not running:
-        return "starting" if execution.get("status") == "STARTING" else ""
-    partitions = [step for step in running if ":" in step["name"]]
-    counted = partitions or running[-1:]
-    name = counted[0]["name"].split(":")[0]
-    read = sum(int(step.get("read_count", 0)) for step in counted)
-    written = sum(int(step.get("write_count", 0)) for step in counted)
-    starts = [parse_time(step.get("start_time")) for step in counted]
-    began = min((moment for moment in starts if moment is not None), default=None)
-    seconds = ((now or datetime.now(UTC)) - began).total_seconds() if began else 0.0
-    rate = f", {read / seconds:,.0f} items/s" if seconds > 0 else ""
-    parts = f" ({len(partitions)} partitions)" if partitions else ""
-    return f"{name}{parts}: {read:,} read, {written:,} written{rate}"
-
-
-def make_console() -> Console:
-    """A console for stdout: on a terminal as wide as it is; piped, wide enough that rows do
-    not wrap (for grep and friends) unless ``COLUMNS`` says otherwise."""
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=200)
-    return console
-
-
-def executions_table(executions: list[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("ID", "JOB", "PARAMS", "STATUS", "NODE", "START", "DURATION", "PROGRESS"):
-        table.add_column(
-            column,
-            justify="right" if column == "ID" else "left",
-            no_wrap=column in ("ID", "STATUS", "START", "DURATION"),
-        )
-    for execution in executions:
-        table.add_row(
-            str(execution["id"]),
-            str(execution["job"]),
-            compact(execution.get("params", {})),
-            status_text(execution.get("status")),
-            str(execution.get("node") or ""),
-            local_time(execution.get("start_time") or execution.get("create_time")),
-            duration(elapsed(execution.get("start_time"), execution.get("end_time"), now)),
-            progress(execution, now),
-        )
-    return table
-
-
-def steps_table(steps: list[Mapping[str, Any]], now: datetime | None = None) -> Table:
-    table = Table(show_edge=False, pad_edge=False)
-    columns = ("STEP", "STATUS", "READ", "WRITTEN", "FILTERED", "SKIPPED", "COMMITS")
-    for column in (*columns, "ROLLBACKS", "DURATION"):
-        table.add_column(
-            column,
-            justify="left" if column in ("STEP", "STATUS") else "right",
-            no_wrap=column != "STEP",
-        )
-    for step in steps:
-        skipped = sum(
-            int(step.get(key, 0))
-            for key in ("read_skip_count", "process_skip_count", "write_skip_count")
-        )
-        table.add_row(
-            str(step["name"]),
-            status_text(step.get("status")),
-            f"{int(step.get('read_count', 0)):,}",
-            f"{int(step.get('write_count', 0)):,}",
-            f"{int(step.get('filter_count', 0)):,}",
-            f"{skipped:,}",
-            f"{int(step.get('commit_count', 0)):,}",
-            f"{int(step.get('rollback_count', 0)):,}",
-            duration(elapsed(step.get("start_time"), step.get("end_time"), now)),
-        )
-    return table
-
-
-def render_execution(console: Console, execution: Mapping[str, Any]) -> None:
-    """One execution in detail: its fields, then a table of its steps."""
-    fields = Table.grid(padding=(0, 2))
-    fields.add_column(style="bold")
-    fields.add_column()
-    fields.add_row("execution", str(execution["id"]))
-    fields.add_row("job", str(execution["job"]))
-    fields.add_row("instance", str(execution.get("instance_id")))
-    fields.add_row("params", compact(execution.get("params", {})))
-    fields.add_row("status", status_text(execution.get("status")))
-    fields.add_row("node", str(execution.get("node") or ""))
-    fields.add_row("created", local_time(execution.get("create_time")))
-    fields.add_row("started", local_time(execution.get("start_time")))
-    fields.add_row("ended", local_time(execution.get("end_time")))
-    fields.add_row(
-        "duration", duration(elapsed(execution.get("start_time"), execution.get("end_time")))
+def renderer(op: str) -> Callable[[Console, Any], None]:
+    """The function that shows the result of ``op`` to people (rich is imported only now)."""
+    function: Callable[[Console, Any], None] = getattr(
+        import_module("batchd.ctl_render"), OPERATIONS[op].renderer
     )
-    if execution.get("status") in RUNNING:
-        fields.add_row("progress", progress(execution))
-    if execution.get("exit_message"):
-        fields.add_row("exit message", Text(str(execution["exit_message"])))
-    console.print(fields)
-    if execution.get("steps"):
-        console.print()
-        console.print(steps_table(execution["steps"]))
-
-
-def render_executions(console: Console, result: Mapping[str, Any]) -> None:
-    executions = result.get("executions", [])
-    if not executions:
-        console.print("no executions")
-        return
-    console.print(executions_table(executions))
-
-
-def render_ping(console: Console, result: Mapping[str, Any]) -> None:
-    console.print(
-        f"batchd {result.get('version')} node {result.get('node')} pid {result.get('pid')}, "
-        f"up {duration(result.get('uptime_seconds'))}, database {result.get('database')}"
-    )
-
-
-def render_nodes(console: Console, result: Mapping[str, Any]) -> None:
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("NODE", "HOST", "PID", "STATE", "LAST HEARTBEAT", "STARTED", "CLOCK SKEW"):
-        table.add_column(column, justify="right" if column == "PID" else "left")
-    for node in result.get("nodes", []):
-        name = str(node["name"]) + (" (this)" if node.get("this") else "")
-        table.add_row(
-            name,
-            str(node.get("host", "")),
-            str(node.get("pid", "")),
-            Text("live", style="green") if node.get("live") else Text("lost", style="red"),
-            local_time(node.get("heartbeat")),
-            local_time(node.get("started_at")),
-            f"{float(node.get('clock_skew_seconds') or 0):+.3f}s",
-        )
-    console.print(table)
-
-
-def render_jobs(console: Console, result: Mapping[str, Any]) -> None:
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("JOB", "STEPS", "RESTARTABLE", "PARAMETERS"):
-        table.add_column(column)
-    for job in result.get("jobs", []):
-        table.add_row(
-            str(job["name"]),
-            ", ".join(job.get("steps", [])),
-            "yes" if job.get("restartable") else "no",
-            str(job.get("params_model") or ""),
-        )
-    console.print(table)
-
-
-def render_schedules(console: Console, result: Mapping[str, Any]) -> None:
-    schedules = result.get("schedules", [])
-    if not schedules:
-        console.print("no schedules")
-        return
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("SCHEDULE", "JOB", "TRIGGER", "STATE", "NEXT FIRE", "LAST FIRE", "OUTCOME"):
-        table.add_column(column)
-    for schedule in schedules:
-        table.add_row(
-            str(schedule["name"]),
-            str(schedule.get("job")),
-            str(schedule.get("trigger")),
-            Text("paused", style="yellow") if schedule.get("paused") else Text("active"),
-            local_time(schedule.get("next_fire_time")),
-            local_time(schedule.get("last_fire")),
-            str(schedule.get("last_outcome") or ""),
-        )
-    console.print(table)
-
-
-def render_started(console: Console, execution: Mapping[str, Any]) -> None:
-    console.print(
-        f"execution {execution['id']} of {execution['job']} "
-        f"{compact(execution.get('params', {}))}: {execution.get('status')}"
-    )
-
-
-def render_stopped(console: Console, result: Mapping[str, Any]) -> None:
-    stopped = result.get("stopped", [])
-    for backfill in result.get("backfills", []):
-        console.print(
-            f"backfill {backfill.get('backfill')} of {backfill.get('job')} "
-            f"{backfill.get('state')}: {backfill.get('summary')}"
-        )
-    if not stopped:
-        console.print("nothing running to stop")
-        return
-    console.print(f"asked {len(stopped)} execution(s) to stop:")
-    console.print(executions_table(stopped))
-
-
-def render_schedule_state(console: Console, result: Mapping[str, Any]) -> None:
-    state = "paused" if result.get("paused") else "resumed"
-    console.print(f"schedule {result.get('schedule')} {state}")
-
-
-def render_fire(console: Console, result: Mapping[str, Any]) -> None:
-    line = f"schedule {result.get('schedule')} fired: {result.get('outcome')}"
-    if result.get("execution_id") is not None:
-        line += f", execution {result['execution_id']} {compact(result.get('params'))}"
-    elif result.get("message"):
-        line += f" ({result['message']})"
-    console.print(line)
-
-
-def render_backfill(console: Console, result: Mapping[str, Any]) -> None:
-    dates = result.get("dates", [])
-    skipped = result.get("skipped", [])
-    verb = "would start" if result.get("dry_run") else "starting"
-    number = f" {result['backfill']}" if result.get("backfill") is not None else ""
-    console.print(
-        f"backfill{number} of {result.get('job')} from {result.get('from')} to {result.get('to')}: "
-        f"{verb} {len(dates)} date(s), {result.get('max_concurrent')} at a time; "
-        f"{len(skipped)} skipped"
-    )
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("DATE", "ACTION", "EXECUTION"):
-        table.add_column(column)
-    rows = [(day, Text("run", style="cyan"), "") for day in dates]
-    rows += [
-        (
-            item["date"],
-            Text(f"skip ({item.get('status')})", style="dim"),
-            str(item.get("execution_id", "")),
-        )
-        for item in skipped
-    ]
-    for row in sorted(rows, key=lambda row: str(row[0])):
-        table.add_row(*row)
-    if rows:
-        console.print(table)
-
-
-def render_reload(console: Console, result: Mapping[str, Any]) -> None:
-    if result.get("accepted"):
-        console.print(
-            f"config reloaded: {result.get('schedules')} schedules, {result.get('watches')} watches"
-        )
-
-
-def render_recover(console: Console, result: Mapping[str, Any]) -> None:
-    recovered = result.get("recovered", [])
-    if not recovered:
-        console.print("nothing to recover")
-        return
-    console.print(f"{len(recovered)} execution(s) marked FAILED by recovery:")
-    console.print(executions_table(recovered))
-
-
-def render_purge(console: Console, result: Mapping[str, Any]) -> None:
-    verb = "would purge" if result.get("dry_run") else "purged"
-    console.print(
-        f"{verb} {result.get('executions')} executions ({result.get('step_executions')} step "
-        f"executions) and {result.get('instances')} instances of complete jobs that ended "
-        f"before {local_time(result.get('before'))} ({result.get('days')} days ago)"
-    )
-
-
-RENDERERS: dict[str, Callable[[Console, Any], None]] = {
-    "ping": render_ping,
-    "nodes": render_nodes,
-    "jobs": render_jobs,
-    "schedules": render_schedules,
-    "executions": render_executions,
-    "execution": render_execution,
-    "start": render_started,
-    "stop": render_stopped,
-    "restart": render_started,
-    "abandon": render_started,
-    "pause": render_schedule_state,
-    "resume": render_schedule_state,
-    "fire": render_fire,
-    "backfill": render_backfill,
-    "reload": render_reload,
-    "recover": render_recover,
-    "purge": render_purge,
-}
+    return function

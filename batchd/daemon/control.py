@@ -12,8 +12,9 @@ user, users named in ``control.allowed_users`` and members of ``control.allowed_
 (primary or supplementary group) may talk to the daemon; others get one
 ``PermissionDenied`` response and are disconnected.
 
-What each operation takes and answers is in :mod:`batchd.daemon.protocol` and the
-``_op_*`` methods below.
+What each operation takes is in :mod:`batchd.daemon.protocol`, what it does and answers in
+:mod:`batchd.daemon.handlers`; the server reaches the daemon only through
+:class:`~batchd.daemon.api.DaemonControl`.
 """
 
 from __future__ import annotations
@@ -25,48 +26,38 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import text
-
-from batchd import __version__
-from batchd.daemon.backfill import plan_backfill
+from batchd.daemon.api import DaemonControl
+from batchd.daemon.handlers import Handlers
 from batchd.daemon.peers import peer_allowed, peer_credentials
 from batchd.daemon.protocol import (
-    BAD_REQUEST,
     BUSY,
+    DENIED_OP,
     INTERNAL_ERROR,
-    MAX_BACKFILL_DAYS,
+    INVALID_OP,
     MAX_REQUEST_BYTES,
+    OPERATIONS,
     PERMISSION_DENIED,
     REQUEST_TOO_LARGE,
     ProtocolError,
     encode,
     error,
-    execution_view,
-    iso,
     ok,
     parse_request,
 )
 from batchd.engine.listeners import notify
 from batchd.errors import BatchError
-from batchd.model import BatchStatus
-
-if TYPE_CHECKING:
-    from batchd.daemon.service import Daemon
 
 log = logging.getLogger(__name__)
 
 _MAX_SUN_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
-INVALID_OP = "invalid"  # the ``op`` reported to the listener for unparseable requests
-DENIED_OP = "denied"  # ... and for peers that are refused
 
 
 class ControlServer:
-    """Serves the control socket of a running :class:`~batchd.daemon.service.Daemon`.
+    """Serves the control socket of a running daemon.
 
     ``listener``, if it has ``on_control_request(op, outcome)``, hears every request
     (``outcome`` ``"ok"`` or ``"error"``; ``op`` is ``"invalid"`` for a request that names no
@@ -75,24 +66,23 @@ class ControlServer:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: DaemonControl,
         listener: object | None = None,
         *,
         read_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         max_connections: int = 64,
     ) -> None:
-        self.daemon = daemon
+        self.handlers = Handlers(daemon)
         self.listener = listener
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        control = daemon.settings.control
+        control = daemon.control_settings()
         self.path = Path(control.socket)
         self.mode = int(control.mode, 8)
         self.allowed_users = list(control.allowed_users)
         self.allowed_groups = list(control.allowed_groups)
-        self.started_at = time.monotonic()
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -100,11 +90,6 @@ class ControlServer:
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
-        self._handlers: dict[str, Callable[..., Any]] = {
-            name.removeprefix("_op_"): getattr(self, name)
-            for name in dir(self)
-            if name.startswith("_op_")
-        }
 
     # ------------------------------------------------------------------ socket
 
@@ -383,9 +368,9 @@ class ControlServer:
         try:
             request = parse_request(line)
             op = request.op
-            if op not in _READ_ONLY:
+            if not OPERATIONS[op].read_only:
                 log.info("control: %s from %s %s", op, peer, _summary(request.args))
-            response = ok(self._handlers[op](**request.args))
+            response = ok(getattr(self.handlers, op)(**request.args))
         except ProtocolError as problem:
             op = problem.op or op
             response = error(problem.type, problem.message)
@@ -399,192 +384,6 @@ class ControlServer:
 
     def _count(self, op: str, outcome: str) -> None:
         notify(self.listener, "on_control_request", op, outcome)
-
-    # -------------------------------------------------------------- operations
-
-    def _op_ping(self) -> dict[str, Any]:
-        try:
-            with self.daemon.operator.repository.reading() as conn:
-                conn.execute(text("SELECT 1"))
-            database = "ok"
-        except Exception as problem:
-            lines = str(problem).strip().splitlines()
-            database = f"{type(problem).__name__}: {lines[0] if lines else ''}"
-        membership = self.daemon.membership
-        if database == "ok" and not membership.database_up:
-            database = f"unreachable at the last heartbeat: {membership.last_error}"
-        return {
-            "pong": True,
-            "version": __version__,
-            "node": membership.name,
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
-            "database": database,
-            "clock_skew_seconds": round(membership.clock.skew_seconds, 3),
-        }
-
-    def _op_nodes(self) -> dict[str, Any]:
-        membership = self.daemon.membership
-        return {
-            "lease_seconds": membership.lease.total_seconds(),
-            "nodes": [
-                {
-                    "name": node.name,
-                    "host": node.host,
-                    "pid": node.pid,
-                    "started_at": iso(node.started_at),
-                    "heartbeat": iso(node.heartbeat),
-                    "live": live,
-                    "clock_skew_seconds": node.clock_offset,
-                    "this": node.name == membership.name,
-                }
-                for node, live in membership.nodes()
-            ],
-        }
-
-    def _op_jobs(self) -> dict[str, Any]:
-        return {"jobs": [job.describe() for job in self.daemon.operator.registry.jobs()]}
-
-    def _op_schedules(self) -> dict[str, Any]:
-        return {"schedules": self.daemon.scheduler.describe()}
-
-    def _op_executions(
-        self, job: str | None, status: BatchStatus | None, limit: int
-    ) -> dict[str, Any]:
-        found = self.daemon.operator.list_executions(job_name=job, status=status, limit=limit)
-        return {"executions": [execution_view(execution) for execution in found]}
-
-    def _op_execution(self, id: int) -> dict[str, Any]:
-        return execution_view(self.daemon.operator.get_execution(id))
-
-    def _op_start(self, job: str, params: dict[str, Any] | str) -> dict[str, Any]:
-        created = self.daemon.operator.start_async(job, params)
-        return self._fresh_view(created.id)
-
-    def _op_stop(
-        self, job: str | int | None, id: int | None, backfill: int | None
-    ) -> dict[str, Any]:
-        """Stop executions; stopping a job (or a backfill by its id) first halts the job's
-        backfills on this daemon, so that no further date of theirs starts."""
-        backfills = self.daemon.backfills
-        if backfill is not None:
-            halted = [backfills.get(backfill)]
-        elif isinstance(job, str) and not job.strip().isdigit():
-            halted = backfills.of_job(job)
-        else:
-            halted = []
-        stopped = {}
-        for each in halted:
-            for execution in backfills.stop(each, "stopped by request"):
-                stopped[execution.id] = execution
-        target = job if job is not None else id
-        if target is not None:
-            for execution in self.daemon.operator.stop(target):
-                stopped[execution.id] = execution
-        return {
-            "stopped": [execution_view(execution) for execution in stopped.values()],
-            "backfills": [each.view() for each in halted],
-        }
-
-    def _op_restart(self, job: str | int | None, id: int | None) -> dict[str, Any]:
-        target = job if job is not None else id
-        assert target is not None
-        created = self.daemon.operator.restart_async(target)
-        return self._fresh_view(created.id)
-
-    def _fresh_view(self, execution_id: int) -> dict[str, Any]:
-        # Read back rather than send the record start_async returned: the job's thread
-        # may already be updating that very object.
-        return execution_view(self.daemon.operator.get_execution(execution_id))
-
-    def _op_abandon(self, id: int) -> dict[str, Any]:
-        return execution_view(self.daemon.operator.abandon(id))
-
-    def _op_pause(self, schedule: str) -> dict[str, Any]:
-        self.daemon.scheduler.pause(schedule)
-        return {"schedule": schedule, "paused": True}
-
-    def _op_resume(self, schedule: str) -> dict[str, Any]:
-        self.daemon.scheduler.resume(schedule)
-        return {"schedule": schedule, "paused": False}
-
-    def _op_fire(self, schedule: str) -> dict[str, Any]:
-        outcome = self.daemon.scheduler.fire(schedule)
-        last = self.daemon.scheduler.last_result(schedule)
-        return {
-            "schedule": schedule,
-            "outcome": outcome,
-            "fire_time": iso(last.fire_time) if last is not None else None,
-            "execution_id": last.execution_id if last is not None else None,
-            "params": last.params if last is not None else None,
-            "message": last.message if last is not None else None,
-        }
-
-    def _op_backfill(
-        self,
-        job: str,
-        first: date,
-        last: date,
-        param: str,
-        params: dict[str, Any],
-        max_concurrent: int,
-        dry_run: bool,
-    ) -> dict[str, Any]:
-        if last < first:
-            raise ProtocolError(BAD_REQUEST, f"'to' ({last}) is before 'from' ({first})")
-        days = (last - first).days + 1
-        if days > MAX_BACKFILL_DAYS:
-            raise ProtocolError(
-                BAD_REQUEST, f"{days} dates is more than one backfill runs ({MAX_BACKFILL_DAYS})"
-            )
-        plan = plan_backfill(self.daemon.operator, job, first, last, param, params)
-        backfill = None
-        if plan.to_run and not dry_run:
-            backfill = self.daemon.backfills.start(job, first, last, param, plan, max_concurrent)
-        return {
-            "backfill": backfill.id if backfill is not None else None,
-            "job": job,
-            "param": param,
-            "from": first.isoformat(),
-            "to": last.isoformat(),
-            "dry_run": dry_run,
-            "max_concurrent": max_concurrent,
-            "dates": [item.date for item in plan.to_run],
-            "skipped": plan.skipped,
-        }
-
-    def _op_reload(self) -> dict[str, Any]:
-        accepted = self.daemon.reload("control socket")
-        settings = self.daemon.settings
-        return {
-            "accepted": accepted,
-            "schedules": len(settings.schedules),
-            "watches": len(settings.watches),
-        }
-
-    def _op_recover(self) -> dict[str, Any]:
-        recovered, trusted = self.daemon.recover(raise_errors=True)
-        return {
-            "recovered": [execution_view(execution) for execution in recovered],
-            "heartbeats_trusted": trusted,
-        }
-
-    def _op_purge(self, days: int, dry_run: bool) -> dict[str, Any]:
-        repository = self.daemon.operator.repository
-        before = repository.clock() - timedelta(days=days)
-        counts = repository.purge(before, dry_run=dry_run)
-        return {
-            "days": days,
-            "before": iso(before),
-            "dry_run": dry_run,
-            "executions": counts.executions,
-            "step_executions": counts.step_executions,
-            "instances": counts.instances,
-        }
-
-
-# Operations that change nothing: not logged at INFO level (monitoring polls them).
-_READ_ONLY = frozenset({"ping", "nodes", "jobs", "schedules", "executions", "execution"})
 
 
 def _summary(args: dict[str, Any]) -> str:

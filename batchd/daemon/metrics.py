@@ -52,6 +52,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from batchd import __version__
 from batchd.daemon.metrics_http import MetricsListener, parse_listen
+from batchd.daemon.protocol import DENIED_OP, INVALID_OP, OPERATIONS
 from batchd.model import BatchStatus, JobExecution, StepExecution
 from batchd.repository import SqlJobRepository
 
@@ -107,33 +108,13 @@ DURATION_BUCKETS = (
     21600.0,
 )
 
-#: Operations of the control socket (DESIGN §4). The ``op`` label is one of them,
-#: "denied" (a refused peer) or "invalid" (anything else: unreadable requests, unknown
-#: operations), so that random requests cannot create series without end.
-CONTROL_OPS = frozenset(
-    {
-        "ping",
-        "nodes",
-        "jobs",
-        "schedules",
-        "executions",
-        "execution",
-        "start",
-        "stop",
-        "restart",
-        "abandon",
-        "pause",
-        "resume",
-        "fire",
-        "backfill",
-        "reload",
-        "recover",
-        "purge",
-    }
-)
+#: Operations of the control socket (DESIGN §4), from its one table. The ``op`` label is
+#: one of them, "denied" (a refused peer) or "invalid" (anything else: unreadable requests,
+#: unknown operations), so that random requests cannot create series without end.
+CONTROL_OPS = frozenset(OPERATIONS)
 #: At most this many distinct control ``outcome`` values; later ones are counted as "other".
 MAX_CONTROL_OUTCOMES = 8
-_CONTROL_OP_LABELS = CONTROL_OPS | {"invalid", "denied"}
+_CONTROL_OP_LABELS = CONTROL_OPS | {INVALID_OP, DENIED_OP}
 _OUTCOME_VALUE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 # Final statuses whose execution counters exist (at 0) as soon as a job is known, so that
@@ -549,7 +530,7 @@ class Metrics:
         """``op`` may come straight from a client: anything but an operation of
         :data:`CONTROL_OPS` or "denied" is counted as "invalid", and at most
         :data:`MAX_CONTROL_OUTCOMES` outcomes ("ok", "error") are told apart."""
-        op_label = op if isinstance(op, str) and op in _CONTROL_OP_LABELS else "invalid"
+        op_label = op if isinstance(op, str) and op in _CONTROL_OP_LABELS else INVALID_OP
         outcome_label = "other"
         if isinstance(outcome, str) and _OUTCOME_VALUE.fullmatch(outcome):
             with self._lock:

@@ -4,9 +4,15 @@ A request is a JSON object ``{"v": 1, "op": "<operation>", <arguments>...}`` on 
 most :data:`MAX_REQUEST_BYTES` bytes; ``v`` may be left out (it defaults to 1). A response is
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"type": ..., "message": ...}}``.
 
+:data:`OPERATIONS` is the one list of operations: for each, its arguments, whether it changes
+anything, its one-line help and the function of :mod:`batchd.ctl_render` that shows its
+result. The server (its handlers in :mod:`batchd.daemon.handlers`), the metrics' ``op`` label,
+``batchd ctl`` and its commands are all derived from it.
+
 This module parses and validates requests (:func:`parse_request`, which raises
 :class:`ProtocolError` with the error type to send) and turns records into their JSON form
-(:func:`execution_view`). It does no I/O: the server is ``batchd.daemon.control``.
+(:func:`execution_view`). It does no I/O: the server is ``batchd.daemon.control``, the client
+``batchd.ctl``. It imports nothing heavy, so that ``batchd ctl`` can read the table cheaply.
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchd.errors import ProtocolError as ProtocolError
-from batchd.model import BatchStatus, JobExecution, StepExecution
+from batchd.model.status import BatchStatus
+
+if TYPE_CHECKING:
+    from batchd.model import JobExecution, StepExecution
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 65536  # a request line longer than this (newline excluded) is refused
 MAX_LIMIT = 1000  # most executions one ``executions`` request returns
+DEFAULT_LIMIT = 50
 MAX_BACKFILL_DAYS = 3660  # about ten years: a typo in a year must not start 100,000 runs
 MAX_BACKFILL_CONCURRENCY = 64
+DEFAULT_BACKFILL_CONCURRENCY = 2
+MAX_PURGE_DAYS = 100_000
 _MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names no execution
 _MAX_NAME = 200  # job and schedule names are String(200) in the repository
 _SHOWN = 60  # characters of a bad value repeated in an error message
@@ -37,6 +49,11 @@ UNSUPPORTED_VERSION = "UnsupportedVersion"
 PERMISSION_DENIED = "PermissionDenied"
 BUSY = "Busy"
 INTERNAL_ERROR = "InternalError"
+
+# The ``op`` reported to listeners (the metrics' label) for a request that names no known
+# operation or cannot be read, and for a peer that is refused.
+INVALID_OP = "invalid"
+DENIED_OP = "denied"
 
 
 def shown(value: Any) -> str:
@@ -146,50 +163,107 @@ class Arg:
 
 @dataclass(frozen=True)
 class Operation:
-    """An operation's arguments; ``one_of`` names arguments of which exactly one is given."""
+    """One operation: ``summary`` is the help of its ``batchd ctl`` command; ``args`` its
+    arguments, ``one_of`` those of which exactly one is given; ``read_only`` operations
+    change nothing (the server does not log them at INFO level: monitoring polls them);
+    ``renderer`` names the function of :mod:`batchd.ctl_render` that shows the result."""
 
+    summary: str
+    renderer: str
     args: Mapping[str, Arg] = field(default_factory=dict)
     one_of: tuple[str, ...] = ()
+    read_only: bool = False
 
+
+_SCHEDULE = {"schedule": Arg(_name, required=True)}
+_EXECUTION_ID = {"id": Arg(_execution_id, required=True)}
 
 OPERATIONS: dict[str, Operation] = {
-    "ping": Operation(),
-    "nodes": Operation(),
-    "jobs": Operation(),
-    "schedules": Operation(),
+    "ping": Operation(
+        "Is the daemon up? Its version, pid, uptime and database state.",
+        "render_ping",
+        read_only=True,
+    ),
+    "nodes": Operation(
+        "The nodes sharing the repository: live or lost, last heartbeat, clock skew.",
+        "render_nodes",
+        read_only=True,
+    ),
+    "jobs": Operation("The registered jobs.", "render_jobs", read_only=True),
+    "schedules": Operation(
+        "The schedules, with their next and last fires.", "render_schedules", read_only=True
+    ),
     "executions": Operation(
+        "Executions, newest first, with the progress of running ones.",
+        "render_executions",
         {
             "job": Arg(_name),
             "status": Arg(_status),
-            "limit": Arg(_integer(1, MAX_LIMIT), default=50),
-        }
+            "limit": Arg(_integer(1, MAX_LIMIT), default=DEFAULT_LIMIT),
+        },
+        read_only=True,
     ),
-    "execution": Operation({"id": Arg(_execution_id, required=True)}),
-    "start": Operation({"job": Arg(_name, required=True), "params": Arg(_params, default={})}),
+    "execution": Operation(
+        "One execution and its steps.", "render_execution", _EXECUTION_ID, read_only=True
+    ),
+    "start": Operation(
+        "Start JOB with PARAMS (a JSON object) and/or --param NAME=VALUE; returns at once.",
+        "render_started",
+        {"job": Arg(_name, required=True), "params": Arg(_params, default={})},
+    ),
     "stop": Operation(
+        "Stop the running executions of a job (by name; and its backfills) or one execution "
+        "(by id), or a whole backfill (--backfill ID): no further date of it starts.",
+        "render_stopped",
         {"job": Arg(_job_or_id), "id": Arg(_execution_id), "backfill": Arg(_backfill_id)},
         one_of=("job", "id", "backfill"),
     ),
-    "restart": Operation({"job": Arg(_job_or_id), "id": Arg(_execution_id)}, one_of=("job", "id")),
-    "abandon": Operation({"id": Arg(_execution_id, required=True)}),
-    "pause": Operation({"schedule": Arg(_name, required=True)}),
-    "resume": Operation({"schedule": Arg(_name, required=True)}),
-    "fire": Operation({"schedule": Arg(_name, required=True)}),
+    "restart": Operation(
+        "Restart a job's newest instance (by name) or an execution's instance (by id).",
+        "render_started",
+        {"job": Arg(_job_or_id), "id": Arg(_execution_id)},
+        one_of=("job", "id"),
+    ),
+    "abandon": Operation(
+        "Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it is never restarted.",
+        "render_started",
+        _EXECUTION_ID,
+    ),
+    "pause": Operation(
+        "Stop firing a schedule until it is resumed.", "render_schedule_state", _SCHEDULE
+    ),
+    "resume": Operation(
+        "Fire a paused schedule on time again.", "render_schedule_state", _SCHEDULE
+    ),
+    "fire": Operation("Fire a schedule now (paused or not).", "render_fire", _SCHEDULE),
     "backfill": Operation(
+        "Run JOB for every date from --from to --to, skipping dates already complete.",
+        "render_backfill",
         {
             "job": Arg(_name, required=True),
             "from": Arg(_iso_date, required=True, dest="first"),
             "to": Arg(_iso_date, required=True, dest="last"),
             "param": Arg(_name, default="date"),
             "params": Arg(_object, default={}),
-            "max_concurrent": Arg(_integer(1, MAX_BACKFILL_CONCURRENCY), default=2),
+            "max_concurrent": Arg(
+                _integer(1, MAX_BACKFILL_CONCURRENCY), default=DEFAULT_BACKFILL_CONCURRENCY
+            ),
             "dry_run": Arg(_boolean, default=False),
-        }
+        },
     ),
-    "reload": Operation(),
-    "recover": Operation(),
+    "reload": Operation(
+        "Reload the config (as SIGHUP does); fails if the new config is bad.", "render_reload"
+    ),
+    "recover": Operation(
+        "Mark FAILED the running executions whose owner is gone.", "render_recover"
+    ),
     "purge": Operation(
-        {"days": Arg(_integer(1, 100_000), required=True), "dry_run": Arg(_boolean, default=False)}
+        "Delete the history of complete instances that ended more than --days days ago.",
+        "render_purge",
+        {
+            "days": Arg(_integer(1, MAX_PURGE_DAYS), required=True),
+            "dry_run": Arg(_boolean, default=False),
+        },
     ),
 }
 

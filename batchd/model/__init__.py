@@ -1,13 +1,13 @@
-"""The data model of batchd: statuses, parameters, records and contexts (no I/O)."""
+"""The data model of batchd: statuses, parameters, records and contexts (no I/O).
+
+Parameters (pydantic) and the chunk transaction (SQLAlchemy) are imported when first used,
+so that reading a status or a record costs no heavy import (``batchd ctl`` reads them).
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from batchd.model.context import ChunkContext, ExecutionContext, StepContext
-from batchd.model.params import (
-    JobParameters,
-    RawParams,
-    build_parameters,
-    canonical_json,
-    job_key,
-)
 from batchd.model.records import (
     PARTITION_KEY,
     PLAN_KEY,
@@ -17,11 +17,41 @@ from batchd.model.records import (
     StepExecution,
 )
 from batchd.model.status import RESTARTABLE_STATUSES, RUNNING_STATUSES, BatchStatus
-from batchd.model.transaction import (
-    ChunkTransaction,
-    current_chunk_transaction,
-    database_identity,
-)
+
+if TYPE_CHECKING:
+    from batchd.model.params import (
+        JobParameters,
+        RawParams,
+        build_parameters,
+        canonical_json,
+        job_key,
+    )
+    from batchd.model.transaction import (
+        ChunkTransaction,
+        current_chunk_transaction,
+        database_identity,
+    )
+
+_LAZY = {
+    "JobParameters": "batchd.model.params",
+    "RawParams": "batchd.model.params",
+    "build_parameters": "batchd.model.params",
+    "canonical_json": "batchd.model.params",
+    "job_key": "batchd.model.params",
+    "ChunkTransaction": "batchd.model.transaction",
+    "current_chunk_transaction": "batchd.model.transaction",
+    "database_identity": "batchd.model.transaction",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PARTITION_KEY",

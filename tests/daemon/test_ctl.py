@@ -225,3 +225,45 @@ def test_schedules_backfill_purge_reload_recover(launch: Launch, tmp_path: Path)
     launched.daemon.config_path.write_text(control_config(tmp_path, "[[schedules]]\nname = 1\n"))
     refused = ctl("reload", "--socket", sock)
     assert refused.returncode == 1 and refused.stderr.startswith("batchd: ReloadRefused: ")
+
+
+def test_every_operation_has_a_handler_a_renderer_and_a_command() -> None:
+    """The protocol's table is the one list of operations: the server's handlers, the
+    renderers of ``batchd ctl``, its commands and the metrics' labels all follow it."""
+    import batchd.ctl_render
+    from batchd.cli import ctl as ctl_group
+    from batchd.daemon.handlers import Handlers
+    from batchd.daemon.metrics import CONTROL_OPS
+    from batchd.daemon.protocol import OPERATIONS
+
+    handlers = {name for name in vars(Handlers) if not name.startswith("_")}
+    assert handlers == set(OPERATIONS)
+    assert set(ctl_group.commands) == set(OPERATIONS)
+    assert set(OPERATIONS) == CONTROL_OPS
+    for op, operation in OPERATIONS.items():
+        assert callable(getattr(batchd.ctl_render, operation.renderer, None)), op
+        assert ctl_group.commands[op].help == operation.summary
+
+
+HEAVY = ("sqlalchemy", "pydantic", "apscheduler", "batchd.engine", "batchd.repository")
+
+
+def test_ctl_sends_a_line_without_importing_the_heavy_modules(launch: Launch) -> None:  # noqa: F811
+    launched = launch()
+    script = (
+        "import json, sys\n"
+        "from batchd.cli import main\n"
+        "main(['ctl', '--socket', sys.argv[1], 'ping'], standalone_mode=False)\n"
+        f"print(json.dumps(sorted(name for name in {HEAVY!r} if name in sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(launched.socket)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    pong, imported = result.stdout.strip().splitlines()
+    assert "database ok" in pong
+    assert json.loads(imported) == []

@@ -1,0 +1,198 @@
+"""What each control operation does: :class:`Handlers` has one method per operation of
+:data:`~batchd.daemon.protocol.OPERATIONS`, named like it, taking its checked arguments and
+returning its JSON result. It acts on the daemon only through
+:class:`~batchd.daemon.api.DaemonControl`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from batchd import __version__
+from batchd.daemon.api import DaemonControl
+from batchd.daemon.protocol import (
+    BAD_REQUEST,
+    MAX_BACKFILL_DAYS,
+    OPERATIONS,
+    ProtocolError,
+    execution_view,
+    iso,
+)
+from batchd.model import BatchStatus, JobExecution
+
+
+class Handlers:
+    """The operations of the control socket, carried out on ``daemon``."""
+
+    def __init__(self, daemon: DaemonControl) -> None:
+        self.daemon = daemon
+        self.started_at = time.monotonic()
+        missing = [op for op in OPERATIONS if not callable(getattr(self, op, None))]
+        if missing:  # the table and this class are out of step: a bug, found at start-up
+            raise TypeError(f"no handler for the control operations {missing}")
+
+    def ping(self) -> dict[str, Any]:
+        daemon = self.daemon
+        return {
+            "pong": True,
+            "version": __version__,
+            "node": daemon.node_name(),
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
+            "database": daemon.database_state(),
+            "clock_skew_seconds": round(daemon.clock_skew_seconds(), 3),
+        }
+
+    def nodes(self) -> dict[str, Any]:
+        this = self.daemon.node_name()
+        return {
+            "lease_seconds": self.daemon.lease().total_seconds(),
+            "nodes": [
+                {
+                    "name": node.name,
+                    "host": node.host,
+                    "pid": node.pid,
+                    "started_at": iso(node.started_at),
+                    "heartbeat": iso(node.heartbeat),
+                    "live": live,
+                    "clock_skew_seconds": node.clock_offset,
+                    "this": node.name == this,
+                }
+                for node, live in self.daemon.nodes()
+            ],
+        }
+
+    def jobs(self) -> dict[str, Any]:
+        return {"jobs": self.daemon.describe_jobs()}
+
+    def schedules(self) -> dict[str, Any]:
+        return {"schedules": self.daemon.describe_schedules()}
+
+    def executions(self, job: str | None, status: BatchStatus | None, limit: int) -> dict[str, Any]:
+        return {"executions": _views(self.daemon.list_executions(job, status, limit))}
+
+    def execution(self, id: int) -> dict[str, Any]:
+        return execution_view(self.daemon.get_execution(id))
+
+    def start(self, job: str, params: dict[str, Any] | str) -> dict[str, Any]:
+        return self._fresh_view(self.daemon.start_job(job, params))
+
+    def stop(self, job: str | int | None, id: int | None, backfill: int | None) -> dict[str, Any]:
+        """Stop executions; stopping a job (or a backfill by its id) first halts the job's
+        backfills on this daemon, so that no further date of theirs starts."""
+        backfills = self.daemon.backfills
+        if backfill is not None:
+            halted = [backfills.get(backfill)]
+        elif isinstance(job, str) and not job.strip().isdigit():
+            halted = backfills.of_job(job)
+        else:
+            halted = []
+        stopped = {}
+        for each in halted:
+            for execution in backfills.stop(each, "stopped by request"):
+                stopped[execution.id] = execution
+        target = job if job is not None else id
+        if target is not None:
+            for execution in self.daemon.stop_executions(target):
+                stopped[execution.id] = execution
+        return {
+            "stopped": _views(stopped.values()),
+            "backfills": [each.view() for each in halted],
+        }
+
+    def restart(self, job: str | int | None, id: int | None) -> dict[str, Any]:
+        target = job if job is not None else id
+        assert target is not None  # the protocol requires one of them
+        return self._fresh_view(self.daemon.restart_job(target))
+
+    def _fresh_view(self, execution_id: int) -> dict[str, Any]:
+        # Read back rather than send the record the operator returned: the job's thread
+        # may already be updating that very object.
+        return execution_view(self.daemon.get_execution(execution_id))
+
+    def abandon(self, id: int) -> dict[str, Any]:
+        return execution_view(self.daemon.abandon_execution(id))
+
+    def pause(self, schedule: str) -> dict[str, Any]:
+        self.daemon.pause_schedule(schedule)
+        return {"schedule": schedule, "paused": True}
+
+    def resume(self, schedule: str) -> dict[str, Any]:
+        self.daemon.resume_schedule(schedule)
+        return {"schedule": schedule, "paused": False}
+
+    def fire(self, schedule: str) -> dict[str, Any]:
+        outcome, last = self.daemon.fire_schedule(schedule)
+        return {
+            "schedule": schedule,
+            "outcome": outcome,
+            "fire_time": iso(last.fire_time) if last is not None else None,
+            "execution_id": last.execution_id if last is not None else None,
+            "params": last.params if last is not None else None,
+            "message": last.message if last is not None else None,
+        }
+
+    def backfill(
+        self,
+        job: str,
+        first: date,
+        last: date,
+        param: str,
+        params: dict[str, Any],
+        max_concurrent: int,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        if last < first:
+            raise ProtocolError(BAD_REQUEST, f"'to' ({last}) is before 'from' ({first})")
+        days = (last - first).days + 1
+        if days > MAX_BACKFILL_DAYS:
+            raise ProtocolError(
+                BAD_REQUEST, f"{days} dates is more than one backfill runs ({MAX_BACKFILL_DAYS})"
+            )
+        backfills = self.daemon.backfills
+        plan = backfills.plan(job, first, last, param, params)
+        backfill = None
+        if plan.to_run and not dry_run:
+            backfill = backfills.start(job, first, last, param, plan, max_concurrent)
+        return {
+            "backfill": backfill.id if backfill is not None else None,
+            "job": job,
+            "param": param,
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "dry_run": dry_run,
+            "max_concurrent": max_concurrent,
+            "dates": [item.date for item in plan.to_run],
+            "skipped": plan.skipped,
+        }
+
+    def reload(self) -> dict[str, Any]:
+        accepted = self.daemon.reload("control socket")
+        schedules, watches = self.daemon.trigger_counts()
+        return {"accepted": accepted, "schedules": schedules, "watches": watches}
+
+    def recover(self) -> dict[str, Any]:
+        recovered, trusted = self.daemon.recover(raise_errors=True)
+        return {"recovered": _views(recovered), "heartbeats_trusted": trusted}
+
+    def purge(self, days: int, dry_run: bool) -> dict[str, Any]:
+        before, counts = self.daemon.purge_history(days, dry_run=dry_run)
+        return {
+            "days": days,
+            "before": iso(before),
+            "dry_run": dry_run,
+            "executions": counts.executions,
+            "step_executions": counts.step_executions,
+            "instances": counts.instances,
+        }
+
+
+def _views(executions: Iterable[JobExecution]) -> list[dict[str, Any]]:
+    return [execution_view(execution) for execution in executions]
+
+
+__all__ = ["Handlers"]
