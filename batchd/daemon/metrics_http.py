@@ -11,19 +11,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from batchd.daemon.addresses import parse_listen
+
 log = logging.getLogger(__name__)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port). ValueError if malformed."""
-    host, sep, port = listen.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        host = ""  # an IPv6 address needs brackets
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f'not "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"): {listen!r}')
-    return host, int(port)
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from batchd.daemon.addresses import parse_listen
 from batchd.daemon.durations import parse_duration
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -80,13 +81,7 @@ class MetricsSettings(Section):
             return None
         if not isinstance(value, str):
             raise ValueError(f'not "host:port": {value!r}')
-        host, sep, port = value.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]  # [::1]:9464
-        elif ":" in host:
-            host = ""  # an IPv6 address needs brackets, else the port is ambiguous
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f'not "host:port" (e.g. "127.0.0.1:9464", "[::1]:9464"): {value!r}')
+        parse_listen(value)  # what the listener will bind
         return value
 
 
