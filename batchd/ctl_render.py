@@ -253,11 +253,7 @@ def render_stopped(console: Console, result: Mapping[str, Any]) -> None:
             f"backfill {backfill.get('backfill')} of {backfill.get('job')} "
             f"{backfill.get('state')}: {backfill.get('summary')}"
         )
-    if not stopped:
-        console.print("nothing running to stop")
-        return
-    console.print(f"asked {len(stopped)} execution(s) to stop:")
-    console.print(executions_table(stopped))
+    _listed(console, stopped, "nothing running to stop", "asked {} execution(s) to stop:")
 
 
 def render_schedule_state(console: Console, result: Mapping[str, Any]) -> None:
@@ -310,12 +306,21 @@ def render_reload(console: Console, result: Mapping[str, Any]) -> None:
 
 
 def render_recover(console: Console, result: Mapping[str, Any]) -> None:
-    recovered = result.get("recovered", [])
-    if not recovered:
-        console.print("nothing to recover")
+    _listed(
+        console,
+        result.get("recovered", []),
+        "nothing to recover",
+        "{} execution(s) marked FAILED by recovery:",
+    )
+
+
+def _listed(console: Console, executions: list[Any], none: str, heading: str) -> None:
+    """``none`` if there are no executions, else ``heading`` (with their number) and them."""
+    if not executions:
+        console.print(none)
         return
-    console.print(f"{len(recovered)} execution(s) marked FAILED by recovery:")
-    console.print(executions_table(recovered))
+    console.print(heading.format(len(executions)))
+    console.print(executions_table(executions))
 
 
 def render_purge(console: Console, result: Mapping[str, Any]) -> None:
