@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -89,6 +90,10 @@ class _ChunkTally:
     process_skips: int = 0
     write_skips: int = 0
     skipped: list[tuple[str, Any, BaseException]] = field(default_factory=list)
+
+
+# What _ChunkRun._call_or_skip returns for a skipped item (None means the end, or filtered).
+_SKIPPED = object()
 
 
 def _copy(component: Any) -> Any:
@@ -214,18 +219,9 @@ class _ChunkRun:
         read, size, step_execution = self.read, self.step.chunk_size, self.step_execution
         tolerant = self.faults.tolerant
         while len(items) < size:
-            if tolerant:
-                try:
-                    item = self.faults.call_with_retry(read)
-                except Exception as error:
-                    if not self.faults.is_skippable(error):
-                        raise
-                    step_execution.read_skip_count += 1
-                    tally.skipped.append(("read", None, error))
-                    self._check_skip_limit(tally, error)
-                    continue
-            else:
-                item = read()
+            item = self._call_or_skip(read, "read", None, tally) if tolerant else read()
+            if item is _SKIPPED:
+                continue
             if item is None:
                 return True
             items.append(item)
@@ -278,14 +274,8 @@ class _ChunkRun:
         tolerant = self.faults.tolerant
         for item in items:
             if tolerant:
-                try:
-                    result = self.faults.call_with_retry(partial(process, item))
-                except Exception as error:
-                    if not self.faults.is_skippable(error):
-                        raise
-                    tally.process_skips += 1
-                    tally.skipped.append(("process", item, error))
-                    self._check_skip_limit(tally, error)
+                result = self._call_or_skip(partial(process, item), "process", item, tally)
+                if result is _SKIPPED:
                     continue
             else:
                 result = process(item)
@@ -359,6 +349,25 @@ class _ChunkRun:
             tally.written += 1
 
     # ------------------------------------------------------------------ skips
+
+    def _call_or_skip(
+        self, call: Callable[[], Any], kind: str, item: Any, tally: _ChunkTally
+    ) -> Any:
+        """``call()`` with the step's retries, or :data:`_SKIPPED` when it raised a skippable
+        error: the item is then counted as skipped in ``kind`` ("read" or "process")."""
+        try:
+            return self.faults.call_with_retry(call)
+        except Exception as error:
+            if not self.faults.is_skippable(error):
+                raise
+            if kind == "read":
+                # A read is never done again (the chunk keeps its items): count it now.
+                self.step_execution.read_skip_count += 1
+            else:
+                tally.process_skips += 1
+            tally.skipped.append((kind, item, error))
+            self._check_skip_limit(tally, error)
+            return _SKIPPED
 
     def _check_skip_limit(self, tally: _ChunkTally, error: BaseException) -> None:
         step_execution = self.step_execution

@@ -38,6 +38,17 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, annotation is type(None)
 
 
+def _from_text(value: Any, parse: Callable[[str], Any], expected: str) -> Any:
+    """``parse`` of a string value (stripped); ValueError naming ``expected`` for any other
+    value, or for text that does not parse."""
+    if isinstance(value, str):
+        try:
+            return parse(value.strip())
+        except (ValueError, InvalidOperation):
+            pass
+    raise ValueError(f"expected {expected}, got {value!r}")
+
+
 def convert_value(value: Any, target: Any) -> Any:
     """Convert a text or JSON value to ``target`` (int, float, str, bool, Decimal, date,
     datetime, time, or any type whose constructor takes the value). Raises ValueError."""
@@ -56,41 +67,23 @@ def convert_value(value: Any, target: Any) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected an integer, got {value!r}")
+        return _from_text(value, int, "an integer")
     if target is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
+        return _from_text(value, float, "a number")
     if target is Decimal:
         if isinstance(value, Decimal):
             return value
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            try:
-                return Decimal(str(value).strip())
-            except InvalidOperation:
-                pass
-        raise ValueError(f"expected a decimal number, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return Decimal(str(value))
+        return _from_text(value, Decimal, "a decimal number")
     if target is str:
         return value if isinstance(value, str) else str(value)
     if target in (datetime, date, time):
         if type(value) is target:
             return value
-        if isinstance(value, str):
-            try:
-                return target.fromisoformat(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected an ISO {target.__name__}, got {value!r}")
+        return _from_text(value, target.fromisoformat, f"an ISO {target.__name__}")
     if isinstance(value, target):
         return value
     try:

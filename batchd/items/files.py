@@ -254,6 +254,20 @@ class FileItemReader(ItemReader):
         raw = source.readline()
         return (source.line, raw) if raw else None
 
+    def _next_text(self) -> tuple[int, str] | None:
+        """(line number, text without its line ending) of the next non-blank line of this
+        reader's range, or None at its end: a record of a line-per-record format."""
+        source = self._opened()
+        while True:
+            first = source.offset == 0
+            entry = self._next_line()
+            if entry is None:
+                return None
+            line, raw = entry
+            text = source.decode(raw, line, first=first).rstrip("\r\n")
+            if text.strip():
+                return line, text
+
     def _at_end(self) -> bool:
         source = self._opened()
         return self._end is not None and source.offset >= self._end

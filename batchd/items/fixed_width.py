@@ -89,37 +89,29 @@ class FixedWidthItemReader(FileItemReader):
             raise ValueError(f"the columns do not include {missing[0]!r}, which the model needs")
 
     def read(self) -> Any:
-        source = self._opened()
-        while True:
-            first = source.offset == 0
-            entry = self._next_line()
-            if entry is None:
-                return None
-            line, raw = entry
-            text = source.decode(raw, line, first=first).rstrip("\r\n")
-            if not text.strip():
-                continue
-            if len(text) > self.width:
-                raise self._error(
-                    line,
-                    None,
-                    f"line is {len(text)} characters long, the columns take {self.width}",
-                )
-            record: dict[str, Any] = {}
-            position = 0
-            for column in self.columns:
-                value = text[position : position + column.width].strip()
-                position += column.width
-                if column.type is str:
-                    record[column.name] = value
-                elif not value:
-                    record[column.name] = None
-                else:
-                    try:
-                        record[column.name] = convert_value(value, column.type)
-                    except ValueError as exc:
-                        raise self._error(line, column.name, str(exc)) from None
-            return self._item_model.build(record, self._errors_at(line))
+        entry = self._next_text()
+        if entry is None:
+            return None
+        line, text = entry
+        if len(text) > self.width:
+            raise self._error(
+                line, None, f"line is {len(text)} characters long, the columns take {self.width}"
+            )
+        record: dict[str, Any] = {}
+        position = 0
+        for column in self.columns:
+            value = text[position : position + column.width].strip()
+            position += column.width
+            if column.type is str:
+                record[column.name] = value
+            elif not value:
+                record[column.name] = None
+            else:
+                try:
+                    record[column.name] = convert_value(value, column.type)
+                except ValueError as exc:
+                    raise self._error(line, column.name, str(exc)) from None
+        return self._item_model.build(record, self._errors_at(line))
 
 
 class FixedWidthItemWriter(FileItemWriter):

@@ -42,27 +42,17 @@ class JsonLinesItemReader(FileItemReader):
         self._item_model = ItemModel(model, blank_is_none=False)
 
     def read(self) -> Any:
-        source = self._opened()
-        while True:
-            first = source.offset == 0
-            entry = self._next_line()
-            if entry is None:
-                return None
-            line, raw = entry
-            text = source.decode(raw, line, first=first).strip()
-            if not text:
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise self._error(
-                    line, None, f"invalid JSON: {exc.msg} (column {exc.colno})"
-                ) from None
-            if not isinstance(value, dict):
-                raise self._error(
-                    line, None, f"expected a JSON object, found {type(value).__name__}"
-                )
-            return self._item_model.build(value, self._errors_at(line))
+        record = self._next_text()
+        if record is None:
+            return None
+        line, text = record
+        try:
+            value = json.loads(text.strip())
+        except json.JSONDecodeError as exc:
+            raise self._error(line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise self._error(line, None, f"expected a JSON object, found {type(value).__name__}")
+        return self._item_model.build(value, self._errors_at(line))
 
 
 def _json_default(value: Any) -> Any:
