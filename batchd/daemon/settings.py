@@ -85,6 +85,17 @@ class MetricsSettings(Section):
         return value
 
 
+class WebSettings(Section):
+    """The read-only web console (DESIGN §9); off unless ``listen`` is set."""
+
+    listen: str | None = None  # e.g. "127.0.0.1:9465"; "" or "off" turns it off
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        return MetricsSettings._host_port(value)  # the same addresses, checked the same way
+
+
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 _WORKING_WEEK: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
@@ -211,6 +222,7 @@ class Settings(Section):
     recover_every: Duration = timedelta(seconds=30)
     control: ControlSettings = Field(default_factory=ControlSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     watches: list[WatchSettings] = Field(default_factory=list)
     calendars: list[CalendarSettings] = Field(default_factory=list)

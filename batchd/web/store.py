@@ -1,0 +1,311 @@
+"""The web console's view of the repository: a connection that cannot write, and the few
+indexed queries its pages make.
+
+The console opens the database on its own read-only path, never through
+:class:`~batchd.repository.SqlJobRepository` (which creates and upgrades the schema): SQLite
+with ``mode=ro`` and ``PRAGMA query_only``, PostgreSQL with ``default_transaction_read_only``.
+A bug in a page can then at worst fail to show something; it cannot change a run.
+
+Every query is bounded by an index, so that a page costs the same with 100,000 executions
+as with 100: the primary key for the newest executions and one execution, the
+``(job_name, status)`` index for a job's last completed run, the partial index of running
+executions, and the unique keys of fires and files per schedule and watch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import URL
+
+from batchd.model import JobExecution, StepExecution
+from batchd.repository.connect import SQLITE_BUSY_TIMEOUT_MS, parse_database_url
+from batchd.repository.nodes import NodeRecord
+from batchd.repository.rows import to_job_execution, to_step_execution
+from batchd.repository.tables import (
+    RUNNING_SQL,
+    job_execution,
+    node,
+    schedule_fire,
+    step_execution,
+    trigger_file,
+)
+
+#: The overview looks at this many of the newest executions (by id, the primary key): enough
+#: for 14 business dates of a few hundred jobs, and a bounded cost whatever the history.
+GRID_WINDOW = 5000
+
+# Columns of an execution the overview needs (not its checkpoints).
+_CELL_COLUMNS = (
+    job_execution.c.id,
+    job_execution.c.job_name,
+    job_execution.c.params,
+    job_execution.c.status,
+    job_execution.c.exit_message,
+    job_execution.c.create_time,
+    job_execution.c.start_time,
+    job_execution.c.end_time,
+)
+
+
+def read_only_engine(url: str | URL) -> Engine:
+    """An Engine on the repository's database through which nothing can be written."""
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if not path or path == ":memory:":
+            raise ValueError("the web console needs the repository's SQLite file")
+
+        def connect() -> sqlite3.Connection:
+            # mode=ro: the file is opened read-only by SQLite itself, whatever the SQL says.
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA query_only = ON")
+            return conn
+
+        return create_engine("sqlite://", creator=connect)
+    engine = create_engine(parsed)
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET default_transaction_read_only = on")
+        dbapi_connection.autocommit = autocommit
+
+    return engine
+
+
+@dataclass(frozen=True)
+class Cell:
+    """An execution as the overview shows it."""
+
+    id: int
+    job: str
+    params: str
+    status: str
+    exit_message: str | None
+    create_time: Any
+    start_time: Any
+    end_time: Any
+
+    @classmethod
+    def of(cls, row: RowMapping) -> Cell:
+        return cls(**{key: row[column] for key, column in _CELL_KEYS})
+
+
+_CELL_KEYS = (
+    ("id", "id"),
+    ("job", "job_name"),
+    ("params", "params"),
+    ("status", "status"),
+    ("exit_message", "exit_message"),
+    ("create_time", "create_time"),
+    ("start_time", "start_time"),
+    ("end_time", "end_time"),
+)
+
+
+class ReadOnlyStore:
+    """The queries of the web console's pages, on a read-only Engine."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.engine = read_only_engine(url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    # ----------------------------------------------------------------- overview
+
+    @staticmethod
+    def grid_query(floor: int) -> Any:
+        """The newest executions (id above ``floor``), newest first: a range of the
+        primary key."""
+        return (
+            select(*_CELL_COLUMNS)
+            .where(job_execution.c.id > floor)
+            .order_by(job_execution.c.id.desc())
+        )
+
+    def newest_executions(self, conn: Connection, window: int = GRID_WINDOW) -> list[Cell]:
+        newest = conn.execute(select(func.max(job_execution.c.id))).scalar_one_or_none() or 0
+        rows = conn.execute(self.grid_query(newest - window)).mappings()
+        return [Cell.of(row) for row in rows]
+
+    @staticmethod
+    def job_names(conn: Connection) -> list[str]:
+        """Every job the repository has an instance of, one index lookup per job (a loose
+        index scan: the instances may number as many as the executions)."""
+        names = text(
+            "WITH RECURSIVE names(name) AS ("
+            " SELECT min(job_name) FROM batch_job_instance"
+            " UNION ALL"
+            " SELECT (SELECT min(job_name) FROM batch_job_instance WHERE job_name > names.name)"
+            " FROM names WHERE names.name IS NOT NULL)"
+            " SELECT name FROM names WHERE name IS NOT NULL"
+        )
+        return list(conn.execute(names).scalars())
+
+    @staticmethod
+    def running_query() -> Any:
+        # The condition is the partial index's own, so that the database uses that index.
+        return select(*_CELL_COLUMNS).where(text(RUNNING_SQL)).order_by(job_execution.c.id)
+
+    def running(self, conn: Connection) -> list[Cell]:
+        return [Cell.of(row) for row in conn.execute(self.running_query()).mappings()]
+
+    # ---------------------------------------------------------------- execution
+
+    @staticmethod
+    def execution(conn: Connection, execution_id: int) -> JobExecution | None:
+        row = (
+            conn.execute(select(job_execution).where(job_execution.c.id == execution_id))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        steps = conn.execute(
+            select(step_execution)
+            .where(step_execution.c.job_execution_id == execution_id)
+            .order_by(step_execution.c.id)
+        ).mappings()
+        return to_job_execution(row, [to_step_execution(step) for step in steps])
+
+    @staticmethod
+    def previous_completed(conn: Connection, job: str, before: int) -> list[StepExecution]:
+        """The steps of the job's newest COMPLETED execution before ``before`` (what a
+        running step may be measured against), or []."""
+        previous = conn.execute(
+            select(job_execution.c.id)
+            .where(
+                job_execution.c.job_name == job,
+                job_execution.c.status == "COMPLETED",
+                job_execution.c.id < before,
+            )
+            .order_by(job_execution.c.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if previous is None:
+            return []
+        rows = conn.execute(
+            select(step_execution).where(step_execution.c.job_execution_id == previous)
+        ).mappings()
+        return [to_step_execution(row) for row in rows]
+
+    @staticmethod
+    def trigger_of(conn: Connection, execution_id: int) -> dict[str, Any] | None:
+        """The schedule fire or the file that started the execution, if any."""
+        fire = (
+            conn.execute(
+                select(schedule_fire.c.schedule_name, schedule_fire.c.fire_time).where(
+                    schedule_fire.c.job_execution_id == execution_id
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if fire is not None:
+            return {"kind": "schedule", "name": fire["schedule_name"], "at": fire["fire_time"]}
+        file = (
+            conn.execute(
+                select(
+                    trigger_file.c.watch_name, trigger_file.c.file_name, trigger_file.c.claimed_at
+                ).where(trigger_file.c.job_execution_id == execution_id)
+            )
+            .mappings()
+            .first()
+        )
+        if file is not None:
+            return {
+                "kind": "watch",
+                "name": file["watch_name"],
+                "file": file["file_name"],
+                "at": file["claimed_at"],
+            }
+        return None
+
+    # ---------------------------------------------------------- schedules, watches
+
+    @staticmethod
+    def recent_fires(conn: Connection, schedule: str, limit: int) -> list[RowMapping]:
+        """The schedule's newest fires (its unique key's range), with the status of the
+        execution each started."""
+        query = (
+            select(schedule_fire, job_execution.c.status.label("execution_status"))
+            .outerjoin(job_execution, job_execution.c.id == schedule_fire.c.job_execution_id)
+            .where(schedule_fire.c.schedule_name == schedule)
+            .order_by(schedule_fire.c.fire_time.desc())
+            .limit(limit)
+        )
+        return list(conn.execute(query).mappings())
+
+    @staticmethod
+    def waiting_fires(conn: Connection) -> list[RowMapping]:
+        query = (
+            select(schedule_fire)
+            .where(schedule_fire.c.outcome == "waiting")
+            .order_by(schedule_fire.c.fire_time)
+        )
+        return list(conn.execute(query).mappings())
+
+    @staticmethod
+    def recent_files(conn: Connection, watch: str, limit: int) -> list[RowMapping]:
+        query = (
+            select(trigger_file, job_execution.c.status.label("execution_status"))
+            .outerjoin(job_execution, job_execution.c.id == trigger_file.c.job_execution_id)
+            .where(trigger_file.c.watch_name == watch)
+            .order_by(trigger_file.c.id.desc())
+            .limit(limit)
+        )
+        return list(conn.execute(query).mappings())
+
+    @staticmethod
+    def nodes(conn: Connection) -> list[NodeRecord]:
+        rows = conn.execute(select(node).order_by(node.c.name)).mappings()
+        return [
+            NodeRecord(
+                name=row["name"],
+                host=row["host"],
+                pid=row["pid"],
+                started_at=row["started_at"],
+                heartbeat=row["heartbeat"],
+                clock_offset=row["clock_offset_ms"] / 1000,
+            )
+            for row in rows
+        ]
+
+    def explain(self, query: Any) -> list[str]:
+        """The database's plan for ``query`` (one line per step), for the tests that check
+        the pages' queries use the indexes."""
+        with self.reading() as conn:
+            compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+            if conn.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+                return [str(row[-1]) for row in rows]
+            return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {compiled}").all()]
+
+
+__all__ = ["GRID_WINDOW", "Cell", "ReadOnlyStore", "read_only_engine"]
