@@ -32,6 +32,8 @@ from batchd.model import (
 
 if TYPE_CHECKING:
     from batchd.engine import JobBuilder, JobOperator, JobRegistry, StepBuilder
+    from batchd.engine.builders import RunIdIncrementer
+    from batchd.engine.flow import END, FAIL, Decision, stop_and_restart
     from batchd.repository import SqlJobRepository
     from batchd.shortcuts import (
         configure,
@@ -47,6 +49,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "JobBuilder": "batchd.engine",
+    **dict.fromkeys(("END", "FAIL", "Decision", "stop_and_restart"), "batchd.engine.flow"),
+    "RunIdIncrementer": "batchd.engine.builders",
     "JobOperator": "batchd.engine",
     "JobRegistry": "batchd.engine",
     "StepBuilder": "batchd.engine",
@@ -68,10 +72,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "END",
+    "FAIL",
     "Aggregator",
     "BatchStatus",
     "ChunkContext",
     "ChunkListener",
+    "Decision",
     "ExecutionContext",
     "ItemStream",
     "JobBuilder",
@@ -84,6 +91,7 @@ __all__ = [
     "Partitioner",
     "Processor",
     "Reader",
+    "RunIdIncrementer",
     "SkipListener",
     "SqlJobRepository",
     "StepBuilder",
@@ -98,4 +106,5 @@ __all__ = [
     "start",
     "start_async",
     "stop",
+    "stop_and_restart",
 ]

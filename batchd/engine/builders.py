@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from batchd.engine.chunk_step import ChunkStep
 from batchd.engine.faults import ErrorTypes, FaultPolicy
-from batchd.engine.job import Job, Step
+from batchd.engine.flow import Flow, build_flow
+from batchd.engine.job import Incrementer, Job, Step
 from batchd.engine.listeners import Listeners
 from batchd.engine.partition_executors import check_executor_spec
 from batchd.engine.partition_step import PartitionStep
@@ -254,11 +255,34 @@ class JobBuilder:
         self._non_identifying: set[str] = set()
         self._listeners: list[object] = []
         self._restartable = True
+        self._flow: tuple[Any, Mapping[Any, Mapping[str, Any]]] | None = None
+        self._incrementer: Incrementer | None = None
 
     def step(self, step: Step) -> JobBuilder:
         if any(existing.name == step.name for existing in self._steps):
             raise ValueError(f"job {self._name!r} already has a step named {step.name!r}")
         self._steps.append(step)
+        return self
+
+    def flow(self, *, start: Any, transitions: Mapping[Any, Mapping[str, Any]]) -> JobBuilder:
+        """Route on exit statuses (Spring's FlowBuilder): ``transitions`` maps each step or
+        :class:`~batchd.Decision` (or its name) to ``{pattern: target}``, a target being a
+        step, a decision, a name, ``END``, ``FAIL`` or ``stop_and_restart(step)``. A step
+        without transitions ends the job with its own status. Checked by :meth:`build`."""
+        if self._steps:
+            raise ValueError(f"job {self._name!r}: use .step() or .flow(), not both")
+        self._flow = (start, transitions)
+        return self
+
+    def incrementer(self, incrementer: Incrementer | None = None) -> JobBuilder:
+        """What ``op.start_next`` / ``batchd ctl start JOB --next`` adds to the parameters
+        (Spring's JobParametersIncrementer): ``incrementer(previous_params) -> dict``, given
+        the parameters of the job's newest execution (None if it never ran). The default,
+        :class:`RunIdIncrementer`, gives ``{"run_id": previous run_id + 1}``."""
+        chosen = incrementer if incrementer is not None else RunIdIncrementer()
+        if not callable(chosen):
+            raise TypeError(f"an incrementer must be callable, not {chosen!r}")
+        self._incrementer = chosen
         return self
 
     def params_model(self, model: type[BaseModel]) -> JobBuilder:
@@ -284,13 +308,40 @@ class JobBuilder:
         return self
 
     def build(self) -> Job:
-        if not self._steps:
+        flow: Flow | None = None
+        steps: Sequence[Step] = tuple(self._steps)
+        if self._flow is not None:
+            if self._steps:
+                raise ValueError(f"job {self._name!r}: use .step() or .flow(), not both")
+            flow = build_flow(self._name, *self._flow)
+            steps = tuple(flow.steps())
+        if not steps:
             raise ValueError(f"job {self._name!r} has no steps")
+        if self._incrementer is not None and "run_id" in self._non_identifying:
+            raise ValueError(f"job {self._name!r}: run_id identifies a job with an incrementer")
         return Job(
             name=self._name,
-            steps=tuple(self._steps),
+            steps=steps,
+            flow=flow,
+            incrementer=self._incrementer,
             params_model=self._params_model,
             non_identifying=frozenset(self._non_identifying),
             listeners=Listeners(self._listeners),
             restartable=self._restartable,
         )
+
+
+class RunIdIncrementer:
+    """The default incrementer (Spring's RunIdIncrementer): ``run_id`` one above the newest
+    execution's (1 when there is none). ``key`` names another parameter."""
+
+    def __init__(self, key: str = "run_id") -> None:
+        self.key = key
+
+    def __call__(self, previous: dict[str, Any] | None) -> dict[str, Any]:
+        last = (previous or {}).get(self.key, 0)
+        try:
+            number = int(last)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.key}={last!r} of the last execution is not a number") from None
+        return {self.key: number + 1}

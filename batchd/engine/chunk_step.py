@@ -47,7 +47,7 @@ AFTER_OUTPUT_RENAME = failpoints.declare(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: steps are keys of a job's flow
 class ChunkStep:
     """Reads up to ``chunk_size`` items, processes each (None filters it out), writes the
     list and commits the checkpoint with the counters in one transaction.

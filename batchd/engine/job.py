@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from batchd.engine.flow import Flow
 from batchd.engine.listeners import Listeners
 from batchd.engine.step_run import StepOutcome, StepRun
 from batchd.model import JobParameters, RawParams, build_parameters
@@ -24,6 +25,13 @@ class Step(Protocol):
     def execute(self, run: StepRun) -> StepOutcome: ...
 
 
+class Incrementer(Protocol):
+    """Spring's JobParametersIncrementer: the parameters of the next instance, from those of
+    the job's newest execution (None when it never ran)."""
+
+    def __call__(self, previous: dict[str, Any] | None) -> dict[str, Any]: ...
+
+
 @dataclass
 class Job:
     """Built by :class:`~batchd.JobBuilder`; register it to run it."""
@@ -34,6 +42,10 @@ class Job:
     non_identifying: frozenset[str] = frozenset()
     listeners: Listeners = field(default_factory=Listeners)
     restartable: bool = True
+    # None: the steps run in order, and a step that does not complete ends the job.
+    flow: Flow | None = None
+    # Spring's JobParametersIncrementer: the parameters ``start_next`` adds (a new run_id).
+    incrementer: Incrementer | None = None
 
     def parameters(self, raw: RawParams) -> JobParameters:
         """Validate ``raw`` for this job (InvalidJobParameters naming the field)."""
@@ -47,4 +59,5 @@ class Job:
             "steps": [step.name for step in self.steps],
             "restartable": self.restartable,
             "params_model": self.params_model.__name__ if self.params_model else None,
+            **({"flow": self.flow.describe()} if self.flow is not None else {}),
         }

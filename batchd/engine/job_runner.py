@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from batchd import failpoints
+from batchd.engine.flow_walk import FlowWalk, StepResult, call_collecting
 from batchd.engine.job import Job, Step
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import ExecutionLost, StartLimitExceeded
-from batchd.model import BatchStatus, JobExecution, JobParameters, canonical_json
+from batchd.model import BatchStatus, JobExecution, JobParameters, StepExecution, canonical_json
 from batchd.repository import SqlJobRepository
 
 log = logging.getLogger(__name__)
@@ -74,19 +75,14 @@ class JobRunner:
             canonical_json(execution.params),
         )
         job_context: dict[str, object] = {}
-        status, message = BatchStatus.COMPLETED, None
+        exit_status: str | None = None
         try:
             job_context = self.repository.load_job_context(execution.id)
             job.listeners.call("before_job", execution)
-            for step in job.steps:
-                if self.handle.stop_requested():
-                    status, message = BatchStatus.STOPPED, f"stopped before step {step.name!r}"
-                    break
-                outcome = self._run_step(step, job_context)
-                if outcome is not None and outcome.status != BatchStatus.COMPLETED:
-                    status = outcome.status
-                    message = f"step {step.name!r} {outcome.status.value}: {outcome.exit_message}"
-                    break
+            if job.flow is None:
+                status, message, exit_status = self._run_steps(job_context)
+            else:
+                status, message, exit_status = FlowWalk(self, job.flow, job_context).run()
         except ExecutionLost as lost:
             log.warning("job execution %d (%s) gave up: %s", execution.id, job.name, lost)
             return
@@ -97,7 +93,10 @@ class JobRunner:
             status, message = BatchStatus.UNKNOWN, describe_error(error)
         except Exception as error:
             status, message = BatchStatus.FAILED, describe_error(error)
+        if status != BatchStatus.COMPLETED or exit_status is None:
+            exit_status = status.value
         execution.status, execution.exit_message = status, message
+        execution.exit_status = exit_status
         try:
             job.listeners.call("after_job", execution)
         except Exception as error:
@@ -105,9 +104,46 @@ class JobRunner:
                 BatchStatus.FAILED,
                 "after_job listener failed: " + describe_error(error),
             )
+            execution.exit_status = status.value
         self._record_end(status, message, job_context)
 
-    def _run_step(self, step: Step, job_context: dict[str, object]) -> StepOutcome | None:
+    def _run_steps(
+        self, job_context: dict[str, object]
+    ) -> tuple[BatchStatus, str | None, str | None]:
+        """The steps in order: a step that does not complete ends the job with its status.
+        A COMPLETED job's exit status is its last step's (Spring's SimpleJob)."""
+        exit_status = None
+        for step in self.job.steps:
+            if self.handle.stop_requested():
+                return BatchStatus.STOPPED, f"stopped before step {step.name!r}", None
+            ran = self.run_step(step, job_context)
+            if ran.status != BatchStatus.COMPLETED:
+                return ran.status, f"step {step.name!r} {ran.status.value}: {ran.message}", None
+            exit_status = ran.exit_status
+        return BatchStatus.COMPLETED, None, exit_status
+
+    def run_step(self, step: Step, job_context: dict[str, object]) -> StepResult:
+        """Run ``step`` (or skip it when it COMPLETED before): how it ended."""
+        outcome, step_execution = self._run_step(step, job_context)
+        if outcome is None:  # skipped: its recorded end stands (and routes as it did)
+            assert step_execution is not None
+            return StepResult(
+                BatchStatus.COMPLETED,
+                step_execution.exit_status or BatchStatus.COMPLETED.value,
+                None,
+                step_execution,
+            )
+        assert step_execution is not None
+        return StepResult(
+            outcome.status,
+            step_execution.exit_status or outcome.status.value,
+            outcome.exit_message,
+            step_execution,
+        )
+
+    def _run_step(
+        self, step: Step, job_context: dict[str, object]
+    ) -> tuple[StepOutcome | None, StepExecution | None]:
         execution = self.execution
         history = self.repository.step_history(execution.instance_id, step.name)
         if (
@@ -118,7 +154,7 @@ class JobRunner:
             log.info(
                 "job execution %d: step %s already COMPLETED, skipped", execution.id, step.name
             )
-            return None
+            return None, history.last
         if step.start_limit is not None and history.start_count >= step.start_limit:
             raise StartLimitExceeded(
                 f"step {step.name!r} of job {self.job.name!r} has been started "
@@ -154,14 +190,24 @@ class JobRunner:
                 BatchStatus.FAILED, step_execution.execution_context, describe_error(error)
             )
         step_execution.status, step_execution.exit_message = outcome.status, outcome.exit_message
+        step_execution.exit_status = (
+            outcome.exit_status
+            if outcome.exit_status and outcome.status == BatchStatus.COMPLETED
+            else outcome.status.value
+        )
         try:
-            listeners.call("after_step", step_execution)
+            # An after_step listener that returns a string sets the exit status (Spring's
+            # StepExecutionListener.afterStep returning an ExitStatus).
+            for returned in call_collecting(listeners, "after_step", step_execution):
+                if isinstance(returned, str) and returned:
+                    step_execution.exit_status = returned
         except Exception as error:
             outcome = StepOutcome(
                 BatchStatus.FAILED,
                 outcome.execution_context,
                 "after_step listener failed: " + describe_error(error),
             )
+            step_execution.exit_status = BatchStatus.FAILED.value
         self.repository.finish_step(
             step_execution,
             outcome.status,
@@ -169,6 +215,7 @@ class JobRunner:
             canonical_json(outcome.execution_context),
             instance_id=execution.instance_id,
             step_context_value=step_context,
+            exit_status=step_execution.exit_status,
         )
         failpoints.failpoint(AFTER_STEP_END)
         log.info(
@@ -179,7 +226,7 @@ class JobRunner:
             step_execution.read_count,
             step_execution.write_count,
         )
-        return outcome
+        return outcome, step_execution
 
     def _record_end(
         self, status: BatchStatus, message: str | None, job_context: dict[str, object]
@@ -187,7 +234,9 @@ class JobRunner:
         execution = self.execution
         for delay in (*END_WRITE_BACKOFF, None):
             try:
-                self.repository.finish_execution(execution, status, message, job_context)
+                self.repository.finish_execution(
+                    execution, status, message, job_context, exit_status=execution.exit_status
+                )
             except ExecutionLost as lost:
                 log.warning("job execution %d (%s): %s", execution.id, self.job.name, lost)
                 return

@@ -201,7 +201,15 @@ class JobOperator:
     def _check_start_limits(self, job: Job, instance_id: int) -> None:
         """Refuse a restart whose first steps to run are out of starts, before anything
         is written (the runner checks every step again as it reaches it)."""
-        for step in job.steps:
+
+        def completed_exit(name: str) -> str | None:
+            last = self.repository.step_history(instance_id, name).last
+            if last is None or last.status != BatchStatus.COMPLETED:
+                return None
+            return last.exit_status or last.status.value
+
+        steps = job.steps if job.flow is None else job.flow.recorded_path(completed_exit)
+        for step in steps:
             history = self.repository.step_history(instance_id, step.name)
             completed = history.last is not None and history.last.status == BatchStatus.COMPLETED
             if completed and not step.allow_start_if_complete:

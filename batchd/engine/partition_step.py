@@ -73,7 +73,7 @@ AFTER_AGGREGATE = failpoints.declare(
 )
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: steps are keys of a job's flow
 class PartitionStep:
     """A chunk step (``worker``) run once per partition on ``executor``.
 

@@ -33,6 +33,8 @@ class StepOutcome:
     status: BatchStatus
     execution_context: dict[str, Any] = field(default_factory=dict)
     exit_message: str | None = None
+    # A custom exit status (a tasklet's ``ctx.exit_status``); None: the status's name.
+    exit_status: str | None = None
 
 
 def describe_error(error: BaseException) -> str:

@@ -14,7 +14,7 @@ from batchd.model import BatchStatus, ExecutionContext, StepContext
 Tasklet = Callable[[StepContext], Any]
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: steps are keys of a job's flow
 class TaskletStep:
     """Runs ``tasklet(ctx)`` once. A tasklet that raises JobStopped ends STOPPED; any other
     error ends FAILED. It does not run inside a repository transaction."""
@@ -45,4 +45,6 @@ class TaskletStep:
             raise
         except Exception as error:
             return StepOutcome(BatchStatus.FAILED, dict(execution_context), describe_error(error))
-        return StepOutcome(BatchStatus.COMPLETED, dict(execution_context))
+        return StepOutcome(
+            BatchStatus.COMPLETED, dict(execution_context), exit_status=ctx.exit_status
+        )

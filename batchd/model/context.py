@@ -58,7 +58,9 @@ class StepContext:
     - ``execution_context``: this step's checkpoint, saved when the tasklet returns or raises;
     - ``step_context``: kept per job instance and step, across executions;
     - ``job_context``: shared by the steps of one execution, restored on restart;
-    - ``stop_requested`` / ``check_stop()``: cooperative stop.
+    - ``stop_requested`` / ``check_stop()``: cooperative stop;
+    - ``exit_status``: set it (e.g. ``"NOOP"``) to end a COMPLETED step with that exit
+      status, which a job flow routes on (Spring's ``contribution.setExitStatus``).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class StepContext:
         self.execution_context = execution_context
         self.step_context = step_context
         self.job_context = job_context
+        self.exit_status: str | None = None
         self._stop_check = stop_check
 
     @property

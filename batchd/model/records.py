@@ -59,6 +59,8 @@ class StepExecution:
     last_updated: datetime | None = None
     execution_context: dict[str, Any] = field(default_factory=dict)
     version: int = 0
+    # What a flow routes on: the status's name unless the step set another (DESIGN §8).
+    exit_status: str | None = None
 
     @property
     def skip_count(self) -> int:
@@ -103,6 +105,8 @@ class JobExecution:
     owner_pid: int | None = None
     heartbeat: datetime | None = None
     version: int = 0
+    # The status's name, or how the job's flow ended (the last step's exit status).
+    exit_status: str | None = None
 
     @property
     def is_running(self) -> bool:

@@ -360,9 +360,12 @@ class SqlJobRepository(StepRecords, HistoryQueries):
         status: BatchStatus,
         exit_message: str | None,
         job_context: dict[str, Any],
+        *,
+        exit_status: str | None = None,
     ) -> None:
-        """Record the end of an execution (and its job context). A stop requested
-        meanwhile does not prevent it; a recovery or abandon elsewhere does."""
+        """Record the end of an execution (its exit status, None: the status's name, and
+        its job context). A stop requested meanwhile does not prevent it; a recovery or
+        abandon elsewhere does."""
         now = self.clock()
         with self.engine.begin() as conn:
             while not _update_if_unchanged(
@@ -370,6 +373,7 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 execution,
                 RUNNING,
                 status=status.value,
+                exit_status=exit_status or status.value,
                 exit_message=exit_message,
                 end_time=now,
                 last_updated=now,
@@ -377,6 +381,7 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 execution.version = self._reload_owned(conn, execution).version
             self._save_job_context(conn, execution.id, job_context)
         execution.status, execution.exit_message, execution.end_time = status, exit_message, now
+        execution.exit_status = exit_status or status.value
         execution.version += 1
 
     def _reload_owned(self, conn: Connection, execution: JobExecution) -> JobExecution:

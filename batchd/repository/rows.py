@@ -37,6 +37,7 @@ def to_job_execution(row: RowMapping, steps: list[StepExecution] | None = None) 
         owner_pid=row["owner_pid"],
         heartbeat=row["heartbeat"],
         version=row["version"],
+        exit_status=row["exit_status"] or row["status"],
     )
 
 
@@ -53,5 +54,6 @@ def to_step_execution(row: RowMapping) -> StepExecution:
         last_updated=row["last_updated"],
         execution_context=json.loads(row["execution_context"]),
         version=row["version"],
+        exit_status=row["exit_status"] or row["status"],
         **counters,
     )

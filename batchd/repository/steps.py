@@ -206,9 +206,10 @@ class StepRecords(RepositoryBase):
         *,
         instance_id: int,
         step_context_value: dict[str, Any] | None,
+        exit_status: str | None = None,
     ) -> None:
-        """Record a step's end with its counters, checkpoint and per-instance step context
-        (None: a partition, which has none)."""
+        """Record a step's end with its counters, checkpoint, exit status (None: the
+        status's name) and per-instance step context (None: a partition, which has none)."""
         now = self.clock()
         with self.engine.begin() as conn:
             changed = conn.execute(
@@ -218,6 +219,7 @@ class StepRecords(RepositoryBase):
                     step.counters()
                     | {
                         "status": status.value,
+                        "exit_status": exit_status or status.value,
                         "exit_message": exit_message,
                         "execution_context": context_json,
                         "end_time": now,
@@ -233,6 +235,7 @@ class StepRecords(RepositoryBase):
             if step_context_value is not None:
                 self._save_step_context(conn, instance_id, step.step_name, step_context_value)
         step.status, step.exit_message, step.end_time = status, exit_message, now
+        step.exit_status = exit_status or status.value
         step.version += 1
 
     def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:

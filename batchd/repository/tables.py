@@ -91,6 +91,7 @@ job_execution = Table(
     Column("owner_pid", Integer),
     Column("heartbeat", UTCDateTime),
     Column("version", Integer, nullable=False),
+    Column("exit_status", String(100)),  # migration 0006; NULL: the status's name
     Index("ix_job_execution_instance", "instance_id"),
     Index("ix_job_execution_name_status", "job_name", "status"),
     # The database itself allows at most one running execution per instance.
@@ -141,6 +142,7 @@ step_execution = Table(
     Column("end_time", UTCDateTime),
     Column("last_updated", UTCDateTime, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("exit_status", String(100)),  # migration 0006; NULL: the status's name
     Index("ix_step_execution_job_execution", "job_execution_id"),
 )
 
