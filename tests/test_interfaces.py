@@ -103,17 +103,8 @@ class ProtocolProcessor(Processor[int, int]):
         return item * 10
 
 
-class ProtocolListener(StepListener, ChunkListener):
-    """Defines two hooks; the four others are the Protocols' no-ops."""
-
-    def __init__(self) -> None:
-        self.heard: list[str] = []
-
-    def after_step(self, step_execution: StepExecution) -> None:
-        self.heard.append(f"after_step {step_execution.status.value}")
-
-    def on_chunk_error(self, ctx: ChunkContext, error: BaseException) -> None:
-        self.heard.append(f"on_chunk_error {error}")
+class ProtocolListener(DuckListener, StepListener, ChunkListener):
+    """The duck's two hooks; the four others are the Protocols' no-ops."""
 
 
 class FailOnceWriter(Writer[int]):
@@ -266,8 +257,7 @@ def test_notify_skips_an_object_without_the_hook_and_logs_one_that_raises(
 USER_MODULE = """
 from __future__ import annotations
 
-from batchd import JobBuilder, StepBuilder
-from batchd.interfaces import StepListener
+from batchd import JobBuilder, StepBuilder, StepListener, Writer
 from batchd.model import StepExecution
 
 
@@ -279,17 +269,9 @@ class Numbers:
         return self.left.pop(0) if self.left else None
 
 
-class Double:
-    def process(self, item: int) -> int | None:
-        return item * 2
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
+class Printer(Writer[int]):
     def write(self, items: list[int]) -> None:
-        self.seen.extend(items)
+        print(sum(items))
 
 
 class Done(StepListener):
@@ -298,8 +280,8 @@ class Done(StepListener):
 
 
 step = (
-    StepBuilder("load").reader(Numbers()).processor(Double()).writer(Collect())
-    .listener(Done()).build()
+    StepBuilder("load").reader(Numbers()).processor(lambda item: item * 2)
+    .writer(Printer()).listener(Done()).build()
 )
 job = JobBuilder("typed").step(step).build()
 """
