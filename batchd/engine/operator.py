@@ -21,6 +21,7 @@ from batchd.engine.listeners import notify
 from batchd.engine.registry import JobRegistry
 from batchd.engine.step_run import describe_error
 from batchd.errors import (
+    InvalidJobParameters,
     JobExecutionAlreadyRunning,
     JobInstanceAlreadyComplete,
     JobRestartError,
@@ -28,11 +29,15 @@ from batchd.errors import (
     StartLimitExceeded,
 )
 from batchd.model import BatchStatus, JobExecution, JobParameters, RawParams, canonical_json
+from batchd.model.params import parse_params
 from batchd.repository import Owner, SqlJobRepository
 
 log = logging.getLogger(__name__)
 
 JobOrExecution = str | int
+
+# How often start_next tries the next run id when another start took the one it chose.
+_NEXT_ATTEMPTS = 5
 
 # How often wait() looks at the repository for an execution another process runs.
 _POLL_SECONDS = 0.05
@@ -112,6 +117,47 @@ class JobOperator:
         """Like :meth:`start`, but return the STARTING execution at once."""
         job, execution, job_params = self._launch_start(job_name, params)
         return self._hand_over(job, execution, job_params, wait=False)
+
+    def start_next(self, job_name: str, params: RawParams = None) -> JobExecution:
+        """Start a new instance of ``job_name``: ``params`` plus what the job's incrementer
+        gives from its newest execution's parameters (Spring's startNextInstance; by default
+        the next ``run_id``). Waits for it to end."""
+        job, execution, job_params = self._launch_next(job_name, params)
+        return self._hand_over(job, execution, job_params, wait=True)
+
+    def start_next_async(self, job_name: str, params: RawParams = None) -> JobExecution:
+        """Like :meth:`start_next`, but return the STARTING execution at once."""
+        job, execution, job_params = self._launch_next(job_name, params)
+        return self._hand_over(job, execution, job_params, wait=False)
+
+    def _launch_next(
+        self, job_name: str, params: RawParams
+    ) -> tuple[Job, JobExecution, JobParameters]:
+        job = self.registry.get(job_name)
+        if job.incrementer is None:
+            raise InvalidJobParameters(
+                f"job {job_name!r} has no incrementer: build it with .incrementer() to start "
+                "it with the next run id"
+            )
+        given = parse_params(params)
+        for attempt in range(_NEXT_ATTEMPTS):
+            newest = self.repository.newest_execution_of_job(job_name)
+            increment = job.incrementer(dict(newest.params) if newest is not None else None)
+            job_params = job.parameters({**given, **increment})
+            dropped = sorted(set(increment) - set(job_params.identifying))
+            if dropped:
+                raise InvalidJobParameters(
+                    f"job {job_name!r}: {', '.join(dropped)} from the incrementer must "
+                    "identify the instance (declare it in the params_model; not "
+                    "non_identifying)"
+                )
+            try:
+                return self._launch_start(job_name, job_params.values)
+            except (JobExecutionAlreadyRunning, JobInstanceAlreadyComplete):
+                # Another start_next took this run id first: take the next one.
+                if attempt == _NEXT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def restart(self, job_or_id: JobOrExecution) -> JobExecution:
         """Restart the newest instance of a job (by name), or the instance of an execution
