@@ -87,7 +87,11 @@ class ItemStream(Protocol):
     reader, processor and writer (a pickled copy on a process or remote executor), so
     ``open`` must reset every per-run attribute. A composite reader or writer (one that
     delegates to other readers or writers) must call its inner components' ``open``,
-    ``update`` and ``close`` itself: the engine only sees the outer object.
+    ``update``, ``complete`` and ``close`` itself, and copy them in its ``__copy__``: the
+    engine only sees the outer object, so a hand-made composite that forgets this never
+    opens its inner writers (and its copies share them). The built-in
+    :class:`batchd.items.CompositeItemWriter` and :class:`batchd.items.CompositeItemProcessor`
+    do all of it.
     """
 
     def open(self, ctx: ExecutionContext) -> None:

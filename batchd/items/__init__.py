@@ -10,6 +10,7 @@ directory unless the job trusts a parameter (``trusted_path``). This package imp
 
 from batchd.items.aggregators import FileAggregator
 from batchd.items.base import ItemReader, ItemStream, ItemWriter
+from batchd.items.composite import CompositeItemProcessor, CompositeItemWriter
 from batchd.items.csv_items import CsvItemReader, CsvItemWriter
 from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput
 from batchd.items.fixed_width import Column, FixedWidthItemReader, FixedWidthItemWriter
@@ -25,6 +26,8 @@ from batchd.items.sql_items import SqlItemReader, SqlItemWriter
 
 __all__ = [
     "Column",
+    "CompositeItemProcessor",
+    "CompositeItemWriter",
     "CsvItemReader",
     "CsvItemWriter",
     "FileAggregator",
