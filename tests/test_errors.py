@@ -50,8 +50,14 @@ def test_old_import_paths_give_the_same_class(name: str) -> None:
         assert getattr(importlib.import_module(module), name) is getattr(batchd.errors, name)
 
 
-# Exceptions that never leave the module that raises them (control flow, not errors).
-INTERNAL = {"batchd.daemon.watch_files.Rejected", "batchd.daemon.service.StartupFailed"}
+# Exceptions that never leave the code that raises them (control flow turned into an outcome,
+# an exit status or an HTTP status), not errors a caller sees.
+INTERNAL = {
+    "batchd.daemon.watch_files.Rejected",
+    "batchd.daemon.service.StartupFailed",
+    "batchd.web.pages.NotFound",
+    "batchd.web.server.BadRequest",
+}
 
 
 def test_no_error_class_is_defined_outside_batchd_errors() -> None:
