@@ -21,7 +21,7 @@ $(RUN_STAMP): pyproject.toml
 
 $(DEV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev,dask]'
+	$(PY) -m pip install --quiet -e '.[dev,dask,mysql]'
 	touch $@ $(RUN_STAMP)
 
 # Debian packages the tests run (PostgreSQL, promtool), installed as root when missing.

@@ -1,8 +1,9 @@
-"""Shared fixtures: SQLite and PostgreSQL database URLs.
+"""Shared fixtures: SQLite, PostgreSQL and MariaDB database URLs.
 
-``database_url`` runs a test once on SQLite and once on PostgreSQL (marked ``postgres``). The
-PostgreSQL server starts lazily, once per session, only when a test asks for it. Outside CI a
-machine without PostgreSQL skips those tests; in CI (``CI=true``) that is a failure.
+``database_url`` runs a test once on SQLite and once on PostgreSQL (marked ``postgres``), and
+the tests of :data:`ON_MARIADB` once more on MariaDB (marked ``mariadb``). Each server starts
+lazily, once per session, only when a test asks for it. Outside CI a machine without the
+server skips those tests; in CI (``CI=true``) that is a failure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from batchd import JobOperator, JobRegistry, SqlJobRepository
+from tests.mysqlserver import MariaDBNotFound, MariaDBServer
 from tests.pgserver import PostgresNotFound, PostgresServer
 
 TEMPLATE_DB = "batchd_template"
@@ -44,12 +46,48 @@ def _repository_available() -> bool:
 prepare_template: Callable[[str], None] | None = _migrate_template
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# The tests whose ``database_url`` case runs on MariaDB too (a module, or a module::test):
+# the engine's semantics, exactly-once with SqlItemWriter, the SQL items, partitions and
+# the database identity. The other database tests run on SQLite and PostgreSQL only, to keep
+# the suite's time; tests/test_mariadb.py and tests/daemon/test_nodes_mariadb.py add the
+# start race and the daemons sharing one MariaDB.
+ON_MARIADB = (
+    # All but the schema comparison, which tests/test_mariadb.py makes knowing MySQL's DDL.
+    "tests/test_repository.py::test_every_foreign_key_and_name_status_are_indexed",
+    "tests/test_repository.py::test_the_database_refuses_a_second_running_execution",
+    "tests/test_repository.py::test_same_instance_is_found_not_duplicated",
+    "tests/test_repository.py::test_repository_reopens_an_existing_schema_without_changes",
+    "tests/test_exactly_once.py::test_sql_output_is_exactly_once_after_20_random_kills",
+    "tests/items/test_sql.py",
+    "tests/test_partitions.py",
+    "tests/test_database_identity.py",
+    "tests/test_recovery.py",
+)
+
+
+def _runs_on_mariadb(item: pytest.Item) -> bool:
+    test = item.nodeid.split("[", 1)[0]
+    return any(test == selected or test.startswith(selected + "::") for selected in ON_MARIADB)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses the PostgreSQL server ``postgres`` (so ``-m "not postgres"``
-    deselects them); ``database_url``'s PostgreSQL case is marked by its parameter."""
+    deselects them), and MariaDB's ``mariadb``; ``database_url``'s cases are marked by their
+    parameter. A ``database_url`` test not in :data:`ON_MARIADB` loses its MariaDB case."""
+    deselected = []
     for item in items:
         if "postgres_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        if "mariadb_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mariadb)
+        callspec = getattr(item, "callspec", None)
+        on_mariadb = callspec is not None and callspec.params.get("database_url") == "mariadb"
+        if on_mariadb and not _runs_on_mariadb(item):
+            deselected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        dropped = set(deselected)
+        items[:] = [item for item in items if item not in dropped]
 
 
 def running_postgres_server() -> Iterator[PostgresServer]:
@@ -97,6 +135,43 @@ def pg_url(postgres_server: PostgresServer, _pg_template: str | None) -> Iterato
     postgres_server.drop_database(name)
 
 
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """A MariaDB server for the whole session (see tests/mysqlserver.py); the test is skipped
+    without MariaDB, except in CI, where it fails."""
+    try:
+        server = MariaDBServer()
+    except MariaDBNotFound as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"MariaDB tests must never be skipped in CI: {e}", pytrace=False)
+        pytest.skip(str(e))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def _mariadb_template(mariadb_server: MariaDBServer) -> str | None:
+    """A database migrated once per session, copied by ``mariadb_url``; None if none."""
+    if prepare_template is None:
+        return None
+    if prepare_template is _migrate_template and not _repository_available():
+        return None
+    prepare_template(mariadb_server.create_database(TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer, _mariadb_template: str | None) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh MariaDB database for this test (schema already created),
+    dropped after the test."""
+    name = f"t_{next(_db_counter)}"
+    yield mariadb_server.create_database(name, template=_mariadb_template)
+    mariadb_server.drop_database(name)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """SQLAlchemy URL of a fresh SQLite file in the test's tmp_path."""
@@ -107,17 +182,19 @@ def sqlite_url(tmp_path: Path) -> str:
     params=[
         pytest.param("sqlite", id="sqlite"),
         pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb),
     ]
 )
 def database_url(request: pytest.FixtureRequest) -> str:
-    """The test runs twice: on a SQLite file and on a fresh PostgreSQL database."""
-    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    return str(request.getfixturevalue(name))
+    """The test runs on a SQLite file and on a fresh PostgreSQL database (and, for the tests
+    of ON_MARIADB, on a fresh MariaDB database)."""
+    name = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mariadb": "mariadb_url"}
+    return str(request.getfixturevalue(name[request.param]))
 
 
 @pytest.fixture
 def repository(database_url: str) -> Iterator[SqlJobRepository]:
-    """A job repository on ``database_url`` (so: once on SQLite, once on PostgreSQL)."""
+    """A job repository on ``database_url`` (so: on SQLite, on PostgreSQL, maybe MariaDB)."""
     repo = SqlJobRepository(database_url)
     yield repo
     repo.dispose()

@@ -52,7 +52,8 @@ def database_identity(engine: Engine) -> str:
 
     PostgreSQL: the cluster's system identifier, the current database and the role (a
     writer given other credentials keeps them); SQLite: the device and inode of the main
-    database file. A database that cannot say (another
+    database file; MySQL: the server's UUID (MariaDB: its host, port and data directory), the
+    current database and the user. A database that cannot say (another
     dialect, an in-memory SQLite database, a server that refuses the question) is only
     the same as itself through this very Engine, so a writer never joins a transaction of
     a database it cannot prove is its own. One query per Engine, cached.
@@ -69,7 +70,7 @@ def database_identity(engine: Engine) -> str:
 def _ask(engine: Engine) -> str:
     dialect = engine.dialect.name
     unique = f"{dialect}:unproven-{next(_UNIQUE)}"
-    if dialect not in ("postgresql", "sqlite"):
+    if dialect not in ("postgresql", "sqlite", "mysql", "mariadb"):
         return unique
     # A raw DBAPI connection: no BEGIN from the Engine's events (SQLite's BEGIN IMMEDIATE
     # would take the write lock just to ask a question); the pool rolls it back on return.
@@ -79,6 +80,8 @@ def _ask(engine: Engine) -> str:
         try:
             if dialect == "postgresql":
                 return _postgresql_identity(cursor, engine, unique)
+            if dialect in ("mysql", "mariadb"):
+                return _mysql_identity(cursor, engine, unique)
             return _sqlite_identity(cursor, unique)
         finally:
             cursor.close()
@@ -103,6 +106,28 @@ def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
         return unique
     # The role too: a writer given other credentials must not write with the repository's.
     return f"postgresql:{system_id}/{database}/{user}"
+
+
+def _mysql_identity(cursor: Any, engine: Engine, unique: str) -> str:
+    # MySQL names its server with a UUID; MariaDB has none: its host name and data directory
+    # (two servers of one host cannot share one) with its port.
+    server = "@@server_uuid" if not getattr(engine.dialect, "is_mariadb", False) else (
+        "CONCAT(@@hostname, ':', @@port, ':', @@datadir)"
+    )
+    try:
+        cursor.execute(f"SELECT {server}, DATABASE(), CURRENT_USER()")
+        server_id, database, user = cursor.fetchone()
+    except engine.dialect.loaded_dbapi.Error as error:
+        log.warning(
+            "database %s does not tell which server it is (%s): writers join its chunk "
+            "transactions only through this Engine",
+            engine.url.render_as_string(hide_password=True),
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+        return unique
+    if database is None:  # no current database: table names go wherever the writer says
+        return unique
+    return f"mysql:{server_id}/{database}/{user}"
 
 
 def _sqlite_identity(cursor: Any, unique: str) -> str:

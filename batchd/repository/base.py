@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, CursorResult, Engine
 
 from batchd.model import RUNNING_STATUSES
-from batchd.repository.connect import READ_ONLY_OPTION
+from batchd.repository.connect import MYSQL_BACKENDS, READ_ONLY_OPTION
 
 Clock = Callable[[], datetime]
 RUNNING = [s.value for s in RUNNING_STATUSES]
@@ -38,6 +38,10 @@ def dialect_insert(conn: Connection) -> Any:
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert
+    if conn.dialect.name in MYSQL_BACKENDS:
+        from batchd.repository.mysql_insert import MySQLInsert
+
+        return MySQLInsert
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert

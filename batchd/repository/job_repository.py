@@ -45,6 +45,7 @@ from batchd.repository.base import (
 )
 from batchd.repository.connect import create_database_engine, parse_database_url
 from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
+from batchd.repository.mysql import is_duplicate_of
 from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
 from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
 from batchd.repository.tables import (
@@ -579,6 +580,8 @@ def _is_second_running_execution(error: IntegrityError) -> bool:
     PostgreSQL names the index; SQLite names only its columns, which no other unique
     constraint of a new execution's rows has."""
     original = error.orig
+    if is_duplicate_of(original, str(RUNNING_INDEX.name)):  # MySQL, MariaDB
+        return True
     diag = getattr(original, "diag", None)
     if diag is not None:
         return bool(diag.constraint_name == RUNNING_INDEX.name)

@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
-from batchd.repository.connect import READ_ONLY_OPTION
+from batchd.errors import RepositoryError
+from batchd.repository.connect import MYSQL_BACKENDS, READ_ONLY_OPTION
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -48,20 +49,56 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``; safe when several processes do it at once."""
-    from alembic import command
-
     with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as probe:
-        if revision == "head" and current_revision(probe) == head_revision():
+        up_to_date = revision == "head" and current_revision(probe) == head_revision()
+        if probe.dialect.name in MYSQL_BACKENDS:
+            from batchd.repository import mysql
+
+            mysql.check_server(probe, upgrading=not up_to_date)
+        if up_to_date:
             return
+    if engine.dialect.name in MYSQL_BACKENDS:
+        _upgrade_mysql(engine, revision)
+        return
     with engine.begin() as connection:
         # Serialise upgrades: on SQLite the transaction already holds the write lock
         # (BEGIN IMMEDIATE); on PostgreSQL an advisory lock does it.
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-        config = _alembic_config()
-        config.attributes["connection"] = connection
-        before = current_revision(connection)
-        command.upgrade(config, revision)
-        after = current_revision(connection)
-        if before != after:
-            log.info("upgraded the batchd schema from %s to %s", before, after)
+        _run_migrations(connection, revision)
+
+
+def _run_migrations(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    before = current_revision(connection)
+    command.upgrade(config, revision)
+    after = current_revision(connection)
+    if before != after:
+        log.info("upgraded the batchd schema from %s to %s", before, after)
+
+
+def _upgrade_mysql(engine: Engine, revision: str) -> None:
+    """MySQL commits at every DDL statement, so a transaction cannot serialise upgrades: a
+    named lock of the session does (released when the session ends, even by a kill)."""
+    from batchd.repository import mysql
+
+    with engine.connect() as connection:
+        locked = connection.execute(
+            text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": mysql.MIGRATION_LOCK, "timeout": mysql.LOCK_TIMEOUT_SECONDS},
+        ).scalar_one()
+        if locked != 1:
+            raise RepositoryError(
+                f"another process has been upgrading the batchd schema for over "
+                f"{mysql.LOCK_TIMEOUT_SECONDS}s (lock {mysql.MIGRATION_LOCK!r})"
+            )
+        connection.commit()
+        try:
+            with connection.begin():
+                _run_migrations(connection, revision)
+        finally:
+            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": mysql.MIGRATION_LOCK})
+            connection.commit()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd.errors import NodeConflict as NodeConflict
+from batchd.repository.connect import MYSQL_BACKENDS
 from batchd.repository.job_repository import SqlJobRepository, utc_now
 from batchd.repository.tables import node as node_table
 
@@ -78,9 +80,33 @@ def _database_now(conn: Connection) -> datetime:
     if conn.dialect.name == "postgresql":
         value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+    if conn.dialect.name in MYSQL_BACKENDS:
+        value = conn.execute(text("SELECT UTC_TIMESTAMP(6)")).scalar_one()
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
     # SQLite runs in this process: its clock is the machine's.
     raw = conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
     return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+
+
+@contextmanager
+def _one_at_a_time(conn: Connection) -> Iterator[None]:
+    """On MySQL, one registration at a time: a named lock of the session, held until after
+    the commit (PostgreSQL locks the table in the transaction; SQLite's write transactions
+    already are one at a time)."""
+    if conn.dialect.name not in MYSQL_BACKENDS:
+        yield
+        return
+    from batchd.repository import mysql
+
+    lock = {"name": mysql.NODE_LOCK, "timeout": mysql.LOCK_TIMEOUT_SECONDS}
+    if conn.execute(text("SELECT GET_LOCK(:name, :timeout)"), lock).scalar_one() != 1:
+        raise NodeConflict(f"another node has been registering for {lock['timeout']}s")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.execute(text("SELECT RELEASE_LOCK(:name)"), lock)
+        conn.commit()
 
 
 class NodeStore:
@@ -103,7 +129,11 @@ class NodeStore:
         live node has the name — or, on SQLite, when any other live node uses the file."""
         now = self.repository.clock()
         try:
-            with self.repository.engine.begin() as conn:
+            with (
+                self.repository.engine.connect() as conn,
+                _one_at_a_time(conn),
+                conn.begin(),
+            ):
                 self._register(conn, name, host, pid, now, lease, is_alive, clock_offset)
         except IntegrityError:
             raise NodeConflict(
@@ -135,8 +165,9 @@ class NodeStore:
                 raise NodeConflict(
                     f"SQLite is for one node: node {other.name!r} (pid {other.pid} on "
                     f"{other.host}) already runs on {self.repository.url.database}, "
-                    f"last heartbeat {other.heartbeat.isoformat()}. Use PostgreSQL "
-                    '(database_url = "postgresql+psycopg://...") to run several nodes'
+                    f"last heartbeat {other.heartbeat.isoformat()}. Use PostgreSQL or "
+                    'MariaDB (database_url = "postgresql+psycopg://..." or '
+                    '"mysql+pymysql://...") to run several nodes'
                 )
             if other.name == name:
                 raise NodeConflict(

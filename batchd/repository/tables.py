@@ -24,9 +24,11 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeEngine
 
 from batchd.model.status import RUNNING_STATUSES
+from batchd.repository.connect import MYSQL_BACKENDS
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -34,6 +36,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_BACKENDS:
+            # MySQL's DATETIME drops the fraction of a second unless asked to keep it.
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -53,6 +63,27 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # Status values that count as running, for the partial unique index below.
 RUNNING_SQL = "status IN (" + ", ".join(f"'{s.value}'" for s in sorted(RUNNING_STATUSES)) + ")"
+
+# MySQL and MariaDB have no partial index: there the migrations add a generated column that
+# is the instance id while the execution runs and NULL otherwise, under the unique index
+# uq_job_execution_running. And a file name is too long for an index key in utf8mb4: the
+# unique key uq_trigger_file holds its SHA-256 instead. The code never reads these columns.
+MYSQL_ONLY_COLUMNS = {
+    ("batch_job_execution", "running_instance_id"),
+    ("batch_trigger_file", "file_name_sha256"),
+}
+
+
+def mysql_table_options(bind: Connection) -> dict[str, Any]:
+    """What a migration's CREATE TABLE says on MySQL and MariaDB (nothing elsewhere): utf8mb4
+    (whatever the database's default) with a binary no-pad collation, so that names are
+    unique as Python compares them (the default collations ignore case, accents and trailing
+    spaces)."""
+    if bind.dialect.name not in MYSQL_BACKENDS:
+        return {}
+    mariadb = getattr(bind.dialect, "is_mariadb", False)
+    collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
+    return {"mysql_charset": "utf8mb4", "mysql_collate": collation}
 
 metadata = MetaData()
 

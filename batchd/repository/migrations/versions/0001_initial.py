@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from batchd.repository.tables import Id, UTCDateTime
+from batchd.repository.connect import MYSQL_BACKENDS
+from batchd.repository.tables import Id, UTCDateTime, mysql_table_options
 
 # Frozen here: a migration must not change when the code's constants do.
 RUNNING_SQL = "status IN ('STARTED', 'STARTING', 'STOPPING')"
@@ -26,6 +27,7 @@ def _counter(name: str) -> sa.Column[int]:
 
 
 def upgrade() -> None:
+    options = mysql_table_options(op.get_bind())
     op.create_table(
         "batch_job_instance",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -35,6 +37,7 @@ def upgrade() -> None:
         sa.Column("create_time", UTCDateTime, nullable=False),
         sa.Column("version", sa.Integer, nullable=False, server_default="0"),
         sa.UniqueConstraint("job_name", "job_key", name="uq_job_instance_name_key"),
+        **options,
     )
     op.create_table(
         "batch_job_execution",
@@ -57,19 +60,38 @@ def upgrade() -> None:
         sa.Column("owner_pid", sa.Integer),
         sa.Column("heartbeat", UTCDateTime),
         sa.Column("version", sa.Integer, nullable=False),
+        **options,
     )
     op.create_index("ix_job_execution_instance", "batch_job_execution", ["instance_id"])
     op.create_index(
         "ix_job_execution_name_status", "batch_job_execution", ["job_name", "status"]
     )
-    op.create_index(
-        "uq_job_execution_running",
-        "batch_job_execution",
-        ["instance_id"],
-        unique=True,
-        postgresql_where=sa.text(RUNNING_SQL),
-        sqlite_where=sa.text(RUNNING_SQL),
-    )
+    if op.get_bind().dialect.name in MYSQL_BACKENDS:
+        # No partial index in MySQL: the instance id while running, NULL otherwise (a
+        # unique index allows any number of NULLs).
+        op.add_column(
+            "batch_job_execution",
+            sa.Column(
+                "running_instance_id",
+                Id,
+                sa.Computed(f"CASE WHEN {RUNNING_SQL} THEN instance_id END", persisted=True),
+            ),
+        )
+        op.create_index(
+            "uq_job_execution_running",
+            "batch_job_execution",
+            ["running_instance_id"],
+            unique=True,
+        )
+    else:
+        op.create_index(
+            "uq_job_execution_running",
+            "batch_job_execution",
+            ["instance_id"],
+            unique=True,
+            postgresql_where=sa.text(RUNNING_SQL),
+            sqlite_where=sa.text(RUNNING_SQL),
+        )
     op.create_table(
         "batch_job_execution_context",
         sa.Column(
@@ -79,6 +101,7 @@ def upgrade() -> None:
             primary_key=True,
         ),
         sa.Column("context", sa.Text, nullable=False),
+        **options,
     )
     op.create_table(
         "batch_step_execution",
@@ -105,6 +128,7 @@ def upgrade() -> None:
         sa.Column("end_time", UTCDateTime),
         sa.Column("last_updated", UTCDateTime, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
+        **options,
     )
     op.create_index(
         "ix_step_execution_job_execution", "batch_step_execution", ["job_execution_id"]
@@ -119,6 +143,7 @@ def upgrade() -> None:
         ),
         sa.Column("step_name", sa.String(200), primary_key=True),
         sa.Column("context", sa.Text, nullable=False),
+        **options,
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from batchd.repository.tables import Id, UTCDateTime
+from batchd.repository.connect import MYSQL_BACKENDS
+from batchd.repository.tables import Id, UTCDateTime, mysql_table_options
 
 revision = "0002"
 down_revision = "0001"
@@ -19,6 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    options = mysql_table_options(op.get_bind())
+    mysql = op.get_bind().dialect.name in MYSQL_BACKENDS
     op.create_table(
         "batch_schedule_fire",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -29,6 +32,7 @@ def upgrade() -> None:
         sa.Column("message", sa.Text),
         sa.Column("recorded_at", UTCDateTime, nullable=False),
         sa.UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
+        **options,
     )
     op.create_table(
         "batch_trigger_file",
@@ -40,8 +44,21 @@ def upgrade() -> None:
         sa.Column("job_execution_id", Id),
         sa.Column("reason", sa.Text),
         sa.Column("claimed_at", UTCDateTime, nullable=False),
-        sa.UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file"),
+        *(
+            # A key of utf8mb4 file names would pass MySQL's 3072 bytes: key their SHA-256.
+            [sa.Column("file_name_sha256", sa.String(64), sa.Computed("SHA2(file_name, 256)", True))]
+            if mysql
+            else [sa.UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file")]
+        ),
+        **options,
     )
+    if mysql:
+        op.create_index(
+            "uq_trigger_file",
+            "batch_trigger_file",
+            ["watch_name", "file_name_sha256", "sha256"],
+            unique=True,
+        )
 
 
 def downgrade() -> None:
