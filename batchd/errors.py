@@ -118,6 +118,10 @@ class ChecksumMismatch(BatchError):
         return str(self.args[0])
 
 
+class ChecksumMissing(ChecksumMismatch):
+    """A reader requires a checksum sidecar (``require_checksum=``) and the input has none."""
+
+
 class InputFileNotFound(BatchError, FileNotFoundError):
     """A reader's input file does not exist. ``filename`` is its path."""
 

@@ -32,6 +32,8 @@ WINDOWS = [
     ("aggregator.after_merge_rename", "partitioned"),
     ("aggregator.during_part_removal", "partitioned"),
     ("engine.after_aggregate", "partitioned"),
+    ("items.after_publish_before_flag", "flagged"),
+    ("engine.after_output_rename", "flagged"),  # the flag written, the step's end not
 ]
 
 

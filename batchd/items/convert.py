@@ -199,6 +199,15 @@ def item_to_dict(item: Any, *, json_mode: bool = False) -> dict[str, Any]:
     )
 
 
+def model_fields(model: type[Any]) -> list[str]:
+    """The declared fields of a pydantic model or dataclass class, in order."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    if dataclasses.is_dataclass(model) and isinstance(model, type):
+        return [f.name for f in dataclasses.fields(model)]
+    raise TypeError(f"model= takes a pydantic model or dataclass class, not {model!r}")
+
+
 def field_names(item: Any) -> list[str]:
     """The output fields an item implies, in order (a model's or dataclass's declared
     fields, a dict's keys)."""

@@ -8,8 +8,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from batchd.errors import ItemFormatError
-from batchd.items.convert import ItemModel, field_names, format_text, item_to_dict
-from batchd.items.files import FileItemReader, FileItemWriter, LineSource, PathLike
+from batchd.items.convert import (
+    ItemModel,
+    field_names,
+    format_text,
+    item_to_dict,
+    model_fields,
+)
+from batchd.items.files import (
+    ChecksumSpec,
+    FileItemReader,
+    FileItemWriter,
+    LineSource,
+    PathLike,
+)
 from batchd.model import ExecutionContext
 
 
@@ -47,8 +59,9 @@ class CsvItemReader(FileItemReader):
         quotechar: str = '"',
         encoding: str = "utf-8",
         name: str | None = None,
+        require_checksum: ChecksumSpec = False,
     ) -> None:
-        super().__init__(path, encoding=encoding, name=name)
+        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
         self.model = model
         self.delimiter = delimiter
         self.quotechar = quotechar
@@ -139,10 +152,14 @@ class CsvItemWriter(FileItemWriter):
         encoding: str = "utf-8",
         header: bool = True,
         name: str | None = None,
-        checksum: bool = False,
+        checksum: ChecksumSpec = False,
         fsync: bool = True,
+        done_flag: bool | str = False,
+        model: type[Any] | None = None,
     ) -> None:
-        super().__init__(path, name=name, checksum=checksum, fsync=fsync)
+        super().__init__(path, name=name, checksum=checksum, fsync=fsync, done_flag=done_flag)
+        if fields is None and model is not None:
+            fields = model_fields(model)  # the columns of a headerless file, from its model
         self.fields = list(fields) if fields is not None else None
         self.delimiter = delimiter
         self.quotechar = quotechar

@@ -4,16 +4,19 @@ restartable reading, and one restartable, atomic output file (path templates are
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from batchd import failpoints
 from batchd.errors import (
     CheckpointMismatch,
     ChecksumMismatch,
+    ChecksumMissing,
     InputFileNotFound,
     ItemFormatError,
     ItemParseError,
@@ -27,9 +30,32 @@ from batchd.items.paths import PathLike as PathLike
 from batchd.items.paths import resolve_path as resolve_path
 from batchd.model import ExecutionContext
 
+# The algorithms of checksum sidecars (GoBatch's), each in ``<file>.<algorithm>``.
+CHECKSUM_ALGORITHMS = ("sha256", "sha512", "sha1", "md5")
 # Sidecars verified beside every input file, and the algorithm of each.
-CHECKSUM_SIDECARS = ((".sha256", "sha256"), (".md5", "md5"))
+CHECKSUM_SIDECARS = tuple((f".{algorithm}", algorithm) for algorithm in CHECKSUM_ALGORITHMS)
+# ``True`` (sha256, or on input: any one sidecar), an algorithm, or several.
+ChecksumSpec = bool | str | Sequence[str]
 _READ_BLOCK = 1 << 20
+
+AFTER_PUBLISH_BEFORE_FLAG = failpoints.declare(
+    "items.after_publish_before_flag",
+    "an output file is published, its done flag is not written: the step's end is not "
+    "recorded either, so a restart takes the file back, publishes it again and writes the flag",
+)
+
+
+def checksum_algorithms(spec: ChecksumSpec | None) -> tuple[str, ...]:
+    """``checksum=`` as algorithms: False none, True sha256, a name, or names."""
+    if spec is None or spec is False:
+        return ()
+    if spec is True:
+        return ("sha256",)
+    names = (spec,) if isinstance(spec, str) else tuple(spec)
+    unknown = [name for name in names if name not in CHECKSUM_ALGORITHMS]
+    if unknown or not names:
+        raise ValueError(f"checksum algorithms are {', '.join(CHECKSUM_ALGORITHMS)}, not {spec!r}")
+    return names
 
 
 def describe(path: str, line: int | None = None, field: str | None = None) -> str:
@@ -56,10 +82,13 @@ def file_digest(path: str, algorithm: str) -> str:
         ).hexdigest()
 
 
-def verify_checksums(path: str) -> None:
-    """Verify ``<path>.sha256`` / ``<path>.md5`` when they exist beside ``path`` (the first
-    token of a sidecar is the hex digest, as ``sha256sum`` writes it). Raises
-    :class:`ChecksumMismatch` naming the file and both digests."""
+def verify_checksums(path: str, *, require: ChecksumSpec = False) -> None:
+    """Verify ``<path>.sha256`` / ``.sha512`` / ``.sha1`` / ``.md5`` when they exist beside
+    ``path`` (the first token of a sidecar is the hex digest, as ``sha256sum`` writes it).
+    Raises :class:`ChecksumMismatch` naming the file and both digests. ``require``: True
+    (at least one sidecar), an algorithm or several (those sidecars) must exist, else
+    :class:`ChecksumMissing`."""
+    found = set()
     for suffix, algorithm in CHECKSUM_SIDECARS:
         sidecar = path + suffix
         try:
@@ -67,6 +96,7 @@ def verify_checksums(path: str) -> None:
                 tokens = f.read(4096).split()
         except FileNotFoundError:
             continue
+        found.add(algorithm)
         expected = tokens[0].lower() if tokens else ""
         actual = file_digest(path, algorithm)
         if expected != actual:
@@ -77,13 +107,28 @@ def verify_checksums(path: str) -> None:
                 expected,
                 actual,
             )
+    if require is False:
+        return
+    needed = set(CHECKSUM_ALGORITHMS) if require is True else set(checksum_algorithms(require))
+    missing = sorted(needed - found) if require is not True else ([] if found else ["any"])
+    if missing:
+        wanted = (
+            "checksum sidecar"
+            if require is True
+            else ", ".join(f"{os.path.basename(path)}.{name}" for name in missing)
+        )
+        raise ChecksumMissing(
+            f"{path} has no {wanted} beside it, and the reader requires one", path
+        )
 
 
-def write_checksum_sidecar(path: str, data_path: str | None = None) -> str:
-    """Write ``<path>.sha256`` in ``sha256sum`` format for the content of ``data_path``
-    (default ``path``) atomically; returns the digest."""
-    digest = file_digest(data_path or path, "sha256")
-    sidecar = path + ".sha256"
+def write_checksum_sidecar(
+    path: str, data_path: str | None = None, algorithm: str = "sha256"
+) -> str:
+    """Write ``<path>.<algorithm>`` in ``sha256sum`` format (``md5sum``, ``sha1sum``...) for
+    the content of ``data_path`` (default ``path``) atomically; returns the digest."""
+    digest = file_digest(data_path or path, algorithm)
+    sidecar = f"{path}.{algorithm}"
     partial = _partial_name(sidecar)
     with open(partial, "w", encoding="utf-8") as f:
         f.write(f"{digest}  {os.path.basename(path)}\n")
@@ -209,10 +254,20 @@ class FileItemReader(ItemReader):
 
     _runtime: tuple[str, ...] = ("_source", "_path", "_end")
 
-    def __init__(self, path: PathLike, *, encoding: str = "utf-8", name: str | None = None):
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        encoding: str = "utf-8",
+        name: str | None = None,
+        require_checksum: ChecksumSpec = False,
+    ):
         super().__init__(name)
         self.path = path
         self.encoding = encoding
+        # A missing sidecar fails the step instead of passing silently (see verify_checksums).
+        self.require_checksum = require_checksum
+        checksum_algorithms(require_checksum if require_checksum is not True else None)
         self._source: LineSource | None = None
         self._path: str | None = None
         self._end: int | None = None
@@ -227,7 +282,7 @@ class FileItemReader(ItemReader):
         path = resolve_path(self.path, ctx, reading=True)
         source = LineSource(path, self.encoding)
         try:
-            verify_checksums(path)
+            verify_checksums(path, require=self.require_checksum)
             self._path = path
             self._begin(source)
             partition = ctx.partition or {}
@@ -335,10 +390,13 @@ class RestartableOutput:
     ``.sha256`` sidecar if asked), then fsyncs the directory.
     """
 
-    def __init__(self, path: str, *, fsync: bool = True) -> None:
+    def __init__(self, path: str, *, fsync: bool = True, done_flag: str | None = None) -> None:
         self.path = path
         self.partial_path = _partial_name(path)
         self.fsync = fsync
+        # A file that appears beside the output once it is published (``<file>.ok``), for
+        # downstream systems that wait for one.
+        self.done_flag = done_flag
         self.size = 0
         self._file: IO[bytes] | None = None
 
@@ -346,6 +404,10 @@ class RestartableOutput:
         """Start empty (``committed`` None: a first run), or resume at ``committed`` bytes."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            if self.done_flag is not None:
+                # The flag must never stand beside an output being (re)written.
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.done_flag)
             if committed is None:
                 self._file = open(self.partial_path, "wb", buffering=0)  # noqa: SIM115
                 self.size = 0
@@ -408,17 +470,23 @@ class RestartableOutput:
                 raise _output_error(exc, self.path, "sync") from exc
         return self.size
 
-    def publish(self, *, checksum: bool = False) -> None:
-        """Make the output appear at its final path, atomically."""
+    def publish(self, *, checksum: ChecksumSpec = False) -> None:
+        """Make the output appear at its final path, atomically (its checksum sidecars
+        first), then its done flag."""
         f = self._opened()
         try:
             os.fsync(f.fileno())
             f.close()
             self._file = None
-            if checksum:
-                write_checksum_sidecar(self.path, self.partial_path)
+            for algorithm in checksum_algorithms(checksum):
+                write_checksum_sidecar(self.path, self.partial_path, algorithm)
             os.replace(self.partial_path, self.path)
             _fsync_directory(os.path.dirname(self.path))
+            if self.done_flag is not None:
+                failpoints.failpoint(AFTER_PUBLISH_BEFORE_FLAG)
+                with open(self.done_flag, "wb") as flag:
+                    os.fsync(flag.fileno())
+                _fsync_directory(os.path.dirname(self.done_flag))
         except OSError as exc:
             raise _output_error(exc, self.path, "publish") from exc
 
@@ -451,13 +519,17 @@ class FileItemWriter(ItemWriter):
         path: PathLike,
         *,
         name: str | None = None,
-        checksum: bool = False,
+        checksum: ChecksumSpec = False,
         fsync: bool = True,
+        done_flag: bool | str = False,
     ) -> None:
         super().__init__(name)
         self.path = path
+        checksum_algorithms(checksum)  # refuse an unknown algorithm when the job is built
         self.checksum = checksum
         self.fsync = fsync
+        # True: ``<file>.ok``; a string: that suffix (``".done"``).
+        self.done_flag = done_flag
         self._output: RestartableOutput | None = None
 
     @property
@@ -467,7 +539,13 @@ class FileItemWriter(ItemWriter):
 
     def open(self, ctx: ExecutionContext) -> None:
         self.close()
-        output = RestartableOutput(resolve_path(self.path, ctx), fsync=self.fsync)
+        path = resolve_path(self.path, ctx)
+        flag = self.done_flag
+        output = RestartableOutput(
+            path,
+            fsync=self.fsync,
+            done_flag=None if flag is False else path + (".ok" if flag is True else str(flag)),
+        )
         committed = ctx.get(self.key("size"))
         output.open(None if committed is None else int(committed))
         self._output = output

@@ -9,7 +9,7 @@ from typing import Any
 
 from batchd.errors import ItemFormatError
 from batchd.items.convert import ItemModel, convert_value, format_text, item_to_dict
-from batchd.items.files import FileItemReader, FileItemWriter, PathLike
+from batchd.items.files import ChecksumSpec, FileItemReader, FileItemWriter, PathLike
 
 _NUMERIC = (int, float, Decimal)
 
@@ -78,8 +78,9 @@ class FixedWidthItemReader(FileItemReader):
         model: type[Any] | None = None,
         encoding: str = "utf-8",
         name: str | None = None,
+        require_checksum: ChecksumSpec = False,
     ) -> None:
-        super().__init__(path, encoding=encoding, name=name)
+        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
         self.columns = as_columns(columns)
         self.model = model
         self.width = sum(c.width for c in self.columns)
@@ -136,10 +137,11 @@ class FixedWidthItemWriter(FileItemWriter):
         fill: str = " ",
         encoding: str = "utf-8",
         name: str | None = None,
-        checksum: bool = False,
+        checksum: ChecksumSpec = False,
         fsync: bool = True,
+        done_flag: bool | str = False,
     ) -> None:
-        super().__init__(path, name=name, checksum=checksum, fsync=fsync)
+        super().__init__(path, name=name, checksum=checksum, fsync=fsync, done_flag=done_flag)
         if len(fill) != 1:
             raise ValueError("fill must be a single character")
         self.columns = as_columns(columns)

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from batchd.errors import ItemFormatError
 from batchd.items.convert import ItemModel, item_to_dict
-from batchd.items.files import FileItemReader, FileItemWriter, PathLike
+from batchd.items.files import ChecksumSpec, FileItemReader, FileItemWriter, PathLike
 
 
 class JsonLinesItemReader(FileItemReader):
@@ -36,8 +36,9 @@ class JsonLinesItemReader(FileItemReader):
         model: type[Any] | None = None,
         encoding: str = "utf-8",
         name: str | None = None,
+        require_checksum: ChecksumSpec = False,
     ) -> None:
-        super().__init__(path, encoding=encoding, name=name)
+        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
         self.model = model
         self._item_model = ItemModel(model, blank_is_none=False)
 

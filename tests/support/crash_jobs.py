@@ -27,7 +27,11 @@ from batchd.model import ExecutionContext
 from tests.support.jobs import target_table
 
 ROWS = 400
-OUTPUTS = {"files": ("out.csv", "out.jsonl"), "partitioned": ("merged.csv",)}
+OUTPUTS = {
+    "files": ("out.csv", "out.jsonl"),
+    "partitioned": ("merged.csv",),
+    "flagged": ("flagged.csv", "flagged.csv.md5", "flagged.csv.sha512", "flagged.csv.ok"),
+}
 
 
 class BothWriters:
@@ -91,6 +95,25 @@ def crash_registry(url: str, workdir: Path) -> JobRegistry:
             .partitioner(FileLinePartitioner(source), partitions=4)
             .aggregator(FileAggregator(workdir / "merged.csv", parts=parts, header_lines=1))
             .executor("threads")
+            .build()
+        )
+        .build()
+    )
+    # GoBatch's file output: no header, checksum sidecars, a done flag after the rename.
+    registry.register(
+        JobBuilder("flagged")
+        .step(
+            StepBuilder("export")
+            .reader(CsvItemReader(source))
+            .writer(
+                CsvItemWriter(
+                    workdir / "flagged.csv",
+                    header=False,
+                    checksum=["md5", "sha512"],
+                    done_flag=True,
+                )
+            )
+            .chunk_size(50)
             .build()
         )
         .build()
