@@ -140,6 +140,8 @@ class Daemon:
     # ------------------------------------------------------------------ start-up
 
     def _startup(self, lifecycle: Lifecycle, registry: JobRegistry) -> None:
+        """Start the components in order; StartupFailed, with the exit status that says
+        why, when one cannot start (the stack then stops those that did)."""
         settings = self.settings
         try:
             repository = SqlJobRepository(settings.database_url)
