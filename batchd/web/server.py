@@ -129,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(body=False)
 
     def _refuse(self) -> None:
-        self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, "the web console is read-only", False)
+        self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, "the web console is read-only", True)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 

@@ -155,10 +155,10 @@ class ReadOnlyStore:
         return [Cell.of(row) for row in rows]
 
     @staticmethod
-    def job_names(conn: Connection) -> list[str]:
+    def job_names_query() -> Any:
         """Every job the repository has an instance of, one index lookup per job (a loose
         index scan: the instances may number as many as the executions)."""
-        names = text(
+        return text(
             "WITH RECURSIVE names(name) AS ("
             " SELECT min(job_name) FROM batch_job_instance"
             " UNION ALL"
@@ -166,15 +166,19 @@ class ReadOnlyStore:
             " FROM names WHERE names.name IS NOT NULL)"
             " SELECT name FROM names WHERE name IS NOT NULL"
         )
-        return list(conn.execute(names).scalars())
+
+    def job_names(self, conn: Connection) -> list[str]:
+        return list(conn.execute(self.job_names_query()).scalars())
 
     @staticmethod
     def running_query() -> Any:
-        # The condition is the partial index's own, so that the database uses that index.
-        return select(*_CELL_COLUMNS).where(text(RUNNING_SQL)).order_by(job_execution.c.id)
+        # The condition is the partial index's own, so that the database uses that index;
+        # sorted here, not by the database (which would rather scan the table in id order).
+        return select(*_CELL_COLUMNS).where(text(RUNNING_SQL))
 
     def running(self, conn: Connection) -> list[Cell]:
-        return [Cell.of(row) for row in conn.execute(self.running_query()).mappings()]
+        cells = [Cell.of(row) for row in conn.execute(self.running_query()).mappings()]
+        return sorted(cells, key=lambda cell: cell.id)
 
     # ---------------------------------------------------------------- execution
 
@@ -302,6 +306,7 @@ class ReadOnlyStore:
         the pages' queries use the indexes."""
         with self.reading() as conn:
             compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+            # (a text() query compiles to itself)
             if conn.dialect.name == "sqlite":
                 rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
                 return [str(row[-1]) for row in rows]
