@@ -182,6 +182,31 @@ def run(config_path: Path, log_level: str) -> None:
     sys.exit(Daemon(config_path).run())
 
 
+@main.command("web")
+@CONFIG
+@click.option("--listen", default=None, help='"host:port" to serve on (over [web] listen).')
+def web(config_path: Path, listen: str | None) -> None:
+    """Serve the read-only web console on the config's repository (as `batchd run` does
+    when [web] listen is set), without running any job; stop with SIGTERM."""
+    from batchd.daemon.addresses import parse_listen
+    from batchd.daemon.config import EX_CONFIG, load_settings
+    from batchd.daemon.service import configure_logging
+    from batchd.web.run import serve
+
+    configure_logging("INFO")
+    try:
+        settings = load_settings(config_path)
+        if listen is not None:
+            parse_listen(listen)
+    except ConfigError as error:
+        report_config_error(config_path, error)
+        sys.exit(EX_CONFIG)
+    except ValueError as error:
+        click.echo(f"batchd: --listen: {error}", err=True)
+        sys.exit(EX_CONFIG)
+    sys.exit(serve(settings, listen))
+
+
 # ---------------------------------------------------------------------------- batchd ctl
 
 
