@@ -138,6 +138,8 @@ class _ChunkRun:
             run.step_execution.execution_context,
             params=run.params,
             partition=run.step_execution.partition,
+            job_context=run.job_context,
+            step_context=run.step_context,
         )
         self.committed_context = canonical_json(dict(self.ctx))
         # Looked up once: most steps have no chunk listeners and this is the hot loop.

@@ -170,6 +170,7 @@ class JobRunner:
         execution.step_executions.append(step_execution)
         listeners = self.job.listeners + step.listeners
         step_context = self.repository.load_step_context(execution.instance_id, step.name)
+        step_execution.job_context, step_execution.step_context = job_context, step_context
         run = StepRun(
             repository=self.repository,
             job_execution=execution,

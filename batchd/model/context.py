@@ -15,7 +15,9 @@ class ExecutionContext(dict[str, Any]):
 
     Readers and writers save their position here in ``update()`` and find it again in
     ``open()``. ``params`` (the job parameters, typed when the job has a ``params_model``)
-    and ``partition`` (this partition's context, or None) are read-only attributes.
+    and ``partition`` (this partition's context, or None) are read-only attributes;
+    ``job_context`` and ``step_context`` are the step's (mutable; a partition has its own
+    empty ones, which are not kept).
     """
 
     def __init__(
@@ -24,10 +26,14 @@ class ExecutionContext(dict[str, Any]):
         *,
         params: Any = None,
         partition: dict[str, Any] | None = None,
+        job_context: dict[str, Any] | None = None,
+        step_context: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(data or {})
         self._params = params if params is not None else {}
         self._partition = partition
+        self.job_context: dict[str, Any] = job_context if job_context is not None else {}
+        self.step_context: dict[str, Any] = step_context if step_context is not None else {}
 
     @property
     def params(self) -> Any:
@@ -41,14 +47,24 @@ class ExecutionContext(dict[str, Any]):
         # Pickled for process executors: keep the attributes, not only the dict.
         return (
             _rebuild_execution_context,
-            (dict(self), self._params, self._partition),
+            (dict(self), self._params, self._partition, self.job_context, self.step_context),
         )
 
 
 def _rebuild_execution_context(
-    data: dict[str, Any], params: Any, partition: dict[str, Any] | None
+    data: dict[str, Any],
+    params: Any,
+    partition: dict[str, Any] | None,
+    job_context: dict[str, Any] | None = None,
+    step_context: dict[str, Any] | None = None,
 ) -> ExecutionContext:
-    return ExecutionContext(data, params=params, partition=partition)
+    return ExecutionContext(
+        data,
+        params=params,
+        partition=partition,
+        job_context=job_context,
+        step_context=step_context,
+    )
 
 
 class StepContext:
@@ -93,8 +109,18 @@ class StepContext:
 
 @dataclass
 class ChunkContext:
-    """What chunk listeners receive."""
+    """What chunk listeners receive. ``job_context`` and ``step_context`` are the step's,
+    kept as a tasklet's are (the job context with the execution, the step context per
+    instance and step, at step end)."""
 
     step_execution: StepExecution
     execution_context: ExecutionContext
     items: list[Any]
+
+    @property
+    def job_context(self) -> dict[str, Any]:
+        return self.execution_context.job_context
+
+    @property
+    def step_context(self) -> dict[str, Any]:
+        return self.execution_context.step_context

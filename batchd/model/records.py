@@ -61,6 +61,10 @@ class StepExecution:
     version: int = 0
     # What a flow routes on: the status's name unless the step set another (DESIGN §8).
     exit_status: str | None = None
+    # While the step runs, for its listeners: the execution's job context and the step's
+    # per-instance step context (kept as a tasklet's are; not part of the record).
+    job_context: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    step_context: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def skip_count(self) -> int:
