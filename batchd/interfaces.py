@@ -290,6 +290,16 @@ class ScheduleListener(Protocol):
         ``"complete"``, ``"running"``, ``"invalid"``, ``"error"``, ..."""
         return None
 
+    def on_deadline_missed(self, name: str) -> None:
+        """Called once when a business date of schedule ``name`` has not completed by its
+        deadline."""
+        return None
+
+    def on_schedule_late(self, name: str, late: bool) -> None:
+        """Called on every check of a schedule that has a deadline: whether one of its
+        business dates is past its deadline and still not completed."""
+        return None
+
 
 @runtime_checkable
 class WatchListener(Protocol):
