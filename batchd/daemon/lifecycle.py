@@ -14,12 +14,17 @@ or answers its socket.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
+
+from batchd.engine import JobOperator
 
 log = logging.getLogger(__name__)
 
@@ -97,4 +102,35 @@ def restored_signal_handlers(signums: Iterable[int]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-__all__ = ["Component", "Lifecycle", "Part", "no_threads", "nothing", "restored_signal_handlers"]
+def stop_executions(operator: JobOperator, grace: timedelta, *, exit_status: int) -> None:
+    """The operator's stop, once no trigger can start anything: every running execution is
+    asked to stop and given ``grace``. Job threads cannot be interrupted, so if some still
+    run then, the process leaves at once with ``exit_status`` (the shutdown's: a dead
+    component must still make systemd restart batchd) and crash recovery takes them over."""
+    handles = operator.active_handles()
+    log.info("no more triggers; asking %d running executions to stop", len(handles))
+    for handle in handles:
+        operator.stop(handle.execution_id)
+    deadline = time.monotonic() + grace.total_seconds()
+    for handle in handles:
+        handle.done.wait(max(0.0, deadline - time.monotonic()))
+    still_running = [handle.execution_id for handle in operator.active_handles()]
+    if still_running:
+        log.warning(
+            "stop_grace passed; executions %s still run and are left to crash recovery",
+            still_running,
+        )
+        logging.shutdown()
+        os._exit(exit_status)
+    operator.shutdown(wait=True)
+
+
+__all__ = [
+    "Component",
+    "Lifecycle",
+    "Part",
+    "no_threads",
+    "nothing",
+    "restored_signal_handlers",
+    "stop_executions",
+]

@@ -39,7 +39,13 @@ from batchd import failpoints
 from batchd.daemon.backfill import Backfills
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
-from batchd.daemon.lifecycle import Lifecycle, Part, nothing, restored_signal_handlers
+from batchd.daemon.lifecycle import (
+    Lifecycle,
+    Part,
+    nothing,
+    restored_signal_handlers,
+    stop_executions,
+)
 from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
@@ -450,24 +456,7 @@ class Daemon:
         """The operator's stop, once no trigger can start anything: no further backfill date,
         every running execution asked to stop and given ``stop_grace``."""
         self.backfills.close()
-        handles = self.operator.active_handles()
-        log.info("no more triggers; asking %d running executions to stop", len(handles))
-        for handle in handles:
-            self.operator.stop(handle.execution_id)
-        deadline = time.monotonic() + self.settings.stop_grace.total_seconds()
-        for handle in handles:
-            handle.done.wait(max(0.0, deadline - time.monotonic()))
-        still_running = [h.execution_id for h in self.operator.active_handles()]
-        if still_running:
-            log.warning(
-                "stop_grace passed; executions %s still run and are left to crash recovery",
-                still_running,
-            )
-            logging.shutdown()
-            # Job threads cannot be interrupted; recovery takes over. The exit status is
-            # still the shutdown's: a dead component must make systemd restart batchd.
-            os._exit(self._exit_status)
-        self.operator.shutdown(wait=True)
+        stop_executions(self.operator, self.settings.stop_grace, exit_status=self._exit_status)
 
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
