@@ -41,6 +41,12 @@ AFTER_WAIT_CLAIM = failpoints.declare(
     "started; the claim goes stale a lease later and a recovering node takes it over and "
     "starts the job once, with the parameters recorded with the fire",
 )
+BEFORE_WAIT_CLAIM = failpoints.declare(
+    "scheduler.before_wait_claim",
+    "a node has seen a waiting fire's dependencies complete but not claimed it: the fire is "
+    "still waiting, and the next pass of any node (this one restarted, or another) claims "
+    "and starts it once; a node that loses the claim logs and counts it taken elsewhere",
+)
 
 
 class FireOwner(Protocol):
@@ -54,6 +60,9 @@ class FireOwner(Protocol):
 
     def start_waited(self, fire: RecordedFire) -> None:
         """Start the job of a waiting fire this node has just claimed."""
+
+    def taken_elsewhere(self, fire: RecordedFire) -> None:
+        """Log and count a waiting fire that another node claimed first."""
 
     def give_up(self, fire: RecordedFire, message: str) -> None:
         """Record and count a waiting fire given up (``dependency_timeout``)."""
@@ -137,9 +146,12 @@ class FireWatch:
                 continue  # not a schedule of this node's config: another node starts it
             if not all(self.store.completed_with(d["job"], d["params"]) for d in fire.waits_for):
                 continue
+            failpoints.failpoint(BEFORE_WAIT_CLAIM)
             if self.store.end_waiting_fire(fire.schedule, fire.fire_time, "claimed"):
                 failpoints.failpoint(AFTER_WAIT_CLAIM)
                 self.owner.start_waited(fire)
+            else:
+                self.owner.taken_elsewhere(fire)
 
     def _timeout_message(self, fire: RecordedFire) -> str:
         missing = [
@@ -197,4 +209,4 @@ class FireWatch:
         notify(self.listener, hook_name, *args)
 
 
-__all__ = ["AFTER_WAIT_CLAIM", "POLL_INTERVAL", "FireOwner", "FireWatch"]
+__all__ = ["AFTER_WAIT_CLAIM", "BEFORE_WAIT_CLAIM", "POLL_INTERVAL", "FireOwner", "FireWatch"]
