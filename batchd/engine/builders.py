@@ -52,6 +52,7 @@ class StepBuilder:
         self._tasklet: Tasklet | None = None
         self._reader: Reader[Any] | None = None
         self._processor: Processor[Any, Any] | ProcessFunction | None = None
+        self._fan_out = False
         self._writer: Writer[Any] | WriteFunction | None = None
         self._chunk_size = 100
         self._faults = FaultPolicy()
@@ -79,12 +80,17 @@ class StepBuilder:
         self._reader = reader
         return self
 
-    def processor(self, processor: Processor[Any, Any] | ProcessFunction) -> StepBuilder:
+    def processor(
+        self, processor: Processor[Any, Any] | ProcessFunction, *, fan_out: bool = False
+    ) -> StepBuilder:
         """A callable or an object with ``process(item) -> item | None`` (None filters): a
-        :class:`batchd.interfaces.Processor`."""
+        :class:`batchd.interfaces.Processor`. With ``fan_out=True`` it returns a list of
+        items for each item (an empty list filters it); the writer gets them flattened, and
+        ``write_count`` counts them."""
         if not (callable(processor) or callable(getattr(processor, "process", None))):
             raise TypeError(f"a processor must be callable or have process(): {processor!r}")
         self._processor = processor
+        self._fan_out = bool(fan_out)
         return self
 
     def writer(self, writer: Writer[Any] | WriteFunction) -> StepBuilder:
@@ -228,6 +234,7 @@ class StepBuilder:
             reader=self._reader,
             processor=self._processor,
             writer=self._writer,
+            fan_out=self._fan_out,
             chunk_size=self._chunk_size,
             faults=self._faults,
             **common,

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -68,6 +68,9 @@ class ChunkStep:
     listeners: Listeners = field(default_factory=Listeners)
     allow_start_if_complete: bool = False
     start_limit: int | None = None
+    # The processor returns a list of items for each item (empty: filtered), flattened for
+    # the writer.
+    fan_out: bool = False
 
     def execute(self, run: StepRun) -> StepOutcome:
         return _ChunkRun(self, run).run()
@@ -281,10 +284,25 @@ class _ChunkRun:
                     continue
             else:
                 result = process(item)
-            if result is None:
-                tally.filtered += 1
+            if not self.step.fan_out:
+                if result is None:
+                    tally.filtered += 1
+                else:
+                    outputs.append(result)
+            elif (
+                result is None
+                or isinstance(result, str | bytes | Mapping)
+                or not (isinstance(result, Iterable))
+            ):
+                raise TypeError(
+                    f"the processor of step {self.step.name!r} (fan_out=True) must return a "
+                    f"list of items, not {type(result).__name__}"
+                )
             else:
-                outputs.append(result)
+                before = len(outputs)
+                outputs.extend(result)
+                if len(outputs) == before:
+                    tally.filtered += 1
         return outputs
 
     def _write_and_commit(self, outputs: list[Any], tally: _ChunkTally, *, scan: bool) -> None:
