@@ -12,6 +12,7 @@ from batchd.items.aggregators import FileAggregator
 from batchd.items.base import ItemReader, ItemStream, ItemWriter
 from batchd.items.composite import CompositeItemProcessor, CompositeItemWriter
 from batchd.items.csv_items import CsvItemReader, CsvItemWriter
+from batchd.items.file_moves import ArchiveFiles, CopyFiles, MoveFiles
 from batchd.items.files import FileItemReader, FileItemWriter, RestartableOutput
 from batchd.items.fixed_width import Column, FixedWidthItemReader, FixedWidthItemWriter
 from batchd.items.jsonl import JsonLinesItemReader, JsonLinesItemWriter
@@ -25,6 +26,8 @@ from batchd.items.paths import allow_input_directory, resolve_path, trusted_path
 from batchd.items.sql_items import SqlItemReader, SqlItemWriter
 
 __all__ = [
+    "ArchiveFiles",
+    "CopyFiles",
     "Column",
     "CompositeItemProcessor",
     "CompositeItemWriter",
@@ -43,6 +46,7 @@ __all__ = [
     "JsonLinesItemReader",
     "JsonLinesItemWriter",
     "ListItemReader",
+    "MoveFiles",
     "RestartableOutput",
     "SqlItemReader",
     "SqlItemWriter",
