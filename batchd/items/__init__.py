@@ -27,10 +27,10 @@ from batchd.items.sql_items import SqlItemReader, SqlItemWriter
 
 __all__ = [
     "ArchiveFiles",
-    "CopyFiles",
     "Column",
     "CompositeItemProcessor",
     "CompositeItemWriter",
+    "CopyFiles",
     "CsvItemReader",
     "CsvItemWriter",
     "FileAggregator",
