@@ -5,6 +5,7 @@ them; nothing here is HTML (the templates escape every value)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -43,6 +44,34 @@ def first_line(message: str | None) -> str | None:
     return message.strip().splitlines()[0] if message and message.strip() else None
 
 
+# The top-level "date" of canonical (compact, sorted) JSON without nested objects.
+_FLAT_DATE = re.compile(r'"date":"(\d{4}-\d{2}-\d{2})')
+
+
+def params_date(params: str) -> date | None:
+    """The ``date`` parameter of an execution's parameters (JSON text) when it is a date.
+    Most parameters are flat canonical JSON: read those without decoding them all."""
+    if '"date"' not in params:
+        return None
+    match = _FLAT_DATE.search(params) if params.count("{") == 1 else None
+    if match is not None:
+        text: Any = match.group(1)
+    else:
+        decoded = json.loads(params)
+        text = decoded.get("date") if isinstance(decoded, dict) else None
+    try:
+        return date.fromisoformat(text[:10]) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def created_date(created: str | datetime, timezone: ZoneInfo) -> date:
+    """The day, in ``timezone``, of a creation time as the database returns it untyped
+    (SQLite: naive UTC text; PostgreSQL: a naive UTC datetime)."""
+    moment = created if isinstance(created, datetime) else datetime.fromisoformat(created)
+    return moment.replace(tzinfo=UTC).astimezone(timezone).date()
+
+
 def business_date(params: Any, created: datetime, timezone: ZoneInfo) -> date:
     """An execution's date (DESIGN §9): its ``date`` parameter when that is a date, else the
     day it was created in the daemon's time zone."""
@@ -72,28 +101,35 @@ class Pages:
 
     def overview(self, days: int = DAYS) -> dict[str, Any]:
         timezone = ZoneInfo(self.settings().timezone)
+        newest: dict[tuple[str, date], tuple[int, str]] = {}
+        attempts: dict[tuple[str, date], int] = {}
+        failed: list[int] = []
         with self.store.reading() as conn:
-            cells = self.store.newest_executions(conn)
+            rows = self.store.newest_executions(conn)
+            # Newest first: the first execution seen of a (job, date) is the one shown.
+            for execution_id, job, params, status, created in rows:
+                key = (job, params_date(params) or created_date(created, timezone))
+                newest.setdefault(key, (execution_id, status))
+                attempts[key] = attempts.get(key, 0) + 1
+                if status in FAILED and len(failed) < 10:
+                    failed.append(execution_id)
+            dates = sorted({day for _job, day in newest})[-days:]
+            shown = set(dates)
+            failed_cells = [
+                execution_id
+                for (_job, day), (execution_id, status) in newest.items()
+                if status in FAILED and day in shown
+            ]
+            cells = self.store.cells(conn, [*failed, *failed_cells])
             names = self.store.job_names(conn)
             running = self.store.running(conn)
             progress = self._running_progress(conn, running)
-        newest: dict[tuple[str, date], Cell] = {}
-        attempts: dict[tuple[str, date], int] = {}
-        failures: list[dict[str, Any]] = []
-        for cell in cells:  # newest first: the first one seen of a (job, date) is its newest
-            params = json.loads(cell.params)
-            key = (cell.job, business_date(params, cell.create_time, timezone))
-            newest.setdefault(key, cell)
-            attempts[key] = attempts.get(key, 0) + 1
-            if cell.status in FAILED and len(failures) < 10:
-                failures.append(self._cell_view(cell, key[1], params))
-        dates = sorted({day for _job, day in newest})[-days:]
         jobs = sorted(set(names) | {job for job, _day in newest})
         grid = [
             {
                 "name": job,
                 "cells": [
-                    self._grid_cell(newest.get((job, day)), day, attempts.get((job, day), 0))
+                    self._grid_cell(newest.get((job, day)), cells, day, attempts.get((job, day), 0))
                     for day in dates
                 ],
             }
@@ -104,37 +140,37 @@ class Pages:
             "dates": [day.isoformat() for day in dates],
             "jobs": grid,
             "running": [
-                {
-                    **self._cell_view(
-                        cell, business_date(json.loads(cell.params), cell.create_time, timezone)
-                    ),
-                    "progress": progress.get(cell.id),
-                }
+                {**self._cell_view(cell, timezone), "progress": progress.get(cell.id)}
                 for cell in running
             ],
-            "failures": failures,
+            "failures": [self._cell_view(cells[i], timezone) for i in failed if i in cells],
             "generated_at": iso(self.clock()),
         }
 
     @staticmethod
-    def _grid_cell(cell: Cell | None, day: date, attempts: int) -> dict[str, Any]:
-        if cell is None:
+    def _grid_cell(
+        shown: tuple[int, str] | None, cells: dict[int, Cell], day: date, attempts: int
+    ) -> dict[str, Any]:
+        if shown is None:
             return {"date": day.isoformat(), "id": None, "status": None, "attempts": 0}
+        execution_id, status = shown
+        cell = cells.get(execution_id)
         return {
             "date": day.isoformat(),
-            "id": cell.id,
-            "status": cell.status,
+            "id": execution_id,
+            "status": status,
             "attempts": attempts,
-            "exit_message": first_line(cell.exit_message) if cell.status in FAILED else None,
+            "exit_message": first_line(cell.exit_message) if cell is not None else None,
         }
 
     @staticmethod
-    def _cell_view(cell: Cell, day: date, params: Any = None) -> dict[str, Any]:
+    def _cell_view(cell: Cell, timezone: ZoneInfo) -> dict[str, Any]:
+        params = json.loads(cell.params)
         return {
             "id": cell.id,
             "job": cell.job,
-            "date": day.isoformat(),
-            "params": params if params is not None else json.loads(cell.params),
+            "date": business_date(params, cell.create_time, timezone).isoformat(),
+            "params": params,
             "status": cell.status,
             "exit_message": first_line(cell.exit_message),
             "start_time": iso(cell.start_time),

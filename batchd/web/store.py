@@ -24,15 +24,18 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
+    String,
     create_engine,
     event,
     func,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.engine import URL
 
 from batchd.model import JobExecution, StepExecution
+from batchd.repository.base import batches
 from batchd.repository.connect import SQLITE_BUSY_TIMEOUT_MS, parse_database_url
 from batchd.repository.nodes import NodeRecord
 from batchd.repository.rows import to_job_execution, to_step_execution
@@ -142,17 +145,36 @@ class ReadOnlyStore:
     @staticmethod
     def grid_query(floor: int) -> Any:
         """The newest executions (id above ``floor``), newest first: a range of the
-        primary key."""
+        primary key. Only what places and colours a cell, as the database has it (the
+        creation time unconverted: most executions are placed by their date parameter)."""
         return (
-            select(*_CELL_COLUMNS)
+            select(
+                job_execution.c.id,
+                job_execution.c.job_name,
+                job_execution.c.params,
+                job_execution.c.status,
+                type_coerce(job_execution.c.create_time, String).label("create_time"),
+            )
             .where(job_execution.c.id > floor)
             .order_by(job_execution.c.id.desc())
         )
 
-    def newest_executions(self, conn: Connection, window: int = GRID_WINDOW) -> list[Cell]:
+    def newest_executions(
+        self, conn: Connection, window: int = GRID_WINDOW
+    ) -> list[tuple[int, str, str, str, Any]]:
+        """(id, job, params JSON, status, creation time as stored) of the newest
+        ``window`` executions, newest first."""
         newest = conn.execute(select(func.max(job_execution.c.id))).scalar_one_or_none() or 0
-        rows = conn.execute(self.grid_query(newest - window)).mappings()
-        return [Cell.of(row) for row in rows]
+        return [tuple(row) for row in conn.execute(self.grid_query(newest - window))]
+
+    @staticmethod
+    def cells(conn: Connection, ids: list[int]) -> dict[int, Cell]:
+        """The executions of ``ids`` (by primary key)."""
+        found: dict[int, Cell] = {}
+        for part in batches(ids):
+            query = select(*_CELL_COLUMNS).where(job_execution.c.id.in_(part))
+            found.update((row["id"], Cell.of(row)) for row in conn.execute(query).mappings())
+        return found
 
     @staticmethod
     def job_names_query() -> Any:
