@@ -152,6 +152,11 @@ class SkipLimitExceeded(BatchError):
     """More items were skipped than the step's skip limit allows."""
 
 
+class UnguardedMainModule(BatchError):
+    """Partitions on worker processes would re-import a main module that starts jobs at
+    module level (no ``if __name__ == "__main__":`` around it)."""
+
+
 class PartitionError(BatchError):
     """A partitioned step could not run its partitions (bad plan, unpicklable step...)."""
 

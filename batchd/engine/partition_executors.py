@@ -12,6 +12,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from batchd.engine.main_guard import check_main_guard
+
 EXECUTOR_NAMES = ("threads", "processes")
 
 # prctl(PR_SET_PDEATHSIG): the kernel kills a worker process when the job's process dies.
@@ -67,6 +69,7 @@ def open_executor(spec: Any, tasks: int, workers: int | None, step_name: str) ->
             owned=True,
         )
     if spec == "processes":
+        check_main_guard(step_name)  # a clear error instead of a BrokenProcessPool
         # Spawned, never forked: the job's process has threads (the daemon's scheduler,
         # watcher, heartbeat) whose locks a fork would copy in whatever state they are in.
         return PartitionExecutor(
