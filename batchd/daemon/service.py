@@ -227,6 +227,18 @@ class Daemon:
                 lifecycle,
                 Part("metrics listener", listen, self.metrics.stop, self.metrics.http.threads),
             )
+        if settings.web.listen:
+            # Imported here: a daemon without the console never loads Jinja2.
+            from batchd.web.run import make_console
+
+            # Pages read self.settings when asked (a reload replaces them) and ask the
+            # scheduler only for its next fire times; they run on the console's own threads.
+            web = make_console(
+                lambda: self.settings,
+                settings.web.listen,
+                next_fires=self.scheduler.next_fire_times,
+            )
+            self._open(lifecycle, Part(web.name, web.start, web.stop, web.threads))
 
     def _join(self) -> None:
         try:
@@ -251,7 +263,7 @@ class Daemon:
         try:
             lifecycle.start(socket_part)
         except OSError as error:
-            message = f"cannot open the control socket or the metrics listener: {error}"
+            message = f"cannot open the {socket_part.name}: {error}"
             raise StartupFailed(EX_CANTCREAT, message) from error
 
     def _status(self) -> str:
