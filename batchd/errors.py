@@ -152,6 +152,12 @@ class SkipLimitExceeded(BatchError):
     """More items were skipped than the step's skip limit allows."""
 
 
+class PermanentError(BatchError):
+    """Raise it (or a subclass) from a step to fail the job for good: the daemon's automatic
+    retries do not restart an execution that failed with it (its exit status is
+    ``FAILED_PERMANENT``). ``JobBuilder.permanent_errors(...)`` names other such errors."""
+
+
 class UnguardedMainModule(BatchError):
     """Partitions on worker processes would re-import a main module that starts jobs at
     module level (no ``if __name__ == "__main__":`` around it)."""

@@ -264,6 +264,7 @@ class JobBuilder:
         self._restartable = True
         self._flow: tuple[Any, Mapping[Any, Mapping[str, Any]]] | None = None
         self._incrementer: Incrementer | None = None
+        self._permanent_errors: ErrorTypes = ()
 
     def step(self, step: Step) -> JobBuilder:
         if any(existing.name == step.name for existing in self._steps):
@@ -290,6 +291,13 @@ class JobBuilder:
         if not callable(chosen):
             raise TypeError(f"an incrementer must be callable, not {chosen!r}")
         self._incrementer = chosen
+        return self
+
+    def permanent_errors(self, *errors: type[BaseException]) -> JobBuilder:
+        """Errors that fail the job for good (as :class:`batchd.errors.PermanentError`
+        does): its exit status is ``FAILED_PERMANENT`` and the daemon's automatic retries
+        do not restart it."""
+        self._permanent_errors = _error_types(errors, "permanent_errors")
         return self
 
     def params_model(self, model: type[BaseModel]) -> JobBuilder:
@@ -331,6 +339,7 @@ class JobBuilder:
             steps=steps,
             flow=flow,
             incrementer=self._incrementer,
+            permanent_errors=self._permanent_errors,
             params_model=self._params_model,
             non_identifying=frozenset(self._non_identifying),
             listeners=Listeners(self._listeners),

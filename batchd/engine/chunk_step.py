@@ -155,6 +155,7 @@ class _ChunkRun:
         opened: list[Any] = []
         status = BatchStatus.FAILED
         message: str | None = None
+        failure: Exception | None = None
         try:
             for stream in self.streams:
                 stream.open(self.ctx)
@@ -171,7 +172,7 @@ class _ChunkRun:
         except JobStopped as stopped:
             status, message = BatchStatus.STOPPED, str(stopped)
         except Exception as error:
-            status, message = BatchStatus.FAILED, describe_error(error)
+            status, message, failure = BatchStatus.FAILED, describe_error(error), error
         finally:
             for stream in reversed(opened):
                 close = getattr(stream, "close", None)
@@ -183,7 +184,7 @@ class _ChunkRun:
                     log.exception("closing %r in step %s failed", stream, self.step.name)
                     if status == BatchStatus.COMPLETED:
                         status, message = BatchStatus.FAILED, describe_error(error)
-        return StepOutcome(status, json.loads(self.committed_context), message)
+        return StepOutcome(status, json.loads(self.committed_context), message, error=failure)
 
     def _loop(self) -> BatchStatus:
         while True:

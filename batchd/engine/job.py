@@ -46,6 +46,8 @@ class Job:
     flow: Flow | None = None
     # Spring's JobParametersIncrementer: the parameters ``start_next`` adds (a new run_id).
     incrementer: Incrementer | None = None
+    # Errors that fail the job for good: automatic retries do not restart it.
+    permanent_errors: tuple[type[BaseException], ...] = ()
 
     def parameters(self, raw: RawParams) -> JobParameters:
         """Validate ``raw`` for this job (InvalidJobParameters naming the field)."""

@@ -13,11 +13,14 @@ from batchd import failpoints
 from batchd.engine.flow_walk import FlowWalk, StepResult, call_collecting
 from batchd.engine.job import Job, Step
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
-from batchd.errors import ExecutionLost, StartLimitExceeded
+from batchd.errors import ExecutionLost, PermanentError, StartLimitExceeded
 from batchd.model import BatchStatus, JobExecution, JobParameters, StepExecution, canonical_json
 from batchd.repository import SqlJobRepository
 
 log = logging.getLogger(__name__)
+
+# The exit status of a job that failed with an error it marks permanent: not retried.
+FAILED_PERMANENT = "FAILED_PERMANENT"
 
 # Seconds to wait between attempts to record an execution's end while the database is away.
 END_WRITE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -58,6 +61,8 @@ class JobRunner:
         self.execution = execution
         self.params = params
         self.handle = handle
+        # A step failed with an error the job marks permanent: no automatic retry.
+        self.permanent_failure = False
 
     def run(self) -> None:
         execution, job = self.execution, self.job
@@ -95,6 +100,8 @@ class JobRunner:
             status, message = BatchStatus.FAILED, describe_error(error)
         if status != BatchStatus.COMPLETED or exit_status is None:
             exit_status = status.value
+        if status == BatchStatus.FAILED and self.permanent_failure:
+            exit_status = FAILED_PERMANENT
         execution.status, execution.exit_message = status, message
         execution.exit_status = exit_status
         try:
@@ -134,6 +141,10 @@ class JobRunner:
                 step_execution,
             )
         assert step_execution is not None
+        if outcome.error is not None and isinstance(
+            outcome.error, (PermanentError, *self.job.permanent_errors)
+        ):
+            self.permanent_failure = True
         return StepResult(
             outcome.status,
             step_execution.exit_status or outcome.status.value,

@@ -35,6 +35,8 @@ class StepOutcome:
     exit_message: str | None = None
     # A custom exit status (a tasklet's ``ctx.exit_status``); None: the status's name.
     exit_status: str | None = None
+    # What failed the step (not recorded): the job decides whether it is permanent.
+    error: BaseException | None = None
 
 
 def describe_error(error: BaseException) -> str:

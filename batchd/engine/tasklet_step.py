@@ -44,7 +44,9 @@ class TaskletStep:
         except ExecutionLost:
             raise
         except Exception as error:
-            return StepOutcome(BatchStatus.FAILED, dict(execution_context), describe_error(error))
+            return StepOutcome(
+                BatchStatus.FAILED, dict(execution_context), describe_error(error), error=error
+            )
         return StepOutcome(
             BatchStatus.COMPLETED, dict(execution_context), exit_status=ctx.exit_status
         )

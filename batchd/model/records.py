@@ -111,6 +111,8 @@ class JobExecution:
     version: int = 0
     # The status's name, or how the job's flow ended (the last step's exit status).
     exit_status: str | None = None
+    # 1 for the instance's first execution, one more for each restart (retries count it).
+    attempt: int = 1
 
     @property
     def is_running(self) -> bool:

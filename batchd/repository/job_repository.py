@@ -179,6 +179,7 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                             owner_pid=owner.pid,
                             heartbeat=now,
                             version=0,
+                            attempt=(last.attempt if last is not None else 0) + 1,
                         )
                     )
                 )

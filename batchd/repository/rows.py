@@ -38,6 +38,7 @@ def to_job_execution(row: RowMapping, steps: list[StepExecution] | None = None) 
         heartbeat=row["heartbeat"],
         version=row["version"],
         exit_status=row["exit_status"] or row["status"],
+        attempt=row["attempt"],
     )
 
 

@@ -123,6 +123,8 @@ job_execution = Table(
     Column("heartbeat", UTCDateTime),
     Column("version", Integer, nullable=False),
     Column("exit_status", String(100)),  # migration 0006; NULL: the status's name
+    # Migration 0007: 1 for an instance's first execution, one more for each restart.
+    Column("attempt", Integer, nullable=False, server_default="1"),
     Index("ix_job_execution_instance", "instance_id"),
     Index("ix_job_execution_name_status", "job_name", "status"),
     # The database itself allows at most one running execution per instance.
