@@ -427,7 +427,8 @@ def ctl_backfill(
 def ctl_reload() -> None:
     result = _call("reload")
     if not result.get("accepted"):
-        _fail("ReloadRefused", "the new config is bad; batchd keeps the running one (see its log)")
+        why = result.get("error") or "the new config is bad"
+        _fail("ReloadRefused", f"{why}\nbatchd keeps running the config it had")
 
 
 @_ctl_command("purge")

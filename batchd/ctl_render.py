@@ -15,6 +15,8 @@ from rich.text import Text
 
 from batchd.ctl import RUNNING
 
+_MESSAGE_WIDTH = 120  # characters of an exit message shown in a table of executions
+
 _STATUS_STYLE = {
     "COMPLETED": "green",
     "STARTING": "cyan",
@@ -96,7 +98,8 @@ def make_console() -> Console:
 
 def executions_table(executions: list[Mapping[str, Any]], now: datetime | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("ID", "JOB", "PARAMS", "STATUS", "NODE", "START", "DURATION", "PROGRESS"):
+    columns = ("ID", "JOB", "PARAMS", "STATUS", "NODE", "START", "DURATION")
+    for column in (*columns, "PROGRESS / MESSAGE"):
         table.add_column(
             column,
             justify="right" if column == "ID" else "left",
@@ -111,9 +114,16 @@ def executions_table(executions: list[Mapping[str, Any]], now: datetime | None =
             str(execution.get("node") or ""),
             local_time(execution.get("start_time") or execution.get("create_time")),
             duration(elapsed(execution.get("start_time"), execution.get("end_time"), now)),
-            progress(execution, now),
+            progress(execution, now) or first_line(execution.get("exit_message")),
         )
     return table
+
+
+def first_line(message: str | None, width: int = _MESSAGE_WIDTH) -> str:
+    """The first non-blank line of an exit message (a traceback's is its error), shortened
+    to ``width`` characters: why a run failed, at a glance; ``ctl execution`` has the rest."""
+    line = next((line.strip() for line in (message or "").splitlines() if line.strip()), "")
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def steps_table(steps: list[Mapping[str, Any]], now: datetime | None = None) -> Table:

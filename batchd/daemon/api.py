@@ -105,8 +105,9 @@ class DaemonControl(Protocol):
         """The backfills this daemon runs: planned, started and stopped through it."""
         ...
 
-    def reload(self, asked_by: str) -> bool:
-        """Reload the config as SIGHUP does; False (keeping the running one) if it is bad."""
+    def reload(self, asked_by: str) -> str | None:
+        """Reload the config as SIGHUP does; None, or why the new config is refused (the
+        running one is kept): the config error, naming each bad key."""
         ...
 
     def trigger_counts(self) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from pydantic_settings import (
 
 from batchd.daemon.calendars import calendar_problems
 from batchd.daemon.scheduler import SCHEDULE_VARIABLES, validate_schedule
-from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
+from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings, misspelt_variables
 from batchd.daemon.templates import TemplateError, check_templates
 from batchd.daemon.watch_rules import WATCH_VARIABLES, watch_problems
 from batchd.engine import JobRegistry
@@ -88,15 +88,18 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
     reserved = [f"{key}: unknown key" for key in data if key.startswith("_")]
     if reserved:
         raise ConfigError(reserved, file)
+    typos = misspelt_variables(environ, ENV_PREFIX)  # named like the file's unknown keys
     token = _ENVIRON.set(environ)
     try:
         loaded = _FileAndEnvironment(**data)
     except ValidationError as error:
-        raise ConfigError(_validation_problems(error, data), file) from None
+        raise ConfigError(typos + _validation_problems(error, data), file) from None
     except SettingsError as error:
-        raise ConfigError([_settings_error_problem(error)], file) from None
+        raise ConfigError([*typos, _settings_error_problem(error)], file) from None
     finally:
         _ENVIRON.reset(token)
+    if typos:
+        raise ConfigError(typos, file)
     # Hand out a plain Settings: it compares equal to Settings built elsewhere (on reload).
     return Settings.model_construct(
         _fields_set=set(loaded.model_fields_set),

@@ -96,7 +96,19 @@ class ControlServer:
     def start(self) -> None:
         """Create the socket (mode ``control.mode``) and serve it on a background thread.
         OSError if it cannot be created or another process already listens on it."""
-        self._sock = self._listen()
+        self.bind()
+        self.serve()
+
+    def bind(self) -> None:
+        """Create the socket (OSError as for :meth:`start`); clients that connect wait in
+        its backlog until :meth:`serve`. A daemon binds first, so that a second one on the
+        same socket is refused before it has started anything."""
+        if self._sock is None:
+            self._sock = self._listen()
+
+    def serve(self) -> None:
+        """Answer on the bound socket from a background thread (binding it if need be)."""
+        self.bind()
         self._thread = threading.Thread(
             target=self._accept_loop, name="batchd-control", daemon=True
         )

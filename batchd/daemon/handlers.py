@@ -171,9 +171,14 @@ class Handlers:
         }
 
     def reload(self) -> dict[str, Any]:
-        accepted = self.daemon.reload("control socket")
+        refused = self.daemon.reload("control socket")
         schedules, watches = self.daemon.trigger_counts()
-        return {"accepted": accepted, "schedules": schedules, "watches": watches}
+        return {
+            "accepted": refused is None,
+            "error": refused,
+            "schedules": schedules,
+            "watches": watches,
+        }
 
     def recover(self) -> dict[str, Any]:
         recovered, trusted = self.daemon.recover(raise_errors=True)

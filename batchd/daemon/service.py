@@ -149,6 +149,10 @@ class Daemon:
         """Start the components in order; StartupFailed, with the exit status that says
         why, when one cannot start (the stack then stops those that did)."""
         settings = self.settings
+        # The control socket is taken first: a second daemon configured with this one's
+        # socket is refused here, before it touches the repository or fires anything.
+        self.control = ControlServer(self)
+        self._open(lifecycle, Part("control socket", self.control.bind, self.control.close))
         try:
             repository = SqlJobRepository(settings.database_url)
         except RepositoryError as error:
@@ -216,9 +220,10 @@ class Daemon:
             len(settings.watches),
             repository.url.render_as_string(hide_password=True),
         )
-        self.control = ControlServer(self, listener=self.metrics)
+        self.control.listener = self.metrics
+        # Closed first on shutdown, as before (closing again at the end does nothing).
         control = Part(
-            "control server", self.control.start, self.control.close, self.control.threads
+            "control server", self.control.serve, self.control.close, self.control.threads
         )
         self._open(lifecycle, control)
         if settings.metrics.listen:
@@ -341,8 +346,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
 
-    def reload(self, asked_by: str) -> bool:
-        """Reload the config; False (keeping the running one) when the new one is bad.
+    def reload(self, asked_by: str) -> str | None:
+        """Reload the config; None, or why the new one is bad (the running one is kept).
 
         One reload at a time: a reload asked for while another runs waits for it, then
         reads the config file again (the one running may have read it before the latest
@@ -355,7 +360,7 @@ class Daemon:
         finally:
             self._reload_lock.release()
 
-    def _reload(self, asked_by: str) -> bool:
+    def _reload(self, asked_by: str) -> str | None:
         self.notifier.reloading()
         log.info("reload (%s): reading %s", asked_by, self.config_path)
         try:
@@ -363,7 +368,7 @@ class Daemon:
         except ConfigError as error:
             log.error("reload refused, keeping the running config:\n%s", error)
             self.notifier.ready(self._status())
-            return False
+            return str(error)
         failpoints.failpoint(DURING_RELOAD)
         self._warn_about_restart_only_settings(settings)
         self.scheduler.reconfigure(settings.schedules, settings.calendars)
@@ -382,7 +387,7 @@ class Daemon:
             len(settings.watches),
         )
         self.notifier.ready(self._status())
-        return True
+        return None
 
     def _warn_about_restart_only_settings(self, new: Settings) -> None:
         for key in ("database_url", "max_concurrent_jobs", "control", "metrics", "heartbeat"):
@@ -478,9 +483,23 @@ def _exit_at_once(signum: int, frame: FrameType | None) -> None:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """One line per event on stderr (journald adds time and unit)."""
+    """One line per event on stderr: journald adds the time and the unit; anywhere else
+    (a terminal, a file, another supervisor) the line carries its own time."""
+    stamp = "" if under_journald() else "%(asctime)s "
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=stamp + "%(levelname)s %(name)s: %(message)s",
     )
+
+
+def under_journald() -> bool:
+    """Whether stderr is the journal's stream: systemd sets ``JOURNAL_STREAM`` to its
+    ``device:inode`` (compared, as systemd advises: a child whose stderr was redirected
+    inherits the variable but not the stream)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"

@@ -7,8 +7,10 @@ registered, do the templates use only known variables) is done by ``check`` in
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -238,6 +240,43 @@ class Settings(Section):
         if relative:
             raise ValueError(f"must be absolute directories, not {', '.join(relative)}")
         return paths
+
     _positive = field_validator("stop_grace", "heartbeat", "lease", "recover_every")(
         _check_positive
     )
+
+
+# Variables batchd reads itself that are not settings (the config file's path, the crash
+# tests' failpoints, the trusted input directories of the file readers).
+OTHER_VARIABLES = ("CONFIG", "FAILPOINTS", "INPUT_DIRS")
+
+
+def variable_names() -> list[str]:
+    """Every ``BATCHD_`` variable batchd reads, without the prefix: each setting (a table's
+    keys joined by ``__``, as ``CONTROL__SOCKET``) and :data:`OTHER_VARIABLES`."""
+    names = list(OTHER_VARIABLES)
+    for name, field in Settings.model_fields.items():
+        names.append(name.upper())
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [f"{name}__{key}".upper() for key in section.model_fields]
+    return names
+
+
+def misspelt_variables(environ: Mapping[str, str], prefix: str = "BATCHD_") -> list[str]:
+    """A problem for each ``BATCHD_`` variable that is none batchd reads but looks like
+    one of them (``BATCHD_MAX_CONCURENT_JOBS``): such a typo would otherwise be ignored in
+    silence. Other ``BATCHD_`` variables are left alone: job modules may read their own."""
+    known = variable_names()
+    problems = []
+    for variable in sorted(environ):
+        name = variable[len(prefix) :].upper()
+        if not variable.upper().startswith(prefix) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=_LOOKS_LIKE)
+        if close:
+            problems.append(f"{variable}: unknown variable (did you mean {prefix}{close[0]}?)")
+    return problems
+
+
+_LOOKS_LIKE = 0.75  # difflib's ratio from which a variable's name is taken for a typo

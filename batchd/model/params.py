@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from batchd.errors import InvalidJobParameters
 
@@ -197,9 +197,35 @@ def build_parameters(
             raise InvalidJobParameters(
                 f"invalid parameters for job {job_name!r}: {describe_validation_error(exc)}"
             ) from None
+        _refuse_dropped(job_name, model, values)
         # The key comes from the model's JSON form, so defaults and spellings
         # ("2026-11-21" vs a date object) do not split one instance into two.
         # A model can turn "nan" into a float NaN: check what it made as any input.
         values = _canonical_values(typed.model_dump(mode="json"))
     identifying = {k: v for k, v in values.items() if k not in non_identifying}
     return JobParameters(values=values, identifying=identifying, typed=typed)
+
+
+def _refuse_dropped(job_name: str, model: type[BaseModel], values: Mapping[str, Any]) -> None:
+    """InvalidJobParameters naming the parameters ``model`` would silently drop: those it
+    has no field (nor alias) for, unless its ``extra`` config keeps them ("allow") or
+    already refuses them ("forbid"). Pydantic's default, "ignore", would start the job
+    without the value the operator gave (``--param colour=red`` for no ``colour``)."""
+    if model.model_config.get("extra", "ignore") != "ignore":
+        return
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        for alias in (field.alias, field.validation_alias):
+            if isinstance(alias, str):
+                names.add(alias)
+            elif isinstance(alias, AliasChoices):
+                names.update(choice for choice in alias.choices if isinstance(choice, str))
+    unknown = sorted(key for key in values if key not in names)
+    if unknown:
+        fields = ", ".join(model.model_fields) or "none"
+        raise InvalidJobParameters(
+            f"invalid parameters for job {job_name!r}: "
+            + "; ".join(f"{key}: no such parameter" for key in unknown)
+            + f" ({model.__name__} takes: {fields})"
+        )

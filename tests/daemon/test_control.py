@@ -300,11 +300,17 @@ def test_reload(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
     control = launched.connect()
     assert control.call("schedules") == {"schedules": []}
     launched.daemon.config_path.write_text(control_config(tmp_path, SCHEDULE))
-    assert control.call("reload") == {"accepted": True, "schedules": 1, "watches": 0}
+    assert control.call("reload") == {
+        "accepted": True,
+        "error": None,
+        "schedules": 1,
+        "watches": 0,
+    }
     assert [s["name"] for s in control.call("schedules")["schedules"]] == ["daily"]
     launched.daemon.config_path.write_text(control_config(tmp_path, "[[schedules]]\nname = 1\n"))
     refused = control.call("reload")
     assert refused["accepted"] is False and refused["schedules"] == 1
+    assert refused["error"].startswith("schedules[0].name: ")  # why, naming the key
     assert [s["name"] for s in control.call("schedules")["schedules"]] == ["daily"]
 
 

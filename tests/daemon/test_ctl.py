@@ -103,7 +103,7 @@ def test_tables_json_and_errors(launch: Launch, tmp_path: Path) -> None:  # noqa
         "NODE",
         "START",
         "DURATION",
-        "PROGRESS",
+        "PROGRESS / MESSAGE",
     ]
     assert [row.split("│")[0].strip() for row in rows] == ["2", "1"]
     assert all("COMPLETED" in row and "dated" in row for row in rows)
