@@ -5,7 +5,6 @@ them; nothing here is HTML (the templates escape every value)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -44,44 +43,30 @@ def first_line(message: str | None) -> str | None:
     return message.strip().splitlines()[0] if message and message.strip() else None
 
 
-# The top-level "date" of canonical (compact, sorted) JSON without nested objects.
-_FLAT_DATE = re.compile(r'"date":"(\d{4}-\d{2}-\d{2})')
-
-
-def params_date(params: str) -> date | None:
-    """The ``date`` parameter of an execution's parameters (JSON text) when it is a date.
-    Most parameters are flat canonical JSON: read those without decoding them all."""
-    if '"date"' not in params:
-        return None
-    match = _FLAT_DATE.search(params) if params.count("{") == 1 else None
-    if match is not None:
-        text: Any = match.group(1)
-    else:
-        decoded = json.loads(params)
-        text = decoded.get("date") if isinstance(decoded, dict) else None
-    try:
-        return date.fromisoformat(text[:10]) if isinstance(text, str) else None
-    except ValueError:
-        return None
+def row_date(text: Any, created: str | datetime, timezone: ZoneInfo) -> date:
+    """An execution's date (DESIGN §9) from its ``date`` parameter as the database read it
+    from the JSON, else from its creation time (see :func:`created_date`)."""
+    if isinstance(text, str):
+        try:
+            return date.fromisoformat(text[:10])
+        except ValueError:
+            pass
+    return created_date(created, timezone)
 
 
 def created_date(created: str | datetime, timezone: ZoneInfo) -> date:
-    """The day, in ``timezone``, of a creation time as the database returns it untyped
-    (SQLite: naive UTC text; PostgreSQL: a naive UTC datetime)."""
+    """The day, in ``timezone``, of a creation time: aware, or as the database returns it
+    untyped (SQLite: naive UTC text; PostgreSQL: a naive UTC datetime)."""
     moment = created if isinstance(created, datetime) else datetime.fromisoformat(created)
-    return moment.replace(tzinfo=UTC).astimezone(timezone).date()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(timezone).date()
 
 
 def business_date(params: Any, created: datetime, timezone: ZoneInfo) -> date:
     """An execution's date (DESIGN §9): its ``date`` parameter when that is a date, else the
     day it was created in the daemon's time zone."""
-    value = params.get("date") if isinstance(params, dict) else None
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value[:10])
-        except ValueError:
-            pass
-    return created.astimezone(timezone).date()
+    return row_date(params.get("date") if isinstance(params, dict) else None, created, timezone)
 
 
 @dataclass
@@ -107,8 +92,8 @@ class Pages:
         with self.store.reading() as conn:
             rows = self.store.newest_executions(conn)
             # Newest first: the first execution seen of a (job, date) is the one shown.
-            for execution_id, job, params, status, created in rows:
-                key = (job, params_date(params) or created_date(created, timezone))
+            for execution_id, job, day, status, created in rows:
+                key = (job, row_date(day, created, timezone))
                 newest.setdefault(key, (execution_id, status))
                 attempts[key] = attempts.get(key, 0) + 1
                 if status in FAILED and len(failed) < 10:

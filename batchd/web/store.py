@@ -15,16 +15,18 @@ executions, and the unique keys of fires and files per schedule and watch.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     RowMapping,
     String,
+    cast,
     create_engine,
     event,
     func,
@@ -142,16 +144,20 @@ class ReadOnlyStore:
 
     # ----------------------------------------------------------------- overview
 
-    @staticmethod
-    def grid_query(floor: int) -> Any:
+    def grid_query(self, floor: int) -> Any:
         """The newest executions (id above ``floor``), newest first: a range of the
-        primary key. Only what places and colours a cell, as the database has it (the
-        creation time unconverted: most executions are placed by their date parameter)."""
+        primary key. Only what places and colours a cell: the ``date`` parameter (read
+        from the JSON by the database) and the creation time as stored (converted only for
+        the executions without a date)."""
+        if self.engine.dialect.name == "postgresql":
+            day = func.json_extract_path_text(cast(job_execution.c.params, JSON), "date")
+        else:
+            day = func.json_extract(job_execution.c.params, "$.date")
         return (
             select(
                 job_execution.c.id,
                 job_execution.c.job_name,
-                job_execution.c.params,
+                day.label("date"),
                 job_execution.c.status,
                 type_coerce(job_execution.c.create_time, String).label("create_time"),
             )
@@ -159,13 +165,19 @@ class ReadOnlyStore:
             .order_by(job_execution.c.id.desc())
         )
 
-    def newest_executions(
-        self, conn: Connection, window: int = GRID_WINDOW
-    ) -> list[tuple[int, str, str, str, Any]]:
-        """(id, job, params JSON, status, creation time as stored) of the newest
+    def newest_executions(self, conn: Connection, window: int = GRID_WINDOW) -> Sequence[Any]:
+        """(id, job, date parameter, status, creation time as stored) of the newest
         ``window`` executions, newest first."""
         newest = conn.execute(select(func.max(job_execution.c.id))).scalar_one_or_none() or 0
-        return [tuple(row) for row in conn.execute(self.grid_query(newest - window))]
+        query = self.grid_query(newest - window)
+        # Thousands of rows: the driver's tuples, without a Row object made for each one.
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
     @staticmethod
     def cells(conn: Connection, ids: list[int]) -> dict[int, Cell]:

@@ -63,11 +63,10 @@ def step_read(control: Control, execution_id: int) -> int:
 
 
 def cell(dom: str, job: str, day: str) -> str:
-    """The grid cell of ``job`` on ``day`` (its link, with the status as symbol and word)."""
-    label = html.escape(f"{job} {day}: ", quote=False)
-    match = re.search(
-        r'<a class="cell [^"]*"[^>]*>(?:(?!</a>).)*' + re.escape(label) + r"\w+</span></a>", dom
-    )
+    """The grid cell of ``job`` on ``day``: its link, with the status as symbol and word."""
+    header = f'<th scope="row" class="job">{html.escape(job, quote=False)}</th>'
+    row = dom.split(header, 1)[1].split("</tr>", 1)[0]
+    match = re.search(r'<a class="cell [^"]*"[^>]* title="' + day + r": (?:(?!</a>).)*</a>", row)
     assert match, f"no cell for {job} {day}"
     return match.group(0)
 

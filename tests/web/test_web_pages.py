@@ -68,7 +68,9 @@ def test_overview_grid_shows_each_job_by_business_date(serve) -> None:
     # 14 columns of dates, and each status also as a symbol and a word (not colour alone).
     assert len(re.findall(r'<th scope="col" class="date">', html)) == 14
     assert re.search(r'class="cell s-failed"[^>]*data-status="FAILED"', html)
-    symbol_and_word = r'<span aria-hidden="true">✗</span><span class="sr">posting [-0-9]+: FAILED'
+    symbol_and_word = (
+        r'title="[-0-9]+: FAILED[^"]*"><span aria-hidden="true">✗</span><span class="sr">FAILED'
+    )
     assert re.search(symbol_and_word, html)
 
 
