@@ -20,7 +20,7 @@ from batchd.daemon.schedule_entries import ScheduleEntry, make_entry
 from batchd.daemon.schedule_triggers import describe_trigger
 from batchd.daemon.settings import ScheduleSettings, Settings
 from batchd.model import RUNNING_STATUSES, JobExecution, StepExecution
-from batchd.web.store import Cell, ReadOnlyStore
+from batchd.web.store import GRID_PAGE, GRID_WINDOW, Cell, ReadOnlyStore
 
 #: Business dates the overview shows at most (DESIGN §9: the last 14 at least).
 DAYS = 14
@@ -90,15 +90,25 @@ class Pages:
         attempts: dict[tuple[str, date], int] = {}
         failed: list[int] = []
         with self.store.reading() as conn:
-            rows = self.store.newest_executions(conn)
-            # Newest first: the first execution seen of a (job, date) is the one shown.
-            for execution_id, job, day, status, created in rows:
-                key = (job, row_date(day, created, timezone))
-                newest.setdefault(key, (execution_id, status))
-                attempts[key] = attempts.get(key, 0) + 1
-                if status in FAILED and len(failed) < 10:
-                    failed.append(execution_id)
-            dates = sorted({day for _job, day in newest})[-days:]
+            top = below = self.store.newest_id(conn)
+            known: set[date] = set()
+            while below > 0 and top - below < GRID_WINDOW:
+                # The oldest date shown so far: a page with nothing newer changes nothing.
+                oldest = sorted(known)[-days] if len(known) >= days else date.min
+                added = False
+                # Newest first: the first execution seen of a (job, date) is the one shown.
+                for execution_id, job, day, status, created in self.store.grid_rows(conn, below, GRID_PAGE):
+                    key = (job, row_date(day, created, timezone))
+                    newest.setdefault(key, (execution_id, status))
+                    attempts[key] = attempts.get(key, 0) + 1
+                    known.add(key[1])
+                    added = added or key[1] >= oldest
+                    if status in FAILED and len(failed) < 10:
+                        failed.append(execution_id)
+                below -= GRID_PAGE
+                if not added and len(known) >= days:
+                    break
+            dates = sorted(known)[-days:]
             shown = set(dates)
             failed_cells = [
                 execution_id

@@ -50,8 +50,10 @@ from batchd.repository.tables import (
     trigger_file,
 )
 
-#: The overview looks at this many of the newest executions (by id, the primary key): enough
-#: for 14 business dates of a few hundred jobs, and a bounded cost whatever the history.
+#: The overview reads the newest executions a page of GRID_PAGE ids at a time, newest first,
+#: until a page adds nothing to the dates it shows, and GRID_WINDOW of them at most: a
+#: bounded cost whatever the history, enough for 14 business dates of a few hundred jobs.
+GRID_PAGE = 1000
 GRID_WINDOW = 5000
 
 # Columns of an execution the overview needs (not its checkpoints).
@@ -144,9 +146,9 @@ class ReadOnlyStore:
 
     # ----------------------------------------------------------------- overview
 
-    def grid_query(self, floor: int) -> Any:
-        """The newest executions (id above ``floor``), newest first: a range of the
-        primary key. Only what places and colours a cell: the ``date`` parameter (read
+    def grid_query(self, below: int, count: int) -> Any:
+        """The executions of the ``count`` ids up to ``below``, newest first: a range of
+        the primary key. Only what places and colours a cell: the ``date`` parameter (read
         from the JSON by the database) and the creation time as stored (converted only for
         the executions without a date)."""
         if self.engine.dialect.name == "postgresql":
@@ -161,17 +163,21 @@ class ReadOnlyStore:
                 job_execution.c.status,
                 type_coerce(job_execution.c.create_time, String).label("create_time"),
             )
-            .where(job_execution.c.id > floor)
+            .where(job_execution.c.id > below - count, job_execution.c.id <= below)
             .order_by(job_execution.c.id.desc())
         )
 
-    def newest_executions(self, conn: Connection, window: int = GRID_WINDOW) -> Sequence[Any]:
-        """(id, job, date parameter, status, creation time as stored) of the newest
-        ``window`` executions, newest first."""
-        newest = conn.execute(select(func.max(job_execution.c.id))).scalar_one_or_none() or 0
-        query = self.grid_query(newest - window)
+    @staticmethod
+    def newest_id(conn: Connection) -> int:
+        return conn.execute(select(func.max(job_execution.c.id))).scalar_one_or_none() or 0
+
+    def grid_rows(self, conn: Connection, below: int, count: int = GRID_PAGE) -> Sequence[Any]:
+        """(id, job, date parameter, status, creation time as stored) of the executions of
+        the ``count`` ids up to ``below``, newest first."""
+        sql = str(
+            self.grid_query(below, count).compile(conn, compile_kwargs={"literal_binds": True})
+        )
         # Thousands of rows: the driver's tuples, without a Row object made for each one.
-        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
         cursor = conn.connection.cursor()
         try:
             cursor.execute(sql)
@@ -347,4 +353,4 @@ class ReadOnlyStore:
             return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {compiled}").all()]
 
 
-__all__ = ["GRID_WINDOW", "Cell", "ReadOnlyStore", "read_only_engine"]
+__all__ = ["GRID_PAGE", "GRID_WINDOW", "Cell", "ReadOnlyStore", "read_only_engine"]

@@ -85,6 +85,20 @@ def test_overview_business_date_moves_with_the_date_parameter(serve) -> None:
     assert served.get("/?days=1&format=json").json()["dates"] == ["2026-11-20"]
 
 
+def test_overview_reads_pages_of_executions_until_the_dates_settle(serve, monkeypatch) -> None:
+    served = serve()
+    run_history(served)
+    whole = served.get("/?format=json").json()
+    # Pages of 3 ids: the grid is read in many pages, newest first, and comes out the same.
+    monkeypatch.setattr("batchd.web.pages.GRID_PAGE", 3)
+    paged = served.get("/?format=json").json()
+    assert (paged["dates"], paged["jobs"]) == (whole["dates"], whole["jobs"])
+    # At most GRID_WINDOW ids are read: a long history costs no more than a short one.
+    monkeypatch.setattr("batchd.web.pages.GRID_WINDOW", 6)
+    bounded = served.get("/?format=json").json()
+    assert bounded["dates"] == DATES[-4:]  # ids 16..21: eod of 4 dates, posting, hostile
+
+
 def test_execution_page_shows_steps_counters_and_exit_message(serve) -> None:
     served = serve()
     ids = run_history(served)
@@ -193,8 +207,8 @@ def test_queries_use_the_indexes(serve) -> None:
     served = serve()
     run_history(served)
     store = served.pages.store
-    plan = store.explain(store.grid_query(100))
-    assert any("INTEGER PRIMARY KEY (rowid>?)" in line for line in plan), plan
+    plan = store.explain(store.grid_query(1000, 100))
+    assert any("INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in line for line in plan), plan
     assert not any(line.startswith("SCAN batch_job_execution") for line in plan), plan
     running = store.explain(store.running_query())
     assert any("uq_job_execution_running" in line for line in running), running
