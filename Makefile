@@ -42,6 +42,7 @@ bench: $(DEV_STAMP)
 	$(PY) bench/chunk_throughput.py
 	$(PY) bench/sql_throughput.py
 	$(PY) bench/partition_speedup.py
+	$(PY) bench/web_pages.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
