@@ -96,8 +96,9 @@ class Pages:
                 # The oldest date shown so far: a page with nothing newer changes nothing.
                 oldest = sorted(known)[-days] if len(known) >= days else date.min
                 added = False
+                rows = self.store.grid_rows(conn, below, GRID_PAGE)
                 # Newest first: the first execution seen of a (job, date) is the one shown.
-                for execution_id, job, day, status, created in self.store.grid_rows(conn, below, GRID_PAGE):
+                for execution_id, job, day, status, created in rows:
                     key = (job, row_date(day, created, timezone))
                     newest.setdefault(key, (execution_id, status))
                     attempts[key] = attempts.get(key, 0) + 1
