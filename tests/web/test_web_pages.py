@@ -74,6 +74,22 @@ def test_overview_grid_shows_each_job_by_business_date(serve) -> None:
     assert re.search(symbol_and_word, html)
 
 
+def test_every_page_on_sqlite_and_postgresql(serve, database_url: str) -> None:
+    served = serve(database_url)
+    ids = run_history(served)
+    undated = served.operator.start("import_file", {}).id
+    grid = served.get("/?format=json").json()
+    today = served.operator.get_execution(undated).create_time.date().isoformat()
+    assert grid["dates"] == sorted({*DATES, today})[-14:]
+    rows = {row["name"]: {c["date"]: c["status"] for c in row["cells"]} for row in grid["jobs"]}
+    assert rows["posting"][DATES[-1]] == "FAILED" and rows["eod"][DATES[-3]] == "COMPLETED"
+    assert rows["import_file"][today] == "COMPLETED"
+    page = served.get(f"/executions/{ids['posting']}?format=json").json()
+    assert page["execution"]["exit_message"].startswith("step 'post' FAILED")
+    for path in PAGES:
+        assert served.get(path).status == 200, path
+
+
 def test_overview_business_date_moves_with_the_date_parameter(serve) -> None:
     served = serve()
     first = served.operator.start("posting", {"date": "2026-11-20"}).id
