@@ -99,6 +99,9 @@ class JobOperator:
         self.max_concurrent_jobs = max_concurrent_jobs
         self.heartbeat_interval = heartbeat
         self.owner = Owner(host=host or socket.gethostname(), pid=os.getpid())
+        if host:
+            # The node named in the status history of what this operator changes.
+            repository.node = host
         self._handles: dict[int, ExecutionHandle] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="batchd-job")

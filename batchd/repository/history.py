@@ -15,6 +15,7 @@ from batchd.repository.tables import (
     job_execution,
     job_execution_context,
     job_instance,
+    status_history,
     step_context,
     step_execution,
 )
@@ -147,6 +148,9 @@ class HistoryQueries(RepositoryBase):
                         delete(job_execution_context).where(
                             job_execution_context.c.job_execution_id.in_(batch)
                         )
+                    )
+                    conn.execute(
+                        delete(status_history).where(status_history.c.job_execution_id.in_(batch))
                     )
                     conn.execute(delete(job_execution).where(job_execution.c.id.in_(batch)))
             purged_set = set(ids)

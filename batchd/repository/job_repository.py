@@ -47,6 +47,7 @@ from batchd.repository.connect import create_database_engine, parse_database_url
 from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
 from batchd.repository.mysql import is_duplicate_of
 from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
+from batchd.repository.status_history import record_changes
 from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
 from batchd.repository.tables import (
     job_execution,
@@ -182,6 +183,9 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                             attempt=(last.attempt if last is not None else 0) + 1,
                         )
                     )
+                )
+                record_changes(
+                    conn, [(execution_id, None, None, BatchStatus.STARTING)], at=now, node=self.node
                 )
                 # A restart continues with the job context its previous execution saved.
                 previous_context = self._load_job_context(conn, last.id) if last is not None else {}
@@ -343,6 +347,9 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 last_updated=now,
                 heartbeat=now,
             ):
+                record_changes(
+                    conn, [(execution.id, None, None, BatchStatus.STARTED)], at=now, node=self.node
+                )
                 execution.status, execution.start_time = BatchStatus.STARTED, now
                 execution.version += 1
                 return
@@ -381,6 +388,13 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 last_updated=now,
             ):
                 execution.version = self._reload_owned(conn, execution).version
+            record_changes(
+                conn,
+                [(execution.id, None, None, status)],
+                at=now,
+                node=self.node,
+                message=exit_message,
+            )
             self._save_job_context(conn, execution.id, job_context)
         execution.status, execution.exit_message, execution.end_time = status, exit_message, now
         execution.exit_status = exit_status or status.value
@@ -450,6 +464,10 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                     version=job_execution.c.version + 1,
                 )
             ).rowcount
+            if changed == 1:
+                record_changes(
+                    conn, [(execution_id, None, None, BatchStatus.STOPPING)], at=now, node=self.node
+                )
         return changed == 1
 
     def abandon(self, execution_id: int) -> JobExecution:
@@ -481,6 +499,13 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                     version=job_execution.c.version + 1,
                 )
             ).rowcount
+            if changed == 1:
+                record_changes(
+                    conn,
+                    [(execution_id, None, None, BatchStatus.ABANDONED)],
+                    at=now,
+                    node=self.node,
+                )
         if changed != 1:  # its status changed between the read and the write: say what it is
             return self.abandon(execution_id)
         return self.require_execution(execution_id)
@@ -520,6 +545,12 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 last_updated=now,
             ):
                 return False
+            running_steps = conn.execute(
+                select(step_execution.c.id, step_execution.c.step_name).where(
+                    step_execution.c.job_execution_id == execution.id,
+                    step_execution.c.status.in_(RUNNING),
+                )
+            ).all()
             conn.execute(
                 update(step_execution)
                 .where(
@@ -527,6 +558,14 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                     step_execution.c.status.in_(RUNNING),
                 )
                 .values(failed_step_values(reason, now))
+            )
+            record_changes(
+                conn,
+                [(execution.id, None, None, BatchStatus.FAILED)]
+                + [(execution.id, s.id, s.step_name, BatchStatus.FAILED) for s in running_steps],
+                at=now,
+                node=self.node,
+                message=reason,
             )
         return True
 

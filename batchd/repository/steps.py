@@ -15,8 +15,9 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from batchd.errors import ExecutionLost
 from batchd.model import STEP_COUNTERS, BatchStatus, JobExecution, StepExecution, canonical_json
-from batchd.repository.base import RUNNING, RepositoryBase, dialect_insert, inserted_id
+from batchd.repository.base import RUNNING, dialect_insert, inserted_id
 from batchd.repository.rows import to_step_execution
+from batchd.repository.status_history import StatusHistory, record_changes
 from batchd.repository.tables import job_execution, step_context, step_execution
 
 
@@ -44,7 +45,7 @@ _COMMIT_CHUNK = (
 )
 
 
-class StepRecords(RepositoryBase):
+class StepRecords(StatusHistory):
     """The step executions' part of :class:`batchd.repository.SqlJobRepository`."""
 
     def step_history(self, instance_id: int, step_name: str, *, after_id: int = 0) -> StepHistory:
@@ -108,11 +109,24 @@ class StepRecords(RepositoryBase):
         meanwhile. Its checkpoint stays, so a restart resumes from it."""
         now = self.clock()
         with self.engine.begin() as conn:
+            step = conn.execute(
+                select(step_execution.c.job_execution_id, step_execution.c.step_name).where(
+                    step_execution.c.id == step_id
+                )
+            ).first()
             changed = conn.execute(
                 update(step_execution)
                 .where(step_execution.c.id == step_id, step_execution.c.status.in_(RUNNING))
                 .values(failed_step_values(reason, now))
             ).rowcount
+            if changed == 1 and step is not None:
+                record_changes(
+                    conn,
+                    [(step.job_execution_id, step_id, step.step_name, BatchStatus.FAILED)],
+                    at=now,
+                    node=self.node,
+                    message=reason,
+                )
         return changed == 1
 
     def create_step_execution(
@@ -150,6 +164,12 @@ class StepRecords(RepositoryBase):
                             version=0,
                         )
                     )
+                )
+                record_changes(
+                    conn,
+                    [(execution.id, step_id, step_name, BatchStatus.STARTED)],
+                    at=now,
+                    node=self.node,
                 )
                 created.append(
                     StepExecution(
@@ -232,6 +252,13 @@ class StepRecords(RepositoryBase):
                 raise ExecutionLost(
                     f"step execution {step.id} ({step.step_name}) was ended elsewhere"
                 )
+            record_changes(
+                conn,
+                [(step.job_execution_id, step.id, step.step_name, status)],
+                at=now,
+                node=self.node,
+                message=exit_message,
+            )
             if step_context_value is not None:
                 self._save_step_context(conn, instance_id, step.step_name, step_context_value)
         step.status, step.exit_message, step.end_time = status, exit_message, now

@@ -192,6 +192,22 @@ step_context = Table(
     Column("context", Text, nullable=False),
 )
 
+# Every status change of a job or step execution (migration 0008), written in the transaction
+# of the change. No foreign key: purge deletes the rows with their executions.
+status_history = Table(
+    "batch_status_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_execution_id", Id, nullable=False),
+    Column("step_execution_id", Id),
+    Column("step_name", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("node", String(255)),
+    Column("message", Text),
+    Index("ix_status_history_execution", "job_execution_id"),
+)
+
 # Daemon triggers (migration 0002). One row per schedule fire and per claimed file: the
 # unique keys make each fire run, and each file start, at most once across restarts.
 schedule_fire = Table(
