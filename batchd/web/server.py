@@ -36,7 +36,7 @@ STATUS_SYMBOLS = {
     "COMPLETED": "✓",
     "STARTING": "◌",
     "STARTED": "▶",
-    "STOPPING": "◼",
+    "STOPPING": "□",
     "STOPPED": "■",
     "FAILED": "✗",
     "ABANDONED": "⊘",
