@@ -400,6 +400,7 @@ def ctl_restart(job_or_id: str) -> None:
     show_default=True,
 )
 @click.option("--dry-run", is_flag=True, help="Only show which dates would run.")
+@click.option("--calendar", metavar="NAME", help="Only the business days of this calendar.")
 @_ctl_options
 def ctl_backfill(
     job: str,
@@ -410,6 +411,7 @@ def ctl_backfill(
     param_pairs: tuple[str, ...],
     max_concurrent: int,
     dry_run: bool,
+    calendar: str | None,
 ) -> None:
     _call(
         "backfill",
@@ -418,8 +420,18 @@ def ctl_backfill(
         params=_params(params_json, param_pairs),
         max_concurrent=max_concurrent,
         dry_run=dry_run,
+        calendar=calendar,
         **{"from": first, "to": last},
     )
+
+
+@_ctl_command("calendar")
+@click.argument("name")
+@click.option("--from", "first", metavar="DATE", help="First date (ISO; default today).")
+@click.option("--to", "last", metavar="DATE", help="Last date (ISO), included.")
+@_ctl_options
+def ctl_calendar(name: str, first: str | None, last: str | None) -> None:
+    _call("calendar", name=name, **{"from": first, "to": last})
 
 
 @_ctl_command("reload")

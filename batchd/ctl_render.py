@@ -234,19 +234,31 @@ def render_schedules(console: Console, result: Mapping[str, Any]) -> None:
         console.print("no schedules")
         return
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("SCHEDULE", "JOB", "TRIGGER", "STATE", "NEXT FIRE", "LAST FIRE", "OUTCOME"):
+    columns = ("SCHEDULE", "JOB", "TRIGGER", "CALENDAR", "STATE", "NEXT FIRE", "LAST FIRE")
+    for column in (*columns, "OUTCOME", "WAITING"):
         table.add_column(column)
     for schedule in schedules:
         table.add_row(
             str(schedule["name"]),
             str(schedule.get("job")),
             str(schedule.get("trigger")),
+            str(schedule.get("calendar") or ""),
             Text("paused", style="yellow") if schedule.get("paused") else Text("active"),
             local_time(schedule.get("next_fire_time")),
             local_time(schedule.get("last_fire")),
             str(schedule.get("last_outcome") or ""),
+            "\n".join(waiting_text(fire) for fire in schedule.get("waiting", [])),
         )
     console.print(table)
+
+
+def waiting_text(fire: Mapping[str, Any]) -> str:
+    """A waiting fire in one line: its business date, the runs it waits for, until when."""
+    runs = "; ".join(
+        f"{each.get('job')} {compact(each.get('params', {}))}" for each in fire.get("waits_for", [])
+    )
+    until = f" until {local_time(fire['wait_until'])}" if fire.get("wait_until") else ""
+    return f"{fire.get('business_date') or local_time(fire.get('fire_time'))}: after {runs}{until}"
 
 
 def render_started(console: Console, execution: Mapping[str, Any]) -> None:
@@ -275,7 +287,7 @@ def render_fire(console: Console, result: Mapping[str, Any]) -> None:
     line = f"schedule {result.get('schedule')} fired: {result.get('outcome')}"
     if result.get("execution_id") is not None:
         line += f", execution {result['execution_id']} {compact(result.get('params'))}"
-    elif result.get("message"):
+    if result.get("message"):
         line += f" ({result['message']})"
     console.print(line)
 
@@ -285,9 +297,10 @@ def render_backfill(console: Console, result: Mapping[str, Any]) -> None:
     skipped = result.get("skipped", [])
     verb = "would start" if result.get("dry_run") else "starting"
     number = f" {result['backfill']}" if result.get("backfill") is not None else ""
+    calendar = f" (business days of {result['calendar']})" if result.get("calendar") else ""
     console.print(
-        f"backfill{number} of {result.get('job')} from {result.get('from')} to {result.get('to')}: "
-        f"{verb} {len(dates)} date(s), {result.get('max_concurrent')} at a time; "
+        f"backfill{number} of {result.get('job')} from {result.get('from')} to {result.get('to')}"
+        f"{calendar}: {verb} {len(dates)} date(s), {result.get('max_concurrent')} at a time; "
         f"{len(skipped)} skipped"
     )
     table = Table(show_edge=False, pad_edge=False)
@@ -297,7 +310,7 @@ def render_backfill(console: Console, result: Mapping[str, Any]) -> None:
     rows += [
         (
             item["date"],
-            Text(f"skip ({item.get('status')})", style="dim"),
+            Text(f"skip ({': '.join(_skip_reason(item))})", style="dim"),
             str(item.get("execution_id", "")),
         )
         for item in skipped
@@ -306,6 +319,32 @@ def render_backfill(console: Console, result: Mapping[str, Any]) -> None:
         table.add_row(*row)
     if rows:
         console.print(table)
+
+
+def _skip_reason(item: Mapping[str, Any]) -> list[str]:
+    """Why a backfill skips a date: its status, and for a closing day the holiday."""
+    return [str(item.get("status"))] + ([str(item["reason"])] if item.get("reason") else [])
+
+
+def render_calendar(console: Console, result: Mapping[str, Any]) -> None:
+    days = result.get("days", [])
+    console.print(
+        f"calendar {result.get('calendar')} from {result.get('from')} to {result.get('to')}: "
+        f"{result.get('business_days')} business day(s), "
+        f"{len(days) - int(result.get('business_days') or 0)} closed"
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("DATE", "DAY", "BUSINESS DAY", "CLOSED FOR"):
+        table.add_column(column, no_wrap=column != "CLOSED FOR")
+    for day in days:
+        when = datetime.fromisoformat(str(day["date"]))
+        table.add_row(
+            str(day["date"]),
+            when.strftime("%a"),
+            Text("yes", style="green") if day.get("business") else Text("closed", style="yellow"),
+            str(day.get("reason") or ""),
+        )
+    console.print(table)
 
 
 def render_reload(console: Console, result: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from batchd.daemon.backfill import Backfills
+    from batchd.daemon.calendars import Calendar
     from batchd.daemon.scheduler import FireResult
     from batchd.daemon.settings import ControlSettings
     from batchd.model import BatchStatus, JobExecution
@@ -98,6 +99,11 @@ class DaemonControl(Protocol):
     def fire_schedule(self, schedule: str) -> tuple[str, FireResult | None]:
         """Fire ``schedule`` now (paused or not): the outcome, and the newest fire of it
         in this process (None if there is none)."""
+        ...
+
+    def calendar(self, name: str) -> Calendar:
+        """The configured calendar ``name`` (of the running config); NoSuchCalendar if
+        there is none."""
         ...
 
     @property

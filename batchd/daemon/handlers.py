@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from batchd import __version__
 from batchd.daemon.api import DaemonControl
 from batchd.daemon.protocol import (
     BAD_REQUEST,
+    DEFAULT_CALENDAR_DAYS,
     MAX_BACKFILL_DAYS,
+    MAX_CALENDAR_DAYS,
     OPERATIONS,
     ProtocolError,
     execution_view,
@@ -145,16 +147,12 @@ class Handlers:
         params: dict[str, Any],
         max_concurrent: int,
         dry_run: bool,
+        calendar: str | None,
     ) -> dict[str, Any]:
-        if last < first:
-            raise ProtocolError(BAD_REQUEST, f"'to' ({last}) is before 'from' ({first})")
-        days = (last - first).days + 1
-        if days > MAX_BACKFILL_DAYS:
-            raise ProtocolError(
-                BAD_REQUEST, f"{days} dates is more than one backfill runs ({MAX_BACKFILL_DAYS})"
-            )
+        _check_range(first, last, MAX_BACKFILL_DAYS, "one backfill runs")
+        business_days = self.daemon.calendar(calendar) if calendar is not None else None
         backfills = self.daemon.backfills
-        plan = backfills.plan(job, first, last, param, params)
+        plan = backfills.plan(job, first, last, param, params, business_days)
         backfill = None
         if plan.to_run and not dry_run:
             backfill = backfills.start(job, first, last, param, plan, max_concurrent)
@@ -165,9 +163,23 @@ class Handlers:
             "from": first.isoformat(),
             "to": last.isoformat(),
             "dry_run": dry_run,
+            "calendar": calendar,
             "max_concurrent": max_concurrent,
             "dates": [item.date for item in plan.to_run],
             "skipped": plan.skipped,
+        }
+
+    def calendar(self, name: str, first: date | None, last: date | None) -> dict[str, Any]:
+        first = first if first is not None else date.today()
+        last = last if last is not None else first + timedelta(days=DEFAULT_CALENDAR_DAYS - 1)
+        _check_range(first, last, MAX_CALENDAR_DAYS, "one request lists")
+        days = [day.view() for day in self.daemon.calendar(name).days(first, last)]
+        return {
+            "calendar": name,
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "business_days": sum(1 for day in days if day["business"]),
+            "days": days,
         }
 
     def reload(self) -> dict[str, Any]:
@@ -194,6 +206,16 @@ class Handlers:
             "step_executions": counts.step_executions,
             "instances": counts.instances,
         }
+
+
+def _check_range(first: date, last: date, limit: int, what: str) -> None:
+    """A range of dates from ``first`` to ``last``, both included, of at most ``limit``
+    days: a typo in a year must not plan (or list) a century."""
+    if last < first:
+        raise ProtocolError(BAD_REQUEST, f"'to' ({last}) is before 'from' ({first})")
+    days = (last - first).days + 1
+    if days > limit:
+        raise ProtocolError(BAD_REQUEST, f"{days} dates is more than {what} ({limit})")
 
 
 def _views(executions: Iterable[JobExecution]) -> list[dict[str, Any]]:

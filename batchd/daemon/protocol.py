@@ -34,6 +34,8 @@ MAX_REQUEST_BYTES = 65536  # a request line longer than this (newline excluded) 
 MAX_LIMIT = 1000  # most executions one ``executions`` request returns
 DEFAULT_LIMIT = 50
 MAX_BACKFILL_DAYS = 3660  # about ten years: a typo in a year must not start 100,000 runs
+MAX_CALENDAR_DAYS = 3660  # most days one ``calendar`` request lists (about ten years)
+DEFAULT_CALENDAR_DAYS = 31  # days listed from --from when --to is not given
 MAX_BACKFILL_CONCURRENCY = 64
 DEFAULT_BACKFILL_CONCURRENCY = 2
 MAX_PURGE_DAYS = 100_000
@@ -237,7 +239,8 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "fire": Operation("Fire a schedule now (paused or not).", "render_fire", _SCHEDULE),
     "backfill": Operation(
-        "Run JOB for every date from --from to --to, skipping dates already complete.",
+        "Run JOB for every date from --from to --to, skipping dates already complete (and, "
+        "with --calendar NAME, those that are not business days of that calendar).",
         "render_backfill",
         {
             "job": Arg(_name, required=True),
@@ -249,7 +252,19 @@ OPERATIONS: dict[str, Operation] = {
                 _integer(1, MAX_BACKFILL_CONCURRENCY), default=DEFAULT_BACKFILL_CONCURRENCY
             ),
             "dry_run": Arg(_boolean, default=False),
+            "calendar": Arg(_name),
         },
+    ),
+    "calendar": Operation(
+        "The business and closing days (with the holiday's name) of calendar NAME from "
+        f"--from (default today) to --to (default {DEFAULT_CALENDAR_DAYS} days on).",
+        "render_calendar",
+        {
+            "name": Arg(_name, required=True),
+            "from": Arg(_iso_date, dest="first"),
+            "to": Arg(_iso_date, dest="last"),
+        },
+        read_only=True,
     ),
     "reload": Operation(
         "Reload the config (as SIGHUP does); fails if the new config is bad.", "render_reload"

@@ -123,15 +123,19 @@ def missed_fire_times(entry: ScheduleEntry, last: datetime | None, now: datetime
     hour repeated when clocks go back, whatever their ``fold``."""
     name = entry.name
     now = now.astimezone(UTC)
-    if last is None:
-        last = _catch_up_start(entry)
-    if last is None or last.astimezone(UTC) >= now:
+    since = last.astimezone(UTC) if last is not None else _catch_up_start(entry)
+    if since is None or since >= now:
         return []
     missed: deque[datetime] = deque(maxlen=CATCH_UP_LIMIT)
-    previous, found = last.astimezone(UTC), 0
+    # Never fired: from the trigger's first fire time at or after the start (the fire
+    # "after" an instant before the start would be one interval late for an interval).
+    previous, found = (since if last is not None else None), 0
     for _ in range(_CATCH_UP_SCAN_LIMIT):
-        following = utc(entry.nominal.get_next_fire_time(previous, now))
-        if following is None or following > now or following <= previous:
+        if previous is None:
+            following = utc(entry.nominal.get_next_fire_time(None, since))
+        else:
+            following = utc(entry.nominal.get_next_fire_time(previous, now))
+        if following is None or following > now or (previous and following <= previous):
             break
         previous = following
         if entry.closed_because(following) is None:
@@ -142,29 +146,29 @@ def missed_fire_times(entry: ScheduleEntry, last: datetime | None, now: datetime
             "schedule %s: more than %d fires since %s; catch-up looks no further than %s",
             name,
             _CATCH_UP_SCAN_LIMIT,
-            last.isoformat(),
-            previous.isoformat(),
+            since.isoformat(),
+            previous.isoformat() if previous else "?",
         )
     if found > CATCH_UP_LIMIT:
         log.warning(
             "schedule %s missed %d fires since %s: only the newest %d are caught up",
             name,
             found,
-            last.isoformat(),
+            since.isoformat(),
             CATCH_UP_LIMIT,
         )
     return list(missed)
 
 
 def _catch_up_start(entry: ScheduleEntry) -> datetime | None:
-    """Where a schedule that never fired catches up from: just before its ``start``
-    (as Airflow's catch-up from ``start_date``), with ``catch_up = "all"`` only."""
+    """Where a schedule that never fired catches up from: its ``start`` (as Airflow's
+    catch-up from ``start_date``), with ``catch_up = "all"`` only."""
     start = entry.settings.start
     if entry.settings.catch_up != "all" or start is None:
         return None
     if start.tzinfo is None:
         start = start.replace(tzinfo=entry.timezone)
-    return start.astimezone(UTC) - timedelta(microseconds=1)
+    return start.astimezone(UTC)
 
 
 def nominal_time(entry: ScheduleEntry, scheduled: datetime) -> datetime:

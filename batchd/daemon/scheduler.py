@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -304,6 +305,11 @@ class Scheduler:
         )
         self.launch_claimed(fire.schedule, fire.fire_time, fire.params)
 
+    def taken_elsewhere(self, fire: RecordedFire) -> None:
+        taken = self._taken(fire.schedule, fire.fire_time)
+        message = f"what it waited for has completed; {taken.message}"
+        self._finish(replace(taken, params=fire.params, message=message), recorded=False)
+
     def give_up(self, fire: RecordedFire, message: str) -> None:
         result = FireResult(
             fire.schedule, fire.fire_time, "dependency_timeout", fire.params, message=message
@@ -391,15 +397,14 @@ class Scheduler:
             return self._finish(
                 FireResult(entry.name, fire_time, "closed", message=message), recorded=False
             )
+        # Said in the log, in the fire's outcome and in the answer to ``ctl fire``.
+        note = None
         if closed is not None:
-            log.warning(
-                "schedule %s fired by request on %s, not a business day of calendar %s (%s): "
-                "running it as asked",
-                entry.name,
-                day,
-                entry.settings.calendar,
-                closed,
+            note = (
+                f"{day} is not a business day of calendar {entry.settings.calendar} "
+                f"({closed}): run as asked"
             )
+            log.warning("schedule %s fired by request: %s", entry.name, note)
         plan = fire_plan(entry, fire_time)
         try:
             claimed = self.store.record_fire(entry.name, fire_time, business_date=day, **plan)
@@ -409,26 +414,30 @@ class Scheduler:
                 recorded=False,
             )
         if not claimed:
-            result = self._taken(entry, fire_time)
+            result = self._taken(entry.name, fire_time)
             return self._finish(result, recorded=False)
         if plan.get("waits_for"):
             # Not "claimed": whichever node sees its dependencies complete claims it.
             self.watch.wake()
-            waiting = FireResult(entry.name, fire_time, "waiting", plan["params"])
+            waiting = FireResult(entry.name, fire_time, "waiting", plan["params"], message=note)
             return self._finish(waiting, recorded=False)
         failpoints.failpoint(AFTER_FIRE_RECORD)
-        return self._finish(self._launch(entry, fire_time, plan["params"]), recorded=True)
+        launched = self._launch(entry, fire_time, plan["params"])
+        if note is not None:
+            message = note if launched.message is None else f"{note}; {launched.message}"
+            launched = replace(launched, message=message)
+        return self._finish(launched, recorded=True)
 
-    def _taken(self, entry: ScheduleEntry, fire_time: datetime) -> FireResult:
+    def _taken(self, name: str, fire_time: datetime) -> FireResult:
         """A fire recorded before: by another node sharing the repository (``elsewhere``),
         or by this one (``duplicate``)."""
         try:
-            node = self.store.fire_node(entry.name, fire_time)
+            node = self.store.fire_node(name, fire_time)
         except Exception:
             node = None
         if node is not None and node != self.store.node:
-            return FireResult(entry.name, fire_time, "elsewhere", message=f"taken by node {node}")
-        return FireResult(entry.name, fire_time, "duplicate", message="fired before")
+            return FireResult(name, fire_time, "elsewhere", message=f"taken by node {node}")
+        return FireResult(name, fire_time, "duplicate", message="fired before")
 
     def _launch(
         self, entry: ScheduleEntry, fire_time: datetime, params: dict[str, Any] | None = None

@@ -60,6 +60,7 @@ from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict
 
 if TYPE_CHECKING:
+    from batchd.daemon.calendars import Calendar
     from batchd.daemon.scheduler import FireResult
     from batchd.daemon.settings import ControlSettings
     from batchd.model import BatchStatus
@@ -450,6 +451,9 @@ class Daemon:
     def fire_schedule(self, schedule: str) -> tuple[str, FireResult | None]:
         outcome = self.scheduler.fire(schedule)
         return outcome, self.scheduler.last_result(schedule)
+
+    def calendar(self, name: str) -> Calendar:
+        return self.scheduler.calendar(name)
 
     def trigger_counts(self) -> tuple[int, int]:
         return len(self.settings.schedules), len(self.settings.watches)
