@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from batchd import BatchStatus, JobBuilder, JobExecution, JobOperator, JobRegistry, StepBuilder
+from batchd.daemon.metrics import Metrics
 from batchd.daemon.retries import Retrier, RetryPolicy
 from batchd.errors import PermanentError
 from batchd.items import ListItemReader
@@ -53,10 +54,14 @@ def test_a_failed_execution_is_retried_from_its_last_commit_until_it_completes(
     writer = FailingWriter(times=2)
     registry.register(job_with(writer))
     seen: list[tuple[int, int]] = []
+    metrics = Metrics(operator.repository)
+
+    def on_retry(failed: JobExecution, retry: JobExecution) -> None:
+        seen.append((failed.id, retry.id))
+        metrics.on_retry(failed, retry)
+
     retrier = Retrier(
-        operator,
-        lambda: {"post": RetryPolicy(retries=3, delay=NOW)},
-        on_retry=lambda failed, retry: seen.append((failed.id, retry.id)),
+        operator, lambda: {"post": RetryPolicy(retries=3, delay=NOW)}, on_retry=on_retry
     )
     first = operator.start("post", {"day": 1})
     assert (first.status, first.attempt) == (BatchStatus.FAILED, 1)
@@ -68,6 +73,7 @@ def test_a_failed_execution_is_retried_from_its_last_commit_until_it_completes(
     assert seen == [(first.id, retries[0].id), (retries[0].id, retries[1].id)]
     assert writer.written == list(range(1, 11))  # items 1..6 were committed once, before
     assert retries[1].step_executions[0].read_count == 4
+    assert metrics.registry.get_sample_value("batchd_job_retries_total", {"job": "post"}) == 2
 
 
 def test_retries_are_spent_and_permanent_errors_are_not_retried(

@@ -341,6 +341,11 @@ def check(settings: Settings, registry: JobRegistry) -> None:
         )
     for index, watch in enumerate(settings.watches):
         problems += _check_watch(f"watches[{index}] ({watch.name})", watch, registry)
+    problems += [
+        f"job.{name}: no job {name!r} is registered"
+        for name in settings.job
+        if name not in registry
+    ]
     if problems:
         raise ConfigError(problems)
 

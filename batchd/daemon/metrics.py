@@ -227,6 +227,12 @@ class Metrics:
             ["job", "status"],
             registry=registry,
         )
+        self.retries = Counter(
+            "batchd_job_retries",
+            "FAILED executions restarted automatically ([job.<name>] retries).",
+            ["job"],
+            registry=registry,
+        )
         self.running = Gauge(
             "batchd_job_executions_running",
             "Job executions running now (STARTING, STARTED or STOPPING).",
@@ -369,6 +375,9 @@ class Metrics:
             self._local[execution.id] = job
             self._running[job].add(execution.id)
             self._set_running(job)
+
+    def on_retry(self, failed: JobExecution, retry: JobExecution) -> None:
+        self.retries.labels(failed.job_name).inc()
 
     def on_execution_ended(self, execution: JobExecution) -> None:
         """Count the execution's end with its final status from the repository (the

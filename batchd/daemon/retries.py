@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from tenacity import RetryCallState, wait_exponential
 
@@ -24,6 +25,9 @@ from batchd.engine import JobOperator
 from batchd.engine.job_runner import FAILED_PERMANENT
 from batchd.errors import BatchError
 from batchd.model import BatchStatus, JobExecution
+
+if TYPE_CHECKING:
+    from batchd.daemon.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,15 @@ class RetryPolicy:
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempt
         return timedelta(seconds=wait(state))
+
+
+def policies_from(settings: Settings) -> dict[str, RetryPolicy]:
+    """The retry policy of each job its ``[job.<name>]`` section gives retries."""
+    return {
+        name: RetryPolicy(job.retries, job.retry_delay, job.retry_max_delay)
+        for name, job in settings.job.items()
+        if job.retries > 0
+    }
 
 
 def retry_time(execution: JobExecution, policy: RetryPolicy) -> datetime | None:

@@ -50,6 +50,7 @@ from batchd.daemon.membership import Membership
 from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.recovery import Recovery
+from batchd.daemon.retries import Retrier, policies_from
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
@@ -213,6 +214,13 @@ class Daemon:
             Part("scheduler", self._start_scheduler, scheduler.shutdown, scheduler.threads)
         )
         lifecycle.start(Part("watcher", watcher.start, watcher.stop, watcher.threads))
+        # [job.<name>] retries: FAILED executions restarted after their backoff (a reload
+        # changes the policies: they are read at every pass).
+        retrier = Retrier(
+            self.operator, lambda: policies_from(self.settings), on_retry=self.metrics.on_retry
+        )
+        self.operator.add_observer(retrier)
+        lifecycle.start(Part("retries", retrier.start, retrier.stop, retrier.threads))
         log.info(
             "batchd node %s running: %d jobs, %d schedules, %d watches, repository %s",
             settings.node,

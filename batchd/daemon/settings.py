@@ -208,6 +208,16 @@ def _check_node_name(name: str) -> str:
     return name
 
 
+class JobSettings(Section):
+    """``[job.<name>]``: automatic retries of the job's FAILED executions (Airflow's
+    ``retries`` and ``retry_delay``): the first ``retry_delay`` after the failure, each next
+    one twice as long, at most ``retry_max_delay``."""
+
+    retries: int = Field(default=0, ge=0, le=100)
+    retry_delay: Duration = timedelta(minutes=5)
+    retry_max_delay: Duration = timedelta(hours=1)
+
+
 class Settings(Section):
     database_url: str = "sqlite:///batchd.db"
     # This daemon's name among the nodes sharing the repository.
@@ -228,6 +238,7 @@ class Settings(Section):
     schedules: list[ScheduleSettings] = Field(default_factory=list)
     watches: list[WatchSettings] = Field(default_factory=list)
     calendars: list[CalendarSettings] = Field(default_factory=list)
+    job: dict[str, JobSettings] = Field(default_factory=dict)
 
     _timezone = field_validator("timezone")(_check_timezone)
     _node = field_validator("node")(_check_node_name)
