@@ -24,7 +24,7 @@ def batchd(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 BAD = [
-    pytest.param("mysql://x/y", EX_CONFIG, "unsupported database 'mysql'", id="unsupported"),
+    pytest.param("oracle://x/y", EX_CONFIG, "unsupported database 'oracle'", id="unsupported"),
     pytest.param("not a url", EX_CONFIG, "cannot parse database URL", id="unparsable"),
     pytest.param(
         "sqlite:////nonexistent/directory/batchd.db",

@@ -142,7 +142,8 @@ def test_sqlite_works_from_several_processes(sqlite_url: str) -> None:
     ("url", "message"),
     [
         ("not a url", "cannot parse database URL"),
-        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("oracle://u@h/db", "unsupported database 'oracle'"),
+        ("mysql://u@nowhere.invalid/db", "cannot open database mysql[+]pymysql://"),
         ("sqlite://", "in-memory SQLite"),
         ("sqlite:////nonexistent-dir/sub/batchd.db", "cannot open database"),
         ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot open database"),
@@ -212,9 +213,9 @@ def test_batchd_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     assert "batch_job_execution" in inspect(engine).get_table_names()
     engine.dispose()
     bad = subprocess.run(
-        [sys.executable, "-m", "batchd.cli", "db", "upgrade", "--database-url", "mysql://x/y"],
+        [sys.executable, "-m", "batchd.cli", "db", "upgrade", "--database-url", "oracle://x/y"],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 78  # EX_CONFIG, as `batchd run` (see tests/test_cli_db.py)
-    assert "unsupported database 'mysql'" in bad.stderr
+    assert "unsupported database 'oracle'" in bad.stderr

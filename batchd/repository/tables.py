@@ -75,7 +75,8 @@ MYSQL_ONLY_COLUMNS = {
 
 
 def mysql_table_options(bind: Connection) -> dict[str, Any]:
-    """What a migration's CREATE TABLE says on MySQL and MariaDB (nothing elsewhere): utf8mb4
+    """What every CREATE TABLE of the migrations says on MySQL and MariaDB (nothing
+    elsewhere; migrations/env.py adds it to each): utf8mb4
     (whatever the database's default) with a binary no-pad collation, so that names are
     unique as Python compares them (the default collations ignore case, accents and trailing
     spaces)."""
@@ -83,7 +84,9 @@ def mysql_table_options(bind: Connection) -> dict[str, Any]:
         return {}
     mariadb = getattr(bind.dialect, "is_mariadb", False)
     collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
-    return {"mysql_charset": "utf8mb4", "mysql_collate": collation}
+    # Keyed by the dialect's name: mariadb+pymysql:// reads mariadb_charset, not mysql_charset.
+    name = bind.dialect.name
+    return {f"{name}_charset": "utf8mb4", f"{name}_collate": collation}
 
 metadata = MetaData()
 

@@ -367,7 +367,7 @@ def test_module_import_error_names_the_module(tmp_path: Path, make_jobs: MakeJob
         ('timezone = "Mars/Olympus"', "timezone: unknown time zone 'Mars/Olympus'"),
         ('stop_grace = "0s"', "stop_grace: must be longer than 0s"),
         ('lease = "10s"', "lease: 10s is less than three heartbeats (heartbeat = 5s)"),
-        ('database_url = "mysql://x/y"', "database_url: unsupported database 'mysql'"),
+        ('database_url = "oracle://x/y"', "database_url: unsupported database 'oracle'"),
         ('database_url = "::::"', "database_url: cannot parse database URL"),
         ("[control]\nmode = 660", 'control.mode: not an octal file mode string like "0660"'),
         ('[control]\nmode = "rw-rw----"', "control.mode: not an octal file mode string"),

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from alembic import context
+from typing import Any
 
-from batchd.repository.tables import metadata
+from alembic import context
+from sqlalchemy import Table, event
+
+from batchd.repository.tables import metadata, mysql_table_options
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("batchd migrations run through batchd.repository.migrate.upgrade()")
+
+TABLE_OPTIONS = mysql_table_options(connection)
+
+
+def _with_table_options(table: Table, *_: Any, **__: Any) -> None:
+    """Every table a migration creates on MySQL gets batchd's character set and collation,
+    whatever the database's defaults (see mysql_table_options)."""
+    for key, value in TABLE_OPTIONS.items():
+        table.dialect_kwargs.setdefault(key, value)
+
 
 context.configure(
     connection=connection,
@@ -16,5 +29,9 @@ context.configure(
     version_table="batch_alembic_version",
     render_as_batch=True,  # SQLite alters tables by copying them
 )
-with context.begin_transaction():
-    context.run_migrations()
+event.listen(Table, "before_create", _with_table_options)
+try:
+    with context.begin_transaction():
+        context.run_migrations()
+finally:
+    event.remove(Table, "before_create", _with_table_options)

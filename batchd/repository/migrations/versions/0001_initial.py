@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from batchd.repository.connect import MYSQL_BACKENDS
-from batchd.repository.tables import Id, UTCDateTime, mysql_table_options
+from batchd.repository.tables import Id, UTCDateTime
 
 # Frozen here: a migration must not change when the code's constants do.
 RUNNING_SQL = "status IN ('STARTED', 'STARTING', 'STOPPING')"
@@ -27,7 +27,6 @@ def _counter(name: str) -> sa.Column[int]:
 
 
 def upgrade() -> None:
-    options = mysql_table_options(op.get_bind())
     op.create_table(
         "batch_job_instance",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -37,7 +36,6 @@ def upgrade() -> None:
         sa.Column("create_time", UTCDateTime, nullable=False),
         sa.Column("version", sa.Integer, nullable=False, server_default="0"),
         sa.UniqueConstraint("job_name", "job_key", name="uq_job_instance_name_key"),
-        **options,
     )
     op.create_table(
         "batch_job_execution",
@@ -60,7 +58,6 @@ def upgrade() -> None:
         sa.Column("owner_pid", sa.Integer),
         sa.Column("heartbeat", UTCDateTime),
         sa.Column("version", sa.Integer, nullable=False),
-        **options,
     )
     op.create_index("ix_job_execution_instance", "batch_job_execution", ["instance_id"])
     op.create_index(
@@ -101,7 +98,6 @@ def upgrade() -> None:
             primary_key=True,
         ),
         sa.Column("context", sa.Text, nullable=False),
-        **options,
     )
     op.create_table(
         "batch_step_execution",
@@ -128,7 +124,6 @@ def upgrade() -> None:
         sa.Column("end_time", UTCDateTime),
         sa.Column("last_updated", UTCDateTime, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
-        **options,
     )
     op.create_index(
         "ix_step_execution_job_execution", "batch_step_execution", ["job_execution_id"]
@@ -143,7 +138,6 @@ def upgrade() -> None:
         ),
         sa.Column("step_name", sa.String(200), primary_key=True),
         sa.Column("context", sa.Text, nullable=False),
-        **options,
     )
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from batchd.repository.connect import MYSQL_BACKENDS
-from batchd.repository.tables import Id, UTCDateTime, mysql_table_options
+from batchd.repository.tables import Id, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -20,7 +20,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    options = mysql_table_options(op.get_bind())
     mysql = op.get_bind().dialect.name in MYSQL_BACKENDS
     op.create_table(
         "batch_schedule_fire",
@@ -32,7 +31,6 @@ def upgrade() -> None:
         sa.Column("message", sa.Text),
         sa.Column("recorded_at", UTCDateTime, nullable=False),
         sa.UniqueConstraint("schedule_name", "fire_time", name="uq_schedule_fire"),
-        **options,
     )
     op.create_table(
         "batch_trigger_file",
@@ -50,7 +48,6 @@ def upgrade() -> None:
             if mysql
             else [sa.UniqueConstraint("watch_name", "file_name", "sha256", name="uq_trigger_file")]
         ),
-        **options,
     )
     if mysql:
         op.create_index(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from batchd.repository.tables import UTCDateTime, mysql_table_options
+from batchd.repository.tables import UTCDateTime
 
 revision = "0003"
 down_revision = "0002"
@@ -27,7 +27,6 @@ def upgrade() -> None:
         sa.Column("started_at", UTCDateTime, nullable=False),
         sa.Column("heartbeat", UTCDateTime, nullable=False),
         sa.Column("clock_offset_ms", sa.Integer, nullable=False, server_default="0"),
-        **mysql_table_options(op.get_bind()),
     )
     # batch_alter_table: SQLite cannot add a column to a table with constraints in place.
     with op.batch_alter_table("batch_schedule_fire") as batch:
