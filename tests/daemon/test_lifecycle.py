@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.service import EX_CANTCREAT, Daemon
@@ -64,28 +66,44 @@ def test_a_dead_watcher_thread_stops_the_watchdog_and_the_daemon_exits_70(
     assert len(taken) == 1 and len(executions(tmp_path, "count_file")) == 1
 
 
-def run_in_process(config_text: str, tmp_path: Path) -> int:
+@pytest.fixture
+def environment_kept() -> Iterator[None]:
+    """The environment as it was: a config load exports ``BATCHD_DATABASE_URL`` (for job
+    modules), which the daemons later tests start would otherwise inherit."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def run_in_process(config_text: str, tmp_path: Path, notify: NotifySocket | None = None) -> int:
     """``batchd run`` in this process (its main thread, where signal handlers live)."""
     config_path = tmp_path / "batchd.toml"
     config_path.write_text(config_text)
-    return Daemon(config_path, notifier=SystemdNotifier({})).run()
+    env = {"NOTIFY_SOCKET": str(notify.path)} if notify is not None else {}
+    return Daemon(config_path, notifier=SystemdNotifier(env)).run()
 
 
+@pytest.mark.usefixtures("environment_kept")
 def test_signal_handlers_are_restored_after_a_stop_signal(tmp_path: Path) -> None:
     before = {signum: signal.getsignal(signum) for signum in HANDLED}
-    sock = tmp_path / "control.sock"
+    notify = NotifySocket(tmp_path / "notify.sock")
 
-    def stop_once_serving() -> None:
-        wait_until(sock.exists, what="the control socket")
+    def stop_once_ready() -> None:
+        notify.wait_for("READY=1")  # the daemon's handlers are in place by then
         os.kill(os.getpid(), signal.SIGTERM)
 
-    stopper = threading.Thread(target=stop_once_serving)
+    stopper = threading.Thread(target=stop_once_ready)
     stopper.start()
-    assert run_in_process(control_config(tmp_path), tmp_path) == 0
-    stopper.join()
+    try:
+        assert run_in_process(control_config(tmp_path), tmp_path, notify) == 0
+    finally:
+        stopper.join()
+        notify.close()
     assert {signum: signal.getsignal(signum) for signum in HANDLED} == before
 
 
+@pytest.mark.usefixtures("environment_kept")
 def test_signal_handlers_are_restored_after_a_failed_start(tmp_path: Path) -> None:
     before = {signum: signal.getsignal(signum) for signum in HANDLED}
     too_long = tmp_path / ("s" * 120) / "control.sock"
