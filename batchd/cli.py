@@ -27,6 +27,7 @@ from batchd.ctl import (
     ControlClient,
     ControlError,
     param_value,
+    plural,
     renderer,
     socket_path,
 )
@@ -158,8 +159,9 @@ def check_config(config_path: Path) -> None:
         report_config_error(config_path, error)
         sys.exit(EX_CONFIG)
     click.echo(
-        f"config OK: {len(registry.names())} jobs, {len(settings.schedules)} schedules, "
-        f"{len(settings.watches)} watches"
+        f"config OK: {plural(len(registry.names()), 'job')}, "
+        f"{plural(len(settings.schedules), 'schedule')}, "
+        f"{plural(len(settings.watches), 'watch', 'watches')}"
     )
 
 
@@ -272,17 +274,29 @@ def ctl() -> None:
 
     Tables for people, --json for scripts. Exit status 0 on success; 1 with
     "batchd: <Type>: <message>" on stderr when the daemon answers with an error; 69 when it
-    cannot be reached. Times are shown in local time.
+    cannot be reached. Times are shown in local time (a schedule's in its own time zone),
+    each with its zone's abbreviation.
     """
+
+
+def _options() -> _CtlOptions:
+    return click.get_current_context().find_object(_CtlOptions) or _CtlOptions()
+
+
+def _client(options: _CtlOptions) -> ControlClient:
+    """A client of the socket the options name (exits as _call does if there is none)."""
+    try:
+        return ControlClient(socket_path(options.socket, options.config), options.timeout)
+    except ControlError as problem:
+        _fail(problem.type, problem.message, problem.exit_status)
 
 
 def _call(op: str, **args: Any) -> Any:
     """Send one request with the ctl options in effect; print its result; exit non-zero
     with the error on stderr if it fails."""
-    options = click.get_current_context().find_object(_CtlOptions) or _CtlOptions()
+    options = _options()
     try:
-        path = socket_path(options.socket, options.config)
-        with ControlClient(path, timeout=options.timeout) as client:
+        with _client(options) as client:
             result = client.call(op, **args)
     except ControlError as problem:
         _fail(problem.type, problem.message, problem.exit_status)
@@ -358,13 +372,100 @@ def ctl_executions(
     _call("executions", job=job or job_argument, status=status and status.upper(), limit=limit)
 
 
+WAIT = click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait until the execution ends; the exit status says how: 0 COMPLETED, 3 FAILED, "
+    "4 STOPPED, 5 ABANDONED, 6 UNKNOWN.",
+)
+FOLLOW = click.option(
+    "--follow",
+    is_flag=True,
+    help="Show its progress until it ends (a bar on a terminal, else lines); exit status as "
+    "for --wait.",
+)
+INTERVAL = click.option(
+    "--interval",
+    type=click.FloatRange(0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two looks at it (--wait, --follow).",
+)
+
+
 @_ctl_command("start")
 @click.argument("job")
 @click.argument("params_json", metavar="[PARAMS]", required=False)
 @PARAM
+@WAIT
+@FOLLOW
+@INTERVAL
 @_ctl_options
-def ctl_start(job: str, params_json: str | None, param_pairs: tuple[str, ...]) -> None:
-    _call("start", job=job, params=_params(params_json, param_pairs))
+def ctl_start(
+    job: str,
+    params_json: str | None,
+    param_pairs: tuple[str, ...],
+    wait: bool,
+    follow: bool,
+    interval: float,
+) -> None:
+    started = _call("start", job=job, params=_params(params_json, param_pairs))
+    if wait or follow:
+        _follow_execution(started["id"], follow, interval)
+
+
+@_ctl_command("execution")
+@click.argument("id", metavar="EXECUTION_ID", type=int)
+@FOLLOW
+@INTERVAL
+@_ctl_options
+def ctl_execution(id: int, follow: bool, interval: float) -> None:
+    if follow:
+        _follow_execution(id, True, interval)
+    else:
+        _call("execution", id=id)
+
+
+def _follow_execution(execution_id: int, show: bool, interval: float) -> NoReturn:
+    """Poll the execution until it ends (showing its progress if ``show``); exit with the
+    status that says how it ended."""
+    from batchd.ctl_follow import follow_execution
+
+    options = _options()
+    with _client(options) as client:
+        _exit_followed(
+            lambda: follow_execution(client, execution_id, show, options.as_json, interval)
+        )
+
+
+def _follow_backfill(backfill_id: int, interval: float) -> NoReturn:
+    from batchd.ctl_follow import follow_backfill
+
+    with _client(_options()) as client:
+        _exit_followed(lambda: follow_backfill(client, backfill_id, interval))
+
+
+def _exit_followed(following: Callable[[], int]) -> NoReturn:
+    try:
+        status = following()
+    except ControlError as problem:
+        _fail(problem.type, problem.message, problem.exit_status)
+    except KeyboardInterrupt:  # stops following, not the execution
+        sys.exit(130)
+    sys.exit(status)
+
+
+@_ctl_command("backfills")
+@click.argument("backfill_id", metavar="[ID]", type=click.IntRange(1), required=False)
+@FOLLOW
+@INTERVAL
+@_ctl_options
+def ctl_backfills(backfill_id: int | None, follow: bool, interval: float) -> None:
+    if follow:
+        if backfill_id is None:
+            raise click.UsageError("--follow needs the backfill's ID")
+        _follow_backfill(backfill_id, interval)
+    _call("backfills", id=backfill_id)
 
 
 @_ctl_command("stop")
@@ -401,6 +502,13 @@ def ctl_restart(job_or_id: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Only show which dates would run.")
 @click.option("--calendar", metavar="NAME", help="Only the business days of this calendar.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Show its dates done, running and left until it ends; the exit status is 0 when "
+    "every date COMPLETED, 3 when one failed or never started, 4 when it was stopped.",
+)
+@INTERVAL
 @_ctl_options
 def ctl_backfill(
     job: str,
@@ -412,8 +520,10 @@ def ctl_backfill(
     max_concurrent: int,
     dry_run: bool,
     calendar: str | None,
+    follow: bool,
+    interval: float,
 ) -> None:
-    _call(
+    started = _call(
         "backfill",
         job=job,
         param=date_param,
@@ -423,6 +533,8 @@ def ctl_backfill(
         calendar=calendar,
         **{"from": first, "to": last},
     )
+    if follow and started.get("backfill") is not None:
+        _follow_backfill(started["backfill"], interval)
 
 
 @_ctl_command("calendar")

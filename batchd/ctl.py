@@ -14,6 +14,7 @@ import json
 import math
 import os
 import socket
+import time
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -167,6 +168,45 @@ class ControlClient:
         self.close()
 
 
+# ``--wait`` and ``--follow``: the exit status says how the execution (or backfill) ended.
+OUTCOME_EXIT = {"COMPLETED": 0, "FAILED": 3, "STOPPED": 4, "ABANDONED": 5, "UNKNOWN": 6}
+
+
+def outcome_exit(status: str) -> int:
+    """The exit status of ``ctl ... --wait`` for an execution that ended ``status``."""
+    return OUTCOME_EXIT.get(status, OUTCOME_EXIT["UNKNOWN"])
+
+
+def backfill_exit(view: dict[str, Any]) -> int:
+    """A backfill's exit status: 0 when every date COMPLETED; 3 (as FAILED) when a date
+    failed; else 4 (as STOPPED) when the backfill was stopped (or its daemon shut down);
+    else 3 when a date could not be started; else the worst of its dates' statuses."""
+    statuses = [str(item.get("status")) for item in view.get("done", [])]
+    if "FAILED" in statuses:
+        return OUTCOME_EXIT["FAILED"]
+    if view.get("state") != "done":
+        return OUTCOME_EXIT["STOPPED"]
+    if view.get("not_started"):
+        return OUTCOME_EXIT["FAILED"]
+    return max((outcome_exit(status) for status in statuses), default=0)
+
+
+def follow(
+    poll: Callable[[], dict[str, Any]],
+    running: Callable[[dict[str, Any]], bool],
+    show: Callable[[dict[str, Any]], None],
+    interval: float,
+) -> dict[str, Any]:
+    """Call ``poll`` every ``interval`` seconds, showing each answer, until ``running``
+    says it has ended; returns the last answer."""
+    while True:
+        view = poll()
+        show(view)
+        if not running(view):
+            return view
+        time.sleep(interval)
+
+
 def param_value(text: str) -> Any:
     """The value of ``--param NAME=VALUE``: a JSON scalar when VALUE is one (``2``, ``2.5``,
     ``true``, ``false``, ``null``, ``"2"``), else VALUE as a string (``2026-11-21``, ``007``,
@@ -178,6 +218,12 @@ def param_value(text: str) -> Any:
     if isinstance(value, dict | list) or (isinstance(value, float) and not math.isfinite(value)):
         return text  # objects and arrays go in the PARAMS argument; 1e999 is no number
     return value
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 schedule``, ``2 schedules``, ``0 watches`` (``many``: the plural when it is not
+    ``word`` + "s")."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def _not_a_number(name: str) -> Any:

@@ -8,12 +8,13 @@ import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from batchd.ctl import RUNNING
+from batchd.ctl import RUNNING, plural
 
 _MESSAGE_WIDTH = 120  # characters of an exit message shown in a table of executions
 
@@ -33,10 +34,15 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def local_time(value: str | None) -> str:
-    """An ISO UTC time from the daemon, in the local time zone to the second."""
+def local_time(value: str | None, zone: str | None = None) -> str:
+    """An ISO UTC time from the daemon, to the second, in the IANA time zone ``zone`` (else
+    the local one) with the zone's abbreviation or offset: ``2026-12-01 01:30:00 CET``. The
+    abbreviation tells the two 02:30 of the night the clocks go back apart (CEST, then CET)."""
     moment = parse_time(value)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+    if moment is None:
+        return ""
+    shown = moment.astimezone(ZoneInfo(zone)) if zone else moment.astimezone()
+    return shown.strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def duration(seconds: float | None) -> str:
@@ -84,7 +90,110 @@ def progress(execution: Mapping[str, Any], now: datetime | None = None) -> str:
     seconds = ((now or datetime.now(UTC)) - began).total_seconds() if began else 0.0
     rate = f", {read / seconds:,.0f} items/s" if seconds > 0 else ""
     parts = f" ({len(partitions)} partitions)" if partitions else ""
-    return f"{name}{parts}: {read:,} read, {written:,} written{rate}"
+    line = f"{name}{parts}: {read:,} read, {written:,} written{rate}"
+    return line + input_progress(counted, seconds) + instance_counts(execution, name)
+
+
+def reader_total(steps: list[Mapping[str, Any]]) -> tuple[str, int, int, int] | None:
+    """``(unit, done, total, start)`` of the steps' readers, summed (partitions), when
+    every one of them knows its total; else None."""
+    found: list[Mapping[str, Any]] = []
+    for step in steps:
+        each = step.get("progress")
+        if not isinstance(each, Mapping) or each.get("total") is None:
+            return None
+        found.append(each)
+    if not found:
+        return None
+    done, total, start = (
+        sum(int(each[key]) for each in found) for key in ("done", "total", "start")
+    )
+    return str(found[0]["unit"]), done, total, start
+
+
+def input_progress(steps: list[Mapping[str, Any]], seconds: float) -> str:
+    """``, 45% of 10.2 MB, ETA 1m20s``: how far the readers are through their input and,
+    from this execution's own pace, when they will be through."""
+    known = reader_total(steps)
+    if known is None:
+        return ""
+    unit, done, total, start = known
+    if total <= 0:
+        return ""
+    text = f", {min(100.0, 100 * done / total):.0f}% of {amount(total, unit)}"
+    pace = (done - start) / seconds if seconds > 0 else 0
+    if pace > 0 and done < total:
+        text += f", ETA {duration((total - done) / pace)}"
+    return text
+
+
+def amount(count: int, unit: str) -> str:
+    """``10.2 MB``, ``850 bytes``, ``1,200 items``."""
+    if unit != "bytes":
+        return f"{count:,} {unit}"
+    size = float(count)
+    for name in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or name == "GB":
+            return f"{count:,} bytes" if name == "bytes" else f"{size:.1f} {name}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def instance_counts(execution: Mapping[str, Any], step: str) -> str:
+    """`` (3,400 read, 3,390 written over 2 executions)``: the step's counts over every
+    execution of the instance, when this is not the first: a restart carries on."""
+    instance = execution.get("instance") or {}
+    counts = (instance.get("steps") or {}).get(step)
+    executions = int(instance.get("executions") or 0)
+    if not counts or executions < 2:
+        return ""
+    return (
+        f" ({int(counts.get('read_count', 0)):,} read, {int(counts.get('write_count', 0)):,} "
+        f"written over {executions} executions)"
+    )
+
+
+def backfill_line(view: Mapping[str, Any]) -> str:
+    """``backfill 3 of dated running: 2 done, 1 running, 4 left`` (and never started)."""
+    counts = [
+        plural(len(view.get("done", [])), "date") + " done",
+        f"{len(view.get('running', []))} running",
+        f"{len(view.get('left', []))} left",
+    ]
+    if view.get("not_started"):
+        counts.append(f"{len(view['not_started'])} never started")
+    return f"backfill {view.get('backfill')} of {view.get('job')} {view.get('state')}: " + (
+        ", ".join(counts)
+    )
+
+
+def render_backfills(console: Console, result: Mapping[str, Any]) -> None:
+    """Each backfill of the daemon: its state and counts, then its dates."""
+    backfills = result.get("backfills", [])
+    if not backfills:
+        console.print("no backfills")
+        return
+    for view in backfills:
+        console.print(backfill_line(view), highlight=False)
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("DATE", "STATE", "EXECUTION"):
+            table.add_column(column)
+        rows = [
+            (item["date"], status_text(item.get("status")), str(item.get("execution_id") or ""))
+            for item in view.get("done", [])
+        ]
+        rows += [
+            (item["date"], Text("running", style="cyan"), str(item.get("execution_id") or ""))
+            for item in view.get("running", [])
+        ]
+        rows += [(day, Text("left", style="dim"), "") for day in view.get("left", [])]
+        rows += [
+            (item["date"], Text(f"never started ({item.get('reason')})", style="red"), "")
+            for item in view.get("not_started", [])
+        ]
+        for row in sorted(rows, key=lambda row: str(row[0])):
+            table.add_row(*row)
+        console.print(table)
 
 
 def make_console() -> Console:
@@ -209,9 +318,14 @@ def render_nodes(console: Console, result: Mapping[str, Any]) -> None:
             Text("live", style="green") if node.get("live") else Text("lost", style="red"),
             local_time(node.get("heartbeat")),
             local_time(node.get("started_at")),
-            f"{float(node.get('clock_skew_seconds') or 0):+.3f}s",
+            signed_seconds(node.get("clock_skew_seconds")),
         )
     console.print(table)
+
+
+def signed_seconds(value: float | None) -> str:
+    """``+0.250s``, ``-1.000s``; a skew that rounds to nothing is ``+0.000s``, not ``-0.000s``."""
+    return f"{round(float(value or 0), 3) + 0.0:+.3f}s"
 
 
 def render_jobs(console: Console, result: Mapping[str, Any]) -> None:
@@ -244,8 +358,8 @@ def render_schedules(console: Console, result: Mapping[str, Any]) -> None:
             str(schedule.get("trigger")),
             str(schedule.get("calendar") or ""),
             Text("paused", style="yellow") if schedule.get("paused") else Text("active"),
-            local_time(schedule.get("next_fire_time")),
-            local_time(schedule.get("last_fire")),
+            local_time(schedule.get("next_fire_time"), schedule.get("timezone")),
+            local_time(schedule.get("last_fire"), schedule.get("timezone")),
             str(schedule.get("last_outcome") or ""),
             "\n".join(waiting_text(fire) for fire in schedule.get("waiting", [])),
         )
@@ -349,9 +463,9 @@ def render_calendar(console: Console, result: Mapping[str, Any]) -> None:
 
 def render_reload(console: Console, result: Mapping[str, Any]) -> None:
     if result.get("accepted"):
-        console.print(
-            f"config reloaded: {result.get('schedules')} schedules, {result.get('watches')} watches"
-        )
+        schedules = plural(int(result.get("schedules") or 0), "schedule")
+        watches = plural(int(result.get("watches") or 0), "watch", "watches")
+        console.print(f"config reloaded: {schedules}, {watches}")
 
 
 def render_recover(console: Console, result: Mapping[str, Any]) -> None:
@@ -374,8 +488,11 @@ def _listed(console: Console, executions: list[Any], none: str, heading: str) ->
 
 def render_purge(console: Console, result: Mapping[str, Any]) -> None:
     verb = "would purge" if result.get("dry_run") else "purged"
+    executions = plural(int(result.get("executions") or 0), "execution")
+    steps = plural(int(result.get("step_executions") or 0), "step execution")
+    instances = plural(int(result.get("instances") or 0), "instance")
+    days = plural(int(result.get("days") or 0), "day")
     console.print(
-        f"{verb} {result.get('executions')} executions ({result.get('step_executions')} step "
-        f"executions) and {result.get('instances')} instances of complete jobs that ended "
-        f"before {local_time(result.get('before'))} ({result.get('days')} days ago)"
+        f"{verb} {executions} ({steps}) and {instances} of complete jobs that ended "
+        f"before {local_time(result.get('before'))} ({days} ago)"
     )

@@ -176,7 +176,7 @@ def test_the_install_guide_works_as_written(scratch_root: ScratchRoot, checkout:
 
     checked = batchd_user_check(root)
     assert checked.returncode == 0, checked.stderr
-    assert "config OK: 2 jobs, 1 schedules, 1 watches" in checked.stdout
+    assert "config OK: 2 jobs, 1 schedule, 1 watch" in checked.stdout
 
     uid, gid = root.user("batchd")
     spool = root.path / "var/spool/batchd/payments"

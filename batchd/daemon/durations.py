@@ -28,3 +28,20 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative: {text!r}")
     return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """A duration as operators write it (the inverse of :func:`parse_duration`):
+    ``1h`` rather than ``1:00:00``, ``1h30m``, ``2d``, ``90s`` stays ``1m30s``, ``0.25s``."""
+    milliseconds = round(value.total_seconds() * 1000)
+    if milliseconds == 0:
+        return "0s"
+    parts = []
+    for unit in ("d", "h", "m"):
+        count, milliseconds = divmod(milliseconds, round(_UNITS[unit] * 1000))
+        if count:
+            parts.append(f"{count}{unit}")
+    if milliseconds:
+        seconds = milliseconds / 1000
+        parts.append(f"{seconds:g}s")
+    return "".join(parts)

@@ -18,7 +18,7 @@ Taking a file, in this order:
 3. Claim (watch, name, SHA-256) in the repository (:class:`TriggerStore`), recording where
    the file goes in ``processed/`` and the job's parameters: unique in the database, so each
    file starts at most one instance across restarts and nodes. A file claimed before goes
-   to ``rejected/`` (outcome ``duplicate``, reason ``duplicate: already taken ...``) —
+   to ``rejected/`` (outcome ``duplicate``, reason ``already taken at ...``) —
    rejected rather than processed, because nothing was done with it. A claim left in state
    ``error`` is taken again. A claim left ``claimed`` (its taker died before finishing it)
    is finished as its taker meant (:meth:`FileTaker.resume`): at once when it is
@@ -151,7 +151,8 @@ def decide(
 def _duplicate_reason(claim: FileClaim) -> str:
     when = claim.claimed_at.isoformat(timespec="seconds")
     execution = f", execution {claim.execution_id}" if claim.execution_id is not None else ""
-    return f"duplicate: already taken at {when} (claim {claim.id}, {claim.state}{execution})"
+    # Without the outcome: the log line puts "duplicate" before it already.
+    return f"already taken at {when} (claim {claim.id}, {claim.state}{execution})"
 
 
 class FileTaker:

@@ -19,6 +19,7 @@ from batchd.daemon.protocol import (
     DEFAULT_CALENDAR_DAYS,
     MAX_BACKFILL_DAYS,
     MAX_CALENDAR_DAYS,
+    MAX_LIMIT,
     OPERATIONS,
     ProtocolError,
     execution_view,
@@ -78,7 +79,31 @@ class Handlers:
         return {"executions": _views(self.daemon.list_executions(job, status, limit))}
 
     def execution(self, id: int) -> dict[str, Any]:
-        return execution_view(self.daemon.get_execution(id))
+        return self._execution(id)
+
+    def _execution(self, id: int) -> dict[str, Any]:
+        """The execution, and ``instance``: each step's counts summed over every execution
+        of its instance up to this one (a restart carries on the same work)."""
+        execution = self.daemon.get_execution(id)
+        view = execution_view(execution)
+        earlier = [
+            each
+            for each in self.daemon.list_executions(execution.job_name, None, MAX_LIMIT)
+            if each.instance_id == execution.instance_id and each.id <= execution.id
+        ]
+        instance: dict[str, dict[str, int]] = {}
+        for each in earlier:
+            for step in each.step_executions:
+                counts = instance.setdefault(step.step_name, {})
+                for key, value in step.counters().items():
+                    counts[key] = counts.get(key, 0) + value
+        view["instance"] = {"executions": len(earlier), "steps": instance}
+        return view
+
+    def backfills(self, id: int | None) -> dict[str, Any]:
+        backfills = self.daemon.backfills
+        chosen = [backfills.get(id)] if id is not None else backfills.all()
+        return {"backfills": [each.view() for each in chosen]}
 
     def start(self, job: str, params: dict[str, Any] | str) -> dict[str, Any]:
         return self._fresh_view(self.daemon.start_job(job, params))

@@ -42,6 +42,7 @@ MAX_PURGE_DAYS = 100_000
 _MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names no execution
 _MAX_NAME = 200  # job and schedule names are String(200) in the repository
 _SHOWN = 60  # characters of a bad value repeated in an error message
+PROGRESS_KEY = "batchd.progress"  # batchd.items.progress.PROGRESS_KEY (not imported: light)
 
 # Error types the protocol itself sends (errors of batchd keep their class name).
 BAD_REQUEST = "BadRequest"
@@ -255,6 +256,12 @@ OPERATIONS: dict[str, Operation] = {
             "calendar": Arg(_name),
         },
     ),
+    "backfills": Operation(
+        "The backfills of this daemon (or backfill --id ID): dates done, running and left.",
+        "render_backfills",
+        {"id": Arg(_backfill_id)},
+        read_only=True,
+    ),
     "calendar": Operation(
         "The business and closing days (with the holiday's name) of calendar NAME from "
         f"--from (default today) to --to (default {DEFAULT_CALENDAR_DAYS} days on).",
@@ -386,6 +393,9 @@ def iso(value: datetime | None) -> str | None:
 
 
 def step_view(step: StepExecution) -> dict[str, Any]:
+    """A step as DESIGN §4 sends it; ``progress`` is how far its reader is through its
+    input (``unit``, ``done``, ``total``, ``start``: see ``batchd.items.progress``) when
+    the reader knows its total, else None."""
     return {
         "name": step.step_name,
         "status": step.status.value,
@@ -393,6 +403,7 @@ def step_view(step: StepExecution) -> dict[str, Any]:
         "start_time": iso(step.start_time),
         "end_time": iso(step.end_time),
         "exit_message": step.exit_message,
+        "progress": step.execution_context.get(PROGRESS_KEY),
     }
 
 

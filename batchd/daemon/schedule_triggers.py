@@ -19,6 +19,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from batchd.daemon.cron import CronExpression
+from batchd.daemon.durations import format_duration
 from batchd.daemon.settings import ScheduleSettings
 
 #: What the scheduler holds of a trigger (an APScheduler one, which other modules need not know).
@@ -110,9 +111,13 @@ def validate_schedule(schedule: ScheduleSettings, default_timezone: str) -> None
 
 
 def describe_trigger(schedule: ScheduleSettings) -> str:
-    """The trigger as the config wrote it, e.g. ``cron 30 1 * * 1-5`` or ``interval 0:15:00``."""
-    text = f"cron {schedule.cron}" if schedule.cron is not None else f"interval {schedule.interval}"
-    return f"{text}, jitter {schedule.jitter}" if schedule.jitter else text
+    """The trigger as the config wrote it, e.g. ``cron 30 1 * * 1-5`` or ``interval 15m``."""
+    if schedule.cron is not None:
+        text = f"cron {schedule.cron}"
+    else:
+        assert schedule.interval is not None  # a schedule has one of them
+        text = f"interval {format_duration(schedule.interval)}"
+    return f"{text}, jitter {format_duration(schedule.jitter)}" if schedule.jitter else text
 
 
 class ScheduledRun:

@@ -28,6 +28,7 @@ from batchd.items.base import ItemReader, ItemWriter
 # Re-exported: the readers, writers and partitioners take their paths from here.
 from batchd.items.paths import PathLike as PathLike
 from batchd.items.paths import resolve_path as resolve_path
+from batchd.items.progress import Progress
 from batchd.model import ExecutionContext
 
 # The algorithms of checksum sidecars (GoBatch's), each in ``<file>.<algorithm>``.
@@ -252,7 +253,7 @@ class FileItemReader(ItemReader):
     first run) and stops at lines starting at or after ``ctx.partition["end_offset"]``.
     """
 
-    _runtime: tuple[str, ...] = ("_source", "_path", "_end")
+    _runtime: tuple[str, ...] = ("_source", "_path", "_end", "_progress", "_start")
 
     def __init__(
         self,
@@ -271,6 +272,8 @@ class FileItemReader(ItemReader):
         self._source: LineSource | None = None
         self._path: str | None = None
         self._end: int | None = None
+        self._start = 0  # the byte the range starts at (a partition's start_offset)
+        self._progress: Progress | None = None
 
     @property
     def resolved_path(self) -> str | None:
@@ -293,10 +296,21 @@ class FileItemReader(ItemReader):
                 source.align(int(partition["start_offset"]))
             end = partition.get("end_offset")
             self._end = None if end is None else int(end)
+            self._start = int(partition.get("start_offset") or 0)
         except BaseException:
             source.close()
             raise
         self._source = source
+        done = max(0, source.offset - self._start)
+        self._progress = Progress("bytes", self.total(ctx), done)
+
+    def total(self, ctx: ExecutionContext) -> int | None:
+        """The bytes of this reader's range (its file, or its partition's offsets): how
+        far it is comes from its byte offset, so the total costs one stat, once."""
+        if self._path is None:
+            return None
+        end = self._end if self._end is not None else os.path.getsize(self._path)
+        return max(0, end - self._start)
 
     def _begin(self, source: LineSource) -> None:
         """Read what comes before the records (a header) from offset 0."""
@@ -347,6 +361,9 @@ class FileItemReader(ItemReader):
         if self._source is not None:
             ctx[self.key("offset")] = self._source.offset
             ctx[self.key("line")] = self._source.line
+            if self._progress is not None:
+                self._progress.done = max(0, self._source.offset - self._start)
+                self._progress.save(ctx)
 
     def close(self) -> None:
         if self._source is not None:

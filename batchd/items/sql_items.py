@@ -14,13 +14,14 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import MetaData, Table, bindparam, create_engine, insert, select
+from sqlalchemy import MetaData, Table, bindparam, create_engine, func, insert, select
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.sql import Select
 
 from batchd.errors import ItemFormatError
 from batchd.items.base import ItemReader, ItemStream, ItemWriter
 from batchd.items.convert import convert_value, item_to_dict
+from batchd.items.progress import Progress
 from batchd.model import ChunkTransaction, ExecutionContext, current_chunk_transaction
 from batchd.model import database_identity as _database_identity
 
@@ -175,7 +176,7 @@ class SqlItemReader(_SqlStream, ItemReader):
     process) or an Engine.
     """
 
-    _runtime: tuple[str, ...] = ("_engine", "_buffer", "_query", "_next_query")
+    _runtime: tuple[str, ...] = ("_engine", "_buffer", "_query", "_next_query", "_progress")
 
     def __init__(
         self,
@@ -200,6 +201,7 @@ class SqlItemReader(_SqlStream, ItemReader):
         self._last_key: Any = None  # key of the last item handed out (or the saved one)
         self._fetched = False  # whether _fetched_key bounds the next page
         self._fetched_key: Any = None  # key of the last row fetched
+        self._progress: Progress | None = None
 
     def open(self, ctx: ExecutionContext) -> None:
         self._connect_engine()
@@ -225,6 +227,16 @@ class SqlItemReader(_SqlStream, ItemReader):
         self._last_key = self._fetched_key = decode_key(saved) if self._positioned else None
         self._buffer = deque()
         self._exhausted = False
+        self._progress = Progress("items", self.total(ctx), int(ctx.get(self.key("done"), 0)))
+
+    def total(self, ctx: ExecutionContext) -> int | None:
+        """The rows of the query (in a partition, of its key range): one COUNT at open."""
+        if self._query is None:
+            return None
+        rows = self._query.limit(None).order_by(None).subquery()
+        counted = select(func.count()).select_from(rows)
+        with self._connection() as connection:
+            return int(connection.execute(counted).scalar_one())
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -267,11 +279,16 @@ class SqlItemReader(_SqlStream, ItemReader):
         item = buffer.popleft()
         self._last_key = item[self.key_name]
         self._positioned = True
+        if self._progress is not None:
+            self._progress.done += 1
         return item
 
     def update(self, ctx: ExecutionContext) -> None:
         if self._positioned:
             ctx[self.key("last_key")] = encode_key(self._last_key)
+            if self._progress is not None:
+                ctx[self.key("done")] = self._progress.done
+                self._progress.save(ctx)
 
     def close(self) -> None:
         self._buffer = None

@@ -531,7 +531,7 @@ def test_check_config_command(tmp_path: Path, make_jobs: MakeJobs) -> None:
     path = good_config(tmp_path, module)
     result = run_cli("check-config", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 2 jobs, 1 schedules, 1 watches"
+    assert result.stdout.strip() == "config OK: 2 jobs, 1 schedule, 1 watch"
 
     # BATCHD_CONFIG instead of --config; a bad override makes it bad.
     result = run_cli(
@@ -589,4 +589,4 @@ def test_shipped_example_config_passes(tmp_path: Path) -> None:
         env={"BATCHD_DATABASE_URL": f"sqlite:///{tmp_path / 'batchd.db'}"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "config OK: 2 jobs, 1 schedules, 1 watches"
+    assert result.stdout.strip() == "config OK: 2 jobs, 1 schedule, 1 watch"

@@ -76,6 +76,7 @@ STEP_KEYS = {
     "start_time",
     "end_time",
     "exit_message",
+    "progress",
 }
 
 

@@ -221,7 +221,7 @@ def test_schedules_backfill_purge_reload_recover(launch: Launch, tmp_path: Path)
     assert purged.stdout.startswith("purged 0 executions (0 step executions) and 0 instances")
     assert json.loads(dry.stdout)["dry_run"] is True and json.loads(dry.stdout)["executions"] == 0
     assert recovered.returncode == 0 and "nothing to recover" in recovered.stdout
-    assert ok("reload", "--socket", sock).strip() == "config reloaded: 1 schedules, 0 watches"
+    assert ok("reload", "--socket", sock).strip() == "config reloaded: 1 schedule, 0 watches"
     launched.daemon.config_path.write_text(control_config(tmp_path, "[[schedules]]\nname = 1\n"))
     refused = ctl("reload", "--socket", sock)
     assert refused.returncode == 1 and refused.stderr.startswith("batchd: ReloadRefused: ")

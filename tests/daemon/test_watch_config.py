@@ -86,4 +86,4 @@ def test_every_documented_variable_and_a_parsed_group_pass_check_config(tmp_path
     )
     checked = check_config(path)
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.strip() == "config OK: 3 jobs, 0 schedules, 1 watches"
+    assert checked.stdout.strip() == "config OK: 3 jobs, 0 schedules, 1 watch"

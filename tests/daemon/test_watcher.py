@@ -334,7 +334,9 @@ def test_json_trigger_that_is_not_an_object_is_rejected(env: Env) -> None:
 # ------------------------------------------------------------- at most one instance
 
 
-def test_same_file_dropped_twice_starts_one_instance(env: Env) -> None:
+def test_same_file_dropped_twice_starts_one_instance(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     env.watcher(env.watch(stable_for="5s")).start()
     drop = env.inbox / "batch.csv"
     drop.write_text("same content")
@@ -344,7 +346,8 @@ def test_same_file_dropped_twice_starts_one_instance(env: Env) -> None:
     drop.write_text("same content")  # same name, same SHA-256
     rejected = env.inbox / "rejected" / "batch.csv"
     wait_for(rejected.exists)
-    assert reason_of(rejected).startswith("duplicate: already taken")
+    assert reason_of(rejected).startswith("already taken at ")
+    wait_for(lambda: "batch.csv duplicate: already taken at " in caplog.text)  # said once
     assert len(env.executions()) == 1
     assert env.listener.calls == [("payments", "started"), ("payments", "duplicate")]
 

@@ -92,7 +92,16 @@ def test_jsonl_reader_restart(tmp_path: Path) -> None:
     reader.update(ctx)
     read_n(reader, 2)  # never committed
     reader.close()
-    assert set(ctx) == {"src.offset", "src.line"}
+    assert set(ctx) == {"src.offset", "src.line", "batchd.progress"}
+    # Its progress for ctl --follow: bytes read of the file's size.
+    size = path.stat().st_size
+    assert ctx["batchd.progress"] == {
+        "unit": "bytes",
+        "done": ctx["src.offset"],
+        "total": size,
+        "start": 0,
+    }
+    assert 0 < ctx["src.offset"] < size
     assert [i["n"] for i in read_all(JsonLinesItemReader(path, name="src"), persisted(ctx))] == [
         4,
         5,

@@ -129,7 +129,12 @@ def test_reader_restart_after_last_item_handed_out(database_url: str, engine: En
     assert ctx == {}  # nothing read yet: nothing to save
     first = read_n(reader, 13)  # two pages fetched, 13 items handed out
     reader.update(ctx)
-    assert ctx == {"SqlItemReader.last_key": first[-1]["id"]}
+    assert ctx == {
+        "SqlItemReader.last_key": first[-1]["id"],
+        "SqlItemReader.done": 13,
+        # Its progress for ctl --follow: the total is one COUNT of the query's rows.
+        "batchd.progress": {"unit": "items", "done": 13, "total": 23, "start": 0},
+    }
     read_n(reader, 3)  # read but not committed
     reader.close()
     rest = read_all(template, persisted(ctx))
