@@ -53,6 +53,25 @@ def postgres_server() -> Iterator[Any]:
         server.stop()
 
 
+@contextmanager
+def mariadb_server() -> Iterator[Any]:
+    """A started ``tests.mysqlserver.MariaDBServer`` (unix socket, log flushed once a second,
+    data in /dev/shm when it has room), stopped and removed on exit."""
+    from tests.mysqlserver import MariaDBServer
+
+    server = MariaDBServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def database_server(name: str) -> Any:
+    """The context manager of a server for ``name`` (postgresql or mariadb)."""
+    return {"postgresql": postgres_server, "mariadb": mariadb_server}[name]()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 checkpoint_metadata = MetaData()
 checkpoint_table = Table(

@@ -53,7 +53,7 @@ from batchd.items import CsvItemReader, CsvItemWriter
 from batchd.repository.connect import create_database_engine
 
 # Targets of the issue: batchd time / baseline time at chunk size 10.
-RATIO_TARGETS = {("sqlite", 10): 1.3, ("postgresql", 10): 1.15}
+RATIO_TARGETS = {("sqlite", 10): 1.3, ("postgresql", 10): 1.15, ("mariadb", 10): 1.15}
 WARMUP_ROWS = 1_000
 CITIES = ["Berlin", "Lyon", "Porto", "Kraków", "Washington, D.C.", "Oslo", "Cork", "Turin"]
 
@@ -199,14 +199,14 @@ class CaseResult:
 
 @contextmanager
 def database_urls(names: list[str], tmp: Path) -> Iterator[list[tuple[str, str]]]:
-    """(name, URL) of each chosen database; PostgreSQL is a server started here."""
+    """(name, URL) of each chosen database; PostgreSQL and MariaDB are servers started here."""
     with ExitStack() as stack:
         urls = []
         for name in names:
             if name == "sqlite":
                 urls.append((name, f"sqlite:///{tmp / 'repository.db'}"))
             else:
-                server = stack.enter_context(benchkit.postgres_server())
+                server = stack.enter_context(benchkit.database_server(name))
                 urls.append((name, server.create_database("bench_chunk")))
         yield urls
 
@@ -330,8 +330,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--databases",
         type=lambda s: s.split(","),
-        default=["sqlite", "postgresql"],
-        help="sqlite,postgresql",
+        default=["sqlite", "postgresql", "mariadb"],
+        help="sqlite,postgresql,mariadb",
     )
     parser.add_argument(
         "--tmpdir",
@@ -346,7 +346,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeat < 1 or args.rows < 1:
         parser.error("--rows and --repeat must be at least 1")
-    unknown = set(args.databases) - {"sqlite", "postgresql"}
+    unknown = set(args.databases) - {"sqlite", "postgresql", "mariadb"}
     if unknown:
         parser.error(f"unknown database {sorted(unknown)[0]!r}")
     return args

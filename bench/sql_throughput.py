@@ -1,5 +1,6 @@
 """SQL throughput: a table -> table chunk step in batchd (SqlItemReader -> SqlItemWriter) on
-PostgreSQL against a hand-written keyset loop with the same commits, in the same run.
+PostgreSQL and on MariaDB against a hand-written keyset loop with the same commits, in the
+same run.
 
 The source and target tables live in the job repository's database, so SqlItemWriter joins
 the chunk transaction: the rows of a chunk and its checkpoint commit together. The reader's
@@ -15,6 +16,7 @@ after every run.
     .venv/bin/python bench/sql_throughput.py                  # full run
     .venv/bin/python bench/sql_throughput.py --rows 20000 --repeat 1   # quick
     .venv/bin/python bench/sql_throughput.py --profile --chunk-sizes 1000
+    .venv/bin/python bench/sql_throughput.py --databases mariadb
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def create_tables(engine: Engine, rows: int, seed: int = 1) -> None:
                 for i in range(first, min(first + FILL_BATCH, rows + 1))
             ]
             conn.execute(insert(source), batch)
-        conn.execute(text("ANALYZE bench_source"))
+        # Fresh statistics for the planner: ANALYZE (PostgreSQL), ANALYZE TABLE (MariaDB).
+        table_word = " TABLE" if conn.dialect.name in ("mysql", "mariadb") else ""
+        conn.execute(text(f"ANALYZE{table_word} bench_source"))
 
 
 def truncate_target(engine: Engine) -> None:
@@ -103,11 +107,12 @@ def truncate_target(engine: Engine) -> None:
 
 
 def check_target(engine: Engine, rows: int) -> None:
-    """The target holds exactly the source's rows, or raise."""
+    """The target holds exactly the source's rows, or raise: as many rows, and each row of
+    the source equal in the target (a LEFT JOIN: MySQL has no FULL OUTER JOIN)."""
     s, t = source.alias("s"), target.alias("t")
     differing = (
         select(func.count())
-        .select_from(s.outerjoin(t, s.c.id == t.c.id, full=True))
+        .select_from(s.outerjoin(t, s.c.id == t.c.id))
         .where(
             tuple_(s.c.id, s.c.name, s.c.city, s.c.amount).is_distinct_from(
                 tuple_(t.c.id, t.c.name, t.c.city, t.c.amount)
@@ -178,6 +183,7 @@ def run_baseline(engine: Engine, chunk_size: int) -> int:
 # ----------------------------------------------------------------------------- cases
 @dataclass
 class CaseResult:
+    database: str
     chunk_size: int
     rows: int
     timings: benchkit.Timings
@@ -186,6 +192,7 @@ class CaseResult:
 
 
 def bench_case(
+    database: str,
     chunk_size: int,
     url: str,
     runner: BatchdRunner,
@@ -194,7 +201,7 @@ def bench_case(
     args: argparse.Namespace,
 ) -> CaseResult:
     """Time one chunk size: a warm-up of each, then alternating runs."""
-    job_name = f"copy_{chunk_size}"
+    job_name = f"copy_{database}_{chunk_size}"
     registry.register(build_job(job_name, url, chunk_size))
 
     def batchd_run(_round: int) -> None:
@@ -217,9 +224,10 @@ def bench_case(
     if args.profile:
         for label, fn in (("batchd", batchd_run), ("baseline", baseline_run)):
             truncate_target(baseline_engine)
-            print(f"\n=== profile: {label}, postgresql, chunk size {chunk_size} ===")
+            print(f"\n=== profile: {label}, {database}, chunk size {chunk_size} ===")
             print(benchkit.profile(lambda fn=fn: fn(-1)))
     return CaseResult(
+        database,
         chunk_size,
         args.rows,
         timings,
@@ -231,6 +239,7 @@ def bench_case(
 # ----------------------------------------------------------------------------- report
 def report(results: list[CaseResult]) -> str:
     headers = [
+        "database",
         "chunk",
         "batchd items/s",
         "baseline items/s",
@@ -243,6 +252,7 @@ def report(results: list[CaseResult]) -> str:
     for r in results:
         rows.append(
             [
+                r.database,
                 r.chunk_size,
                 f"{r.rows / r.timings.batchd_median:,.0f}",
                 f"{r.rows / r.timings.baseline_median:,.0f}",
@@ -266,6 +276,12 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated (default 1000,100)",
     )
     parser.add_argument(
+        "--databases",
+        type=lambda s: s.split(","),
+        default=["postgresql", "mariadb"],
+        help="postgresql,mariadb",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile one more run of each per chunk size and print it",
@@ -273,17 +289,16 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeat < 1 or args.rows < 1:
         parser.error("--rows and --repeat must be at least 1")
+    unknown = set(args.databases) - {"postgresql", "mariadb"}
+    if unknown:
+        parser.error(f"unknown database {sorted(unknown)[0]!r}")
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    with benchkit.postgres_server() as server:
+def bench_database(database: str, args: argparse.Namespace) -> list[CaseResult]:
+    """Every chunk size on a server of ``database`` started here."""
+    with benchkit.database_server(database) as server:
         url = server.create_database("bench_sql")
-        print(
-            f"# sql_throughput: {args.rows:,} rows, PostgreSQL 15 (fsync off), "
-            f"median of {args.repeat}; {benchkit.machine()}"
-        )
         baseline_engine = create_database_engine(url)
         create_tables(baseline_engine, args.rows)
         benchkit.create_checkpoint_row(baseline_engine)
@@ -297,8 +312,8 @@ def main() -> None:
             itertools.count(1),
         )
         try:
-            results = [
-                bench_case(size, url, runner, registry, baseline_engine, args)
+            return [
+                bench_case(database, size, url, runner, registry, baseline_engine, args)
                 for size in args.chunk_sizes
             ]
         finally:
@@ -306,8 +321,17 @@ def main() -> None:
             dispose_engines()
             repository.dispose()
             baseline_engine.dispose()
+
+
+def main() -> None:
+    args = parse_args()
+    print(
+        f"# sql_throughput: {args.rows:,} rows, {', '.join(args.databases)} "
+        f"(fsync off / log flushed once a second), median of {args.repeat}; {benchkit.machine()}"
+    )
+    results = [r for database in args.databases for r in bench_database(database, args)]
     print(report(results))
-    print(benchkit.run_times([(f"postgresql {r.chunk_size}", r.timings) for r in results]))
+    print(benchkit.run_times([(f"{r.database} {r.chunk_size}", r.timings) for r in results]))
     print(f"# load average after the run: {benchkit.load_average()}")
 
 
