@@ -393,10 +393,22 @@ INTERVAL = click.option(
 )
 
 
+NEXT = click.option(
+    "--next",
+    "next_run",
+    is_flag=True,
+    help="Start a new instance with the next run id of the job's incrementer.",
+)
+HISTORY = click.option(
+    "--history", is_flag=True, help="Also every status change, with its time and node."
+)
+
+
 @_ctl_command("start")
 @click.argument("job")
 @click.argument("params_json", metavar="[PARAMS]", required=False)
 @PARAM
+@NEXT
 @WAIT
 @FOLLOW
 @INTERVAL
@@ -405,25 +417,29 @@ def ctl_start(
     job: str,
     params_json: str | None,
     param_pairs: tuple[str, ...],
+    next_run: bool,
     wait: bool,
     follow: bool,
     interval: float,
 ) -> None:
-    started = _call("start", job=job, params=_params(params_json, param_pairs))
+    started = _call(
+        "start", job=job, params=_params(params_json, param_pairs), next=next_run or None
+    )
     if wait or follow:
         _follow_execution(started["id"], follow, interval)
 
 
 @_ctl_command("execution")
 @click.argument("id", metavar="EXECUTION_ID", type=int)
+@HISTORY
 @FOLLOW
 @INTERVAL
 @_ctl_options
-def ctl_execution(id: int, follow: bool, interval: float) -> None:
+def ctl_execution(id: int, history: bool, follow: bool, interval: float) -> None:
     if follow:
         _follow_execution(id, True, interval)
     else:
-        _call("execution", id=id)
+        _call("execution", id=id, history=history or None)
 
 
 def _follow_execution(execution_id: int, show: bool, interval: float) -> NoReturn:

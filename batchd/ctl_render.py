@@ -219,7 +219,7 @@ def executions_table(executions: list[Mapping[str, Any]], now: datetime | None =
             str(execution["id"]),
             str(execution["job"]),
             compact(execution.get("params", {})),
-            status_text(execution.get("status")),
+            attempt_status(execution),
             str(execution.get("node") or ""),
             local_time(execution.get("start_time") or execution.get("create_time")),
             duration(elapsed(execution.get("start_time"), execution.get("end_time"), now)),
@@ -273,6 +273,8 @@ def render_execution(console: Console, execution: Mapping[str, Any]) -> None:
     fields.add_row("instance", str(execution.get("instance_id")))
     fields.add_row("params", compact(execution.get("params", {})))
     fields.add_row("status", status_text(execution.get("status")))
+    fields.add_row("exit status", str(execution.get("exit_status") or ""))
+    fields.add_row("attempt", str(execution.get("attempt") or 1))
     fields.add_row("node", str(execution.get("node") or ""))
     fields.add_row("created", local_time(execution.get("create_time")))
     fields.add_row("started", local_time(execution.get("start_time")))
@@ -288,6 +290,34 @@ def render_execution(console: Console, execution: Mapping[str, Any]) -> None:
     if execution.get("steps"):
         console.print()
         console.print(steps_table(execution["steps"]))
+    if execution.get("history"):
+        console.print()
+        console.print(history_table(execution["history"]))
+
+
+def attempt_status(execution: Mapping[str, Any]) -> Text:
+    """The status, with the attempt when it is a restart or retry: ``FAILED (attempt 2)``."""
+    text = status_text(execution.get("status"))
+    attempt = int(execution.get("attempt") or 1)
+    if attempt > 1:
+        text.append(f" (attempt {attempt})")
+    return text
+
+
+def history_table(history: list[Mapping[str, Any]]) -> Table:
+    """Every status change: when, of what (the execution, or a step), where, and why."""
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("TIME", "STEP", "STATUS", "NODE", "MESSAGE"):
+        table.add_column(column, no_wrap=column != "MESSAGE")
+    for change in history:
+        table.add_row(
+            local_time(change.get("time")),
+            str(change.get("step") or "(execution)"),
+            status_text(change.get("status")),
+            str(change.get("node") or ""),
+            first_line(change.get("message")),
+        )
+    return table
 
 
 def render_executions(console: Console, result: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from batchd.model import BatchStatus, JobExecution
     from batchd.repository.history import PurgeResult
     from batchd.repository.nodes import NodeRecord
+    from batchd.repository.status_history import StatusChange
 
 
 class DaemonControl(Protocol):
@@ -72,6 +73,15 @@ class DaemonControl(Protocol):
 
     def start_job(self, job: str, params: dict[str, Any] | str) -> int:
         """Start ``job`` with ``params`` without waiting for it; the new execution's id."""
+        ...
+
+    def start_next_job(self, job: str, params: dict[str, Any] | str) -> int:
+        """Start a new instance of ``job``: ``params`` and the next run id of its
+        incrementer, without waiting for it; the new execution's id."""
+        ...
+
+    def status_history(self, execution_id: int) -> list[StatusChange]:
+        """Every status change of the execution and its steps, oldest first."""
         ...
 
     def stop_executions(self, target: str | int) -> list[JobExecution]:

@@ -24,6 +24,7 @@ from batchd.daemon.protocol import (
     ProtocolError,
     execution_view,
     iso,
+    status_change_view,
 )
 from batchd.model import BatchStatus, JobExecution
 
@@ -78,8 +79,11 @@ class Handlers:
     def executions(self, job: str | None, status: BatchStatus | None, limit: int) -> dict[str, Any]:
         return {"executions": _views(self.daemon.list_executions(job, status, limit))}
 
-    def execution(self, id: int) -> dict[str, Any]:
-        return self._execution(id)
+    def execution(self, id: int, history: bool = False) -> dict[str, Any]:
+        view = self._execution(id)
+        if history:
+            view["history"] = [status_change_view(c) for c in self.daemon.status_history(id)]
+        return view
 
     def _execution(self, id: int) -> dict[str, Any]:
         """The execution, and ``instance``: each step's counts summed over every execution
@@ -105,7 +109,11 @@ class Handlers:
         chosen = [backfills.get(id)] if id is not None else backfills.all()
         return {"backfills": [each.view() for each in chosen]}
 
-    def start(self, job: str, params: dict[str, Any] | str) -> dict[str, Any]:
+    def start(
+        self, job: str, params: dict[str, Any] | str, next_run: bool = False
+    ) -> dict[str, Any]:
+        if next_run:
+            return self._fresh_view(self.daemon.start_next_job(job, params))
         return self._fresh_view(self.daemon.start_job(job, params))
 
     def stop(self, job: str | int | None, id: int | None, backfill: int | None) -> dict[str, Any]:

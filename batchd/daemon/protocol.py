@@ -28,6 +28,7 @@ from batchd.model.status import BatchStatus
 
 if TYPE_CHECKING:
     from batchd.model import JobExecution, StepExecution
+    from batchd.repository.status_history import StatusChange
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 65536  # a request line longer than this (newline excluded) is refused
@@ -207,12 +208,21 @@ OPERATIONS: dict[str, Operation] = {
         read_only=True,
     ),
     "execution": Operation(
-        "One execution and its steps.", "render_execution", _EXECUTION_ID, read_only=True
+        "One execution and its steps (with --history, every status change).",
+        "render_execution",
+        {**_EXECUTION_ID, "history": Arg(_boolean, default=False)},
+        read_only=True,
     ),
     "start": Operation(
         "Start JOB with PARAMS (a JSON object) and/or --param NAME=VALUE; returns at once.",
         "render_started",
-        {"job": Arg(_name, required=True), "params": Arg(_params, default={})},
+        {
+            "job": Arg(_name, required=True),
+            "params": Arg(_params, default={}),
+            # A new instance with the job's incrementer's next run id (Spring's
+            # startNextInstance).
+            "next": Arg(_boolean, default=False, dest="next_run"),
+        },
     ),
     "stop": Operation(
         "Stop the running executions of a job (by name; and its backfills) or one execution "
@@ -399,11 +409,23 @@ def step_view(step: StepExecution) -> dict[str, Any]:
     return {
         "name": step.step_name,
         "status": step.status.value,
+        "exit_status": step.exit_status or step.status.value,
         **step.counters(),
         "start_time": iso(step.start_time),
         "end_time": iso(step.end_time),
         "exit_message": step.exit_message,
         "progress": step.execution_context.get(PROGRESS_KEY),
+    }
+
+
+def status_change_view(change: StatusChange) -> dict[str, Any]:
+    """One status change of an execution (``step`` None: the execution itself)."""
+    return {
+        "time": iso(change.time),
+        "step": change.step_name,
+        "status": change.status.value,
+        "node": change.node,
+        "message": change.message,
     }
 
 
@@ -415,6 +437,8 @@ def execution_view(execution: JobExecution) -> dict[str, Any]:
         "instance_id": execution.instance_id,
         "params": execution.params,
         "status": execution.status.value,
+        "exit_status": execution.exit_status or execution.status.value,
+        "attempt": execution.attempt,
         "create_time": iso(execution.create_time),
         "start_time": iso(execution.start_time),
         "end_time": iso(execution.end_time),

@@ -54,11 +54,14 @@ from batchd.daemon.retries import Retrier, policies_from
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
+from batchd.daemon.workers import ProcessOperator
+from batchd.daemon.workers_pool import WorkerPool, WorkersUnavailable
 from batchd.engine import JobOperator, JobRegistry
 from batchd.errors import RepositoryError
 from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict
+from batchd.repository.status_history import StatusChange
 
 if TYPE_CHECKING:
     from batchd.daemon.calendars import Calendar
@@ -171,13 +174,7 @@ class Daemon:
             lease=settings.lease,
         )
         lifecycle.start(Part("membership", self._join, self.membership.leave))
-        self.operator = JobOperator(
-            repository,
-            registry,
-            max_concurrent_jobs=settings.max_concurrent_jobs,
-            heartbeat=settings.heartbeat.total_seconds(),
-            host=settings.node,
-        )
+        self.operator = self._make_operator(lifecycle, repository, registry)
         self.backfills = Backfills(self.operator)
         lifecycle.start(Part("operator", nothing, self._stop_executions))
         # Metrics watch the engine through its observer hooks and the triggers through
@@ -253,6 +250,35 @@ class Daemon:
                 next_fires=self.scheduler.next_fire_times,
             )
             self._open(lifecycle, Part(web.name, web.start, web.stop, web.threads))
+
+    def _make_operator(
+        self, lifecycle: Lifecycle, repository: SqlJobRepository, registry: JobRegistry
+    ) -> JobOperator:
+        """The thread operator, or (``isolation = "process"``, DESIGN §6) one whose
+        executions run in worker processes forked from a warm process."""
+        settings = self.settings
+        options: dict[str, Any] = {
+            "max_concurrent_jobs": settings.max_concurrent_jobs,
+            "heartbeat": settings.heartbeat.total_seconds(),
+            "host": settings.node,
+        }
+        if settings.isolation == "thread":
+            return JobOperator(repository, registry, **options)
+        try:
+            settings.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StartupFailed(EX_CANTCREAT, f"cannot create log_dir: {error}") from error
+        self.workers = WorkerPool(self.config_path)
+        lifecycle.start(
+            Part("worker processes", self._start_workers, self.workers.close, self.workers.threads)
+        )
+        return ProcessOperator(repository, registry, self.workers, lambda: self.settings, **options)
+
+    def _start_workers(self) -> None:
+        try:
+            self.workers.start()
+        except WorkersUnavailable as error:
+            raise StartupFailed(EX_SOFTWARE, str(error)) from error
 
     def _join(self) -> None:
         try:
@@ -382,11 +408,17 @@ class Daemon:
         self._warn_about_restart_only_settings(settings)
         self.scheduler.reconfigure(settings.schedules, settings.calendars)
         self.watcher.reconfigure(settings.watches)
+        if isinstance(self.operator, ProcessOperator):
+            try:
+                self.workers.remake()  # the job modules as they are now; running workers stay
+            except WorkersUnavailable as error:
+                log.error("reload: %s; workers still fork from the previous one", error)
         self.settings = self.settings.model_copy(
             update={
                 "schedules": settings.schedules,
                 "watches": settings.watches,
                 "calendars": settings.calendars,
+                "limits": settings.limits,
             }
         )
         log.info(
@@ -440,6 +472,13 @@ class Daemon:
 
     def start_job(self, job: str, params: dict[str, Any] | str) -> int:
         return self.operator.start_async(job, params).id
+
+    def start_next_job(self, job: str, params: dict[str, Any] | str) -> int:
+        return self.operator.start_next_async(job, params).id
+
+    def status_history(self, execution_id: int) -> list[StatusChange]:
+        self.operator.get_execution(execution_id)  # NoSuchJobExecution when there is none
+        return self.operator.repository.status_history(execution_id)
 
     def stop_executions(self, target: str | int) -> list[JobExecution]:
         return self.operator.stop(target)

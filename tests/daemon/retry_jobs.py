@@ -1,7 +1,8 @@
 """Jobs of the daemon's retry tests (``jobs = ["tests.daemon.retry_jobs"]``).
 
 ``flaky`` fails while the counter file ``params.counter`` holds a number above 0 (each run
-takes one off); ``doomed`` fails with an error it marks permanent."""
+takes one off); ``doomed`` fails with an error it marks permanent; ``report`` has an
+incrementer and ends with the exit status NOOP."""
 
 from __future__ import annotations
 
@@ -36,5 +37,17 @@ batchd.register(
     JobBuilder("doomed")
     .step(StepBuilder("check").tasklet(doomed).build())
     .permanent_errors(WrongBank)
+    .build()
+)
+
+
+def nothing_to_report(ctx: StepContext) -> None:
+    ctx.exit_status = "NOOP"
+
+
+batchd.register(
+    JobBuilder("report")
+    .step(StepBuilder("report").tasklet(nothing_to_report).build())
+    .incrementer()
     .build()
 )

@@ -55,6 +55,8 @@ EXECUTION_KEYS = {
     "instance_id",
     "params",
     "status",
+    "exit_status",
+    "attempt",
     "create_time",
     "start_time",
     "end_time",
@@ -65,6 +67,7 @@ EXECUTION_KEYS = {
 STEP_KEYS = {
     "name",
     "status",
+    "exit_status",
     "read_count",
     "write_count",
     "filter_count",

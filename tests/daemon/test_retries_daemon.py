@@ -3,6 +3,7 @@ until they complete or the retries are spent; permanent errors are not retried."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.daemon.support import (
     launch,  # noqa: F401 - a fixture
     wait_until,
 )
+from tests.daemon.test_ctl import ok
 from tests.daemon.test_daemon import executions
 
 RETRIES = """
@@ -57,7 +59,11 @@ def test_the_daemon_retries_until_the_job_completes(
     ]
 
 
-def test_the_retries_of_an_unknown_job_or_a_bad_delay_are_config_errors(tmp_path: Path) -> None:
+def test_the_retries_of_an_unknown_job_or_a_bad_delay_are_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading a config sets BATCHD_DATABASE_URL when unset: keep it to this test.
+    monkeypatch.setenv("BATCHD_DATABASE_URL", f"sqlite:///{tmp_path / 'batchd.db'}")
     config = tmp_path / "batchd.toml"
     config.write_text(
         control_config(
@@ -75,3 +81,40 @@ def test_the_retries_of_an_unknown_job_or_a_bad_delay_are_config_errors(tmp_path
     )
     with pytest.raises(ConfigError, match=r"job\.ghost: no job 'ghost' is registered"):
         load_config(config, {})
+
+
+def test_ctl_shows_attempts_exit_statuses_and_the_history_and_starts_the_next_run(
+    launch: Callable[..., Launched],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = control_config(tmp_path, RETRIES, jobs='["tests.daemon.retry_jobs"]')
+    launched = launch(config)
+    sock = str(launched.socket)
+    counter = tmp_path / "counter"
+    counter.write_text("1")
+    ok("start", "flaky", json.dumps({"counter": str(counter)}), "--socket", sock)
+    wait_until(lambda: len(executions(tmp_path, "flaky")) == 2, timeout=60, what="the retry")
+    launched.connect().wait_for_status(2, "COMPLETED")
+    table = ok("executions", "--socket", sock)
+    assert "COMPLETED (attempt 2)" in table
+    views = json.loads(ok("--json", "executions", "flaky", "--socket", sock))["executions"]
+    assert [(e["attempt"], e["exit_status"]) for e in views] == [(2, "COMPLETED"), (1, "FAILED")]
+
+    first = json.loads(ok("--json", "start", "report", "--next", "--socket", sock))
+    launched.connect().wait_for_status(first["id"], "COMPLETED")
+    second = json.loads(ok("--json", "start", "report", "--next", "--socket", sock))
+    assert (first["params"], second["params"]) == ({"run_id": 1}, {"run_id": 2})
+    detail = ok("execution", str(first["id"]), "--socket", sock)
+    assert any(line.split()[:3] == ["exit", "status", "NOOP"] for line in detail.splitlines())
+
+    history = ok("execution", "1", "--history", "--socket", sock)
+    rows = [line.split("│") for line in history.splitlines() if line.count("│") == 4]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        ("(execution)", "STARTING"),
+        ("(execution)", "STARTED"),
+        ("post", "STARTED"),
+        ("post", "FAILED"),
+        ("(execution)", "FAILED"),
+    ]
+    as_json = json.loads(ok("--json", "execution", "1", "--history", "--socket", sock))
+    assert as_json["history"][-1]["message"].startswith("step 'post' FAILED: LedgerLocked")
