@@ -1,7 +1,5 @@
 """Initial job repository schema.
 
-Revision ID: 0001
-Revises:
 Create Date: 2026-11-23
 """
 
@@ -18,8 +16,6 @@ RUNNING_SQL = "status IN ('STARTED', 'STARTING', 'STOPPING')"
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def _counter(name: str) -> sa.Column[int]:

@@ -1,7 +1,5 @@
 """Schedule fires and claimed trigger files.
 
-Revision ID: 0002
-Revises: 0001
 Create Date: 2026-11-23
 """
 
@@ -15,8 +13,6 @@ from batchd.repository.tables import Id, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

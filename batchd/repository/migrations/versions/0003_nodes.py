@@ -1,7 +1,5 @@
 """Nodes sharing the repository, and which node claimed each fire and file.
 
-Revision ID: 0003
-Revises: 0002
 Create Date: 2026-11-23
 """
 
@@ -14,8 +12,6 @@ from batchd.repository.tables import UTCDateTime
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """A file claim records what its taker meant to do, for whoever finishes it after a crash.
 
-Revision ID: 0004
-Revises: 0003
 Create Date: 2026-11-30
 """
 
@@ -12,8 +10,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

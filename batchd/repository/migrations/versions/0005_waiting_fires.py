@@ -1,7 +1,5 @@
 """Schedule fires that wait for other jobs (``after``), and their deadlines (DESIGN §7).
 
-Revision ID: 0005
-Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -14,8 +12,6 @@ from batchd.repository.tables import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """Exit statuses of step and job executions, which job flows route on (DESIGN §8).
 
-Revision ID: 0006
-Revises: 0005
 Create Date: 2026-11-30
 """
 
@@ -12,8 +10,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 TABLES = ("batch_step_execution", "batch_job_execution")
 

@@ -1,8 +1,6 @@
 """The attempt of a job execution within its instance (1 for the first start, one more for
 each restart), which the daemon's automatic retries count.
 
-Revision ID: 0007
-Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -13,8 +11,6 @@ from alembic import op
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

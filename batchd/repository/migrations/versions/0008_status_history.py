@@ -1,7 +1,5 @@
 """The history of every status change of job and step executions, with time and node.
 
-Revision ID: 0008
-Revises: 0007
 Create Date: 2026-11-30
 """
 
@@ -14,8 +12,6 @@ from batchd.repository.tables import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
-branch_labels = None
-depends_on = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
