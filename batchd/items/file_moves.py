@@ -22,7 +22,8 @@ import zipfile
 from typing import Any
 
 from batchd import failpoints
-from batchd.items.files import _fsync_directory, _partial_name, file_digest
+from batchd.items.checksums import file_digest, partial_name
+from batchd.items.files import _fsync_directory
 from batchd.items.paths import PathLike, resolve_path
 from batchd.model import ExecutionContext, StepContext
 
@@ -55,7 +56,7 @@ def _same_content(first: str, second: str) -> bool:
 
 def publish_copy(source: str, destination: str) -> None:
     """Copy ``source`` onto ``destination`` atomically (partial file, fsync, rename)."""
-    partial = _partial_name(destination)
+    partial = partial_name(destination)
     with open(source, "rb") as src, open(partial, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
         dst.flush()
@@ -144,7 +145,7 @@ class ArchiveFiles:
         if not files:
             return
         os.makedirs(os.path.dirname(archive) or ".", exist_ok=True)
-        partial = _partial_name(archive)
+        partial = partial_name(archive)
         names = {os.path.basename(path) for path in files}
         if archive.endswith(".zip"):
             _write_zip(archive, partial, files, names)

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import IO, Any
 
 from batchd import failpoints
 from batchd.errors import (
     CheckpointMismatch,
-    ChecksumMismatch,
-    ChecksumMissing,
     InputFileNotFound,
     ItemFormatError,
     ItemParseError,
@@ -25,18 +22,20 @@ from batchd.errors import (
 )
 from batchd.items.base import ItemReader, ItemWriter
 
-# Re-exported: the readers, writers and partitioners take their paths from here.
+# Re-exported: the readers, writers, partitioners and aggregators take them from here.
+from batchd.items.checksums import CHECKSUM_ALGORITHMS as CHECKSUM_ALGORITHMS
+from batchd.items.checksums import CHECKSUM_SIDECARS as CHECKSUM_SIDECARS
+from batchd.items.checksums import ChecksumSpec as ChecksumSpec
+from batchd.items.checksums import checksum_algorithms as checksum_algorithms
+from batchd.items.checksums import file_digest as file_digest
+from batchd.items.checksums import partial_name as _partial_name
+from batchd.items.checksums import verify_checksums as verify_checksums
+from batchd.items.checksums import write_checksum_sidecar as write_checksum_sidecar
 from batchd.items.paths import PathLike as PathLike
 from batchd.items.paths import resolve_path as resolve_path
 from batchd.items.progress import Progress
 from batchd.model import ExecutionContext
 
-# The algorithms of checksum sidecars (GoBatch's), each in ``<file>.<algorithm>``.
-CHECKSUM_ALGORITHMS = ("sha256", "sha512", "sha1", "md5")
-# Sidecars verified beside every input file, and the algorithm of each.
-CHECKSUM_SIDECARS = tuple((f".{algorithm}", algorithm) for algorithm in CHECKSUM_ALGORITHMS)
-# ``True`` (sha256, or on input: any one sidecar), an algorithm, or several.
-ChecksumSpec = bool | str | Sequence[str]
 _READ_BLOCK = 1 << 20
 
 AFTER_PUBLISH_BEFORE_FLAG = failpoints.declare(
@@ -44,19 +43,6 @@ AFTER_PUBLISH_BEFORE_FLAG = failpoints.declare(
     "an output file is published, its done flag is not written: the step's end is not "
     "recorded either, so a restart takes the file back, publishes it again and writes the flag",
 )
-
-
-def checksum_algorithms(spec: ChecksumSpec | None) -> tuple[str, ...]:
-    """``checksum=`` as algorithms: False none, True sha256, a name, or names."""
-    if spec is None or spec is False:
-        return ()
-    if spec is True:
-        return ("sha256",)
-    names = (spec,) if isinstance(spec, str) else tuple(spec)
-    unknown = [name for name in names if name not in CHECKSUM_ALGORITHMS]
-    if unknown or not names:
-        raise ValueError(f"checksum algorithms are {', '.join(CHECKSUM_ALGORITHMS)}, not {spec!r}")
-    return names
 
 
 def describe(path: str, line: int | None = None, field: str | None = None) -> str:
@@ -72,71 +58,6 @@ def describe(path: str, line: int | None = None, field: str | None = None) -> st
 def parse_error(path: str, line: int | None, field: str | None, message: str) -> ItemParseError:
     """An :class:`ItemParseError` whose message names the file, line and field."""
     return ItemParseError(f"{describe(path, line, field)}: {message}", path, line, field)
-
-
-# ------------------------------------------------------------------------------- checksums
-def file_digest(path: str, algorithm: str) -> str:
-    """Hex digest of a file's content."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(
-            f, lambda: hashlib.new(algorithm, usedforsecurity=False)
-        ).hexdigest()
-
-
-def verify_checksums(path: str, *, require: ChecksumSpec = False) -> None:
-    """Verify ``<path>.sha256`` / ``.sha512`` / ``.sha1`` / ``.md5`` when they exist beside
-    ``path`` (the first token of a sidecar is the hex digest, as ``sha256sum`` writes it).
-    Raises :class:`ChecksumMismatch` naming the file and both digests. ``require``: True
-    (at least one sidecar), an algorithm or several (those sidecars) must exist, else
-    :class:`ChecksumMissing`."""
-    found = set()
-    for suffix, algorithm in CHECKSUM_SIDECARS:
-        sidecar = path + suffix
-        try:
-            with open(sidecar, encoding="ascii", errors="replace") as f:
-                tokens = f.read(4096).split()
-        except FileNotFoundError:
-            continue
-        found.add(algorithm)
-        expected = tokens[0].lower() if tokens else ""
-        actual = file_digest(path, algorithm)
-        if expected != actual:
-            raise ChecksumMismatch(
-                f"{path} does not match its {algorithm} sidecar {os.path.basename(sidecar)}: "
-                f"expected {expected or '(empty sidecar)'}, actual {actual}",
-                path,
-                expected,
-                actual,
-            )
-    if require is False:
-        return
-    needed = set(CHECKSUM_ALGORITHMS) if require is True else set(checksum_algorithms(require))
-    missing = sorted(needed - found) if require is not True else ([] if found else ["any"])
-    if missing:
-        wanted = (
-            "checksum sidecar"
-            if require is True
-            else ", ".join(f"{os.path.basename(path)}.{name}" for name in missing)
-        )
-        raise ChecksumMissing(
-            f"{path} has no {wanted} beside it, and the reader requires one", path
-        )
-
-
-def write_checksum_sidecar(
-    path: str, data_path: str | None = None, algorithm: str = "sha256"
-) -> str:
-    """Write ``<path>.<algorithm>`` in ``sha256sum`` format (``md5sum``, ``sha1sum``...) for
-    the content of ``data_path`` (default ``path``) atomically; returns the digest."""
-    digest = file_digest(data_path or path, algorithm)
-    sidecar = f"{path}.{algorithm}"
-    partial = _partial_name(sidecar)
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(f"{digest}  {os.path.basename(path)}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, sidecar)
-    return digest
 
 
 # ------------------------------------------------------------------------------- input lines
@@ -372,11 +293,6 @@ class FileItemReader(ItemReader):
 
 
 # ------------------------------------------------------------------------------- output files
-def _partial_name(path: str) -> str:
-    directory, base = os.path.split(path)
-    return os.path.join(directory, f".{base}.partial")
-
-
 def _fsync_directory(directory: str) -> None:
     try:
         fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
