@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED
@@ -58,6 +58,7 @@ from batchd.errors import NoSuchSchedule as NoSuchSchedule
 from batchd.repository import TriggerStore, utc_now
 from batchd.repository.triggers import RecordedFire
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 # Threads that turn APScheduler's fires into job starts (a start only creates the execution;
@@ -241,21 +242,22 @@ class Scheduler:
 
     def pause(self, name: str) -> None:
         """Stop firing ``name`` until :meth:`resume` (fires due meanwhile are skipped)."""
-        with self._lock:
-            self._require(name)
-            self._paused.add(name)
-            if self._aps is not None:
-                self._aps.pause_job(name)
-        log.info("schedule %s paused", name)
+        self._set_paused(name, True)
 
     def resume(self, name: str) -> None:
         """Fire ``name`` on schedule again, from its next fire time on."""
+        self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> None:
         with self._lock:
             self._require(name)
-            self._paused.discard(name)
+            if paused:
+                self._paused.add(name)
+            else:
+                self._paused.discard(name)
             if self._aps is not None:
-                self._aps.resume_job(name)
-        log.info("schedule %s resumed", name)
+                (self._aps.pause_job if paused else self._aps.resume_job)(name)
+        log.info("schedule %s %s", name, "paused" if paused else "resumed")
 
     def fire(self, name: str) -> str:
         """Fire ``name`` now (paused or not), with the clock's time to the second as fire
@@ -280,11 +282,7 @@ class Scheduler:
 
     def calendar(self, name: str) -> Calendar:
         """The configured calendar ``name``; NoSuchCalendar if there is none."""
-        with self._lock:
-            found = self._calendars.get(name)
-        if found is None:
-            raise NoSuchCalendar(f"no calendar named {name!r}")
-        return found
+        return self._named(self._calendars, name, NoSuchCalendar, "calendar")
 
     # ----------------------------------------------- waiting fires (see FireWatch)
 
@@ -317,11 +315,14 @@ class Scheduler:
         self._finish(result, recorded=True)
 
     def _require(self, name: str) -> ScheduleEntry:
+        return self._named(self._entries, name, NoSuchSchedule, "schedule")
+
+    def _named(self, table: Mapping[str, _T], name: str, missing: type[Exception], what: str) -> _T:
         with self._lock:
-            entry = self._entries.get(name)
-        if entry is None:
-            raise NoSuchSchedule(f"no schedule named {name!r}")
-        return entry
+            found = table.get(name)
+        if found is None:
+            raise missing(f"no {what} named {name!r}")
+        return found
 
     # ---------------------------------------------------------------------- catch-up
 
