@@ -34,6 +34,7 @@ from batchd import (
     StepExecution,
 )
 from batchd.model import ChunkContext, current_chunk_transaction
+from batchd.model.records import STEP_COUNTERS
 from tests.support.jobs import CountingReader, SqlTableWriter, create_output_table, output_table
 
 DAY = {"date": "2026-11-21"}
@@ -119,17 +120,9 @@ class SkipLog:
         return [(kind, item, type(error).__name__, str(error)) for kind, item, error in self.calls]
 
 
-# The counters of a StepExecution (DESIGN §2).
-COUNTERS = (
-    "read_count",
-    "write_count",
-    "filter_count",
-    "commit_count",
-    "rollback_count",
-    "read_skip_count",
-    "process_skip_count",
-    "write_skip_count",
-)
+# The counters of a StepExecution (DESIGN §2): all eight, as the model lists them.
+COUNTERS = STEP_COUNTERS
+assert len(COUNTERS) == 8
 
 
 def counters(step: StepExecution) -> dict[str, int]:
