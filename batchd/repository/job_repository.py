@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
@@ -45,6 +45,7 @@ from batchd.repository.base import (
 )
 from batchd.repository.connect import create_database_engine, parse_database_url
 from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
+from batchd.repository.liveness import Liveness
 from batchd.repository.mysql import is_duplicate_of
 from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
 from batchd.repository.status_history import record_changes
@@ -81,7 +82,7 @@ class Owner:
     pid: int
 
 
-class SqlJobRepository(StepRecords, HistoryQueries):
+class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
     """A job repository in SQLite or PostgreSQL, created or upgraded on open.
 
     ``SqlJobRepository("sqlite:///batchd.db")`` or
@@ -510,26 +511,6 @@ class SqlJobRepository(StepRecords, HistoryQueries):
             return self.abandon(execution_id)
         return self.require_execution(execution_id)
 
-    def heartbeat(self, execution_ids: Sequence[int]) -> dict[int, BatchStatus]:
-        """Record that the owner of these executions is alive; return their statuses
-        (so the owner sees a stop requested by another process)."""
-        if not execution_ids:
-            return {}
-        now = self.clock()
-        ids = list(execution_ids)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(job_execution)
-                .where(job_execution.c.id.in_(ids), job_execution.c.status.in_(RUNNING))
-                .values(heartbeat=now)
-            )
-            rows = conn.execute(
-                select(job_execution.c.id, job_execution.c.status).where(
-                    job_execution.c.id.in_(ids)
-                )
-            ).all()
-        return {row.id: BatchStatus(row.status) for row in rows}
-
     def mark_failed(self, execution: JobExecution, reason: str) -> bool:
         """Recovery: a running execution (and its running steps) -> FAILED, if it is still
         the way ``execution`` saw it. False when it changed meanwhile."""
@@ -568,34 +549,6 @@ class SqlJobRepository(StepRecords, HistoryQueries):
                 message=reason,
             )
         return True
-
-    def stale_executions(
-        self,
-        lease: timedelta,
-        *,
-        host: str,
-        is_alive: Callable[[int], bool],
-        trust_heartbeats: bool = True,
-    ) -> Iterable[tuple[JobExecution, str]]:
-        """Running executions whose owner is gone, with the reason why we think so: a
-        process of ``host`` that is not alive, or (``trust_heartbeats``) a heartbeat older
-        than ``lease``."""
-        cutoff = self.clock() - lease
-        for execution in self.running_executions():
-            owner_pid = execution.owner_pid
-            if execution.owner_host == host and owner_pid is not None and not is_alive(owner_pid):
-                yield execution, f"recovered: owner process {owner_pid} on {host} is gone"
-                continue
-            if not trust_heartbeats:
-                continue
-            if execution.heartbeat is None or execution.heartbeat < cutoff:
-                last_beat = execution.heartbeat.isoformat() if execution.heartbeat else "ever"
-                owner = f"{execution.owner_host}:{execution.owner_pid}"
-                yield (
-                    execution,
-                    f"recovered: no heartbeat from {owner} since {last_beat}"
-                    f" (lease {lease.total_seconds():g}s)",
-                )
 
 
 def _update_if_unchanged(
