@@ -11,6 +11,7 @@ import functools
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -581,6 +582,49 @@ def ctl_purge(days: int, dry_run: bool) -> None:
 
 # Execution ids are positional integers; other required arguments positional strings.
 _POSITIONAL = {"id": click.argument("id", metavar="EXECUTION_ID", type=int)}
+
+
+@_ctl_command("log")
+@click.argument("id", metavar="EXECUTION_ID", type=int)
+@FOLLOW
+@INTERVAL
+@click.option(
+    "--tail", type=click.IntRange(0), default=None, help="Only the last N lines, at first."
+)
+@_ctl_options
+def ctl_log(id: int, follow: bool, interval: float, tail: int | None) -> None:
+    """The log of an execution run in a worker process; with --follow, what it writes
+    until it ends."""
+    options = _options()
+    try:
+        with _client(options) as client:
+            _print_log(
+                lambda offset: client.call("log", id=id, offset=offset), follow, interval, tail
+            )
+    except ControlError as problem:
+        _fail(problem.type, problem.message, problem.exit_status)
+    except KeyboardInterrupt:  # stops following, not the execution
+        sys.exit(130)
+
+
+def _print_log(read: Callable[[int], Any], follow: bool, interval: float, tail: int | None) -> None:
+    offset, collected, first = 0, [], True
+    while True:
+        result = read(offset)
+        offset = result["offset"]
+        if result["text"]:
+            collected.append(result["text"])
+            continue  # more may be there already: print once caught up
+        text = "".join(collected)
+        collected.clear()
+        if first and tail is not None:
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail else ""
+        first = False
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if result["ended"] or not follow:
+            return
+        time.sleep(interval)
 
 
 def _derived_command(op: str) -> None:

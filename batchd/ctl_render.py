@@ -516,6 +516,10 @@ def _listed(console: Console, executions: list[Any], none: str, heading: str) ->
     console.print(executions_table(executions))
 
 
+def render_log(console: Console, result: Mapping[str, Any]) -> None:
+    console.out(result.get("text", ""), end="", highlight=False)
+
+
 def render_purge(console: Console, result: Mapping[str, Any]) -> None:
     verb = "would purge" if result.get("dry_run") else "purged"
     executions = plural(int(result.get("executions") or 0), "execution")

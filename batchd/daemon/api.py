@@ -80,6 +80,11 @@ class DaemonControl(Protocol):
         incrementer, without waiting for it; the new execution's id."""
         ...
 
+    def execution_log(self, execution_id: int, offset: int) -> dict[str, Any]:
+        """``{"text", "offset", "ended"}``: the execution's log from byte ``offset``
+        (DESIGN §6). NoSuchJobExecution if there is no such execution."""
+        ...
+
     def status_history(self, execution_id: int) -> list[StatusChange]:
         """Every status change of the execution and its steps, oldest first."""
         ...

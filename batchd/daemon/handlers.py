@@ -85,6 +85,9 @@ class Handlers:
             view["history"] = [status_change_view(c) for c in self.daemon.status_history(id)]
         return view
 
+    def log(self, id: int, offset: int) -> dict[str, Any]:
+        return self.daemon.execution_log(id, offset)
+
     def _execution(self, id: int) -> dict[str, Any]:
         """The execution, and ``instance``: each step's counts summed over every execution
         of its instance up to this one (a restart carries on the same work)."""

@@ -24,9 +24,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
+from batchd.daemon.durations import format_duration
+from batchd.daemon.workers import ProcessOperator
 from batchd.engine import JobOperator
 
 log = logging.getLogger(__name__)
+
+# How long the shutdown waits for killed workers' executions to be recorded FAILED.
+KILLED_WORKERS_SECONDS = 10.0
 
 
 class Component(Protocol):
@@ -115,6 +120,12 @@ def stop_executions(operator: JobOperator, grace: timedelta, *, exit_status: int
     for handle in handles:
         handle.done.wait(max(0.0, deadline - time.monotonic()))
     still_running = [handle.execution_id for handle in operator.active_handles()]
+    if still_running and isinstance(operator, ProcessOperator):
+        # Workers can be killed: their executions end FAILED now, not at recovery.
+        operator.kill_workers(f"the daemon stopped, stop_grace {format_duration(grace)} passed")
+        for handle in handles:
+            handle.done.wait(KILLED_WORKERS_SECONDS)
+        still_running = [handle.execution_id for handle in operator.active_handles()]
     if still_running:
         log.warning(
             "stop_grace passed; executions %s still run and are left to crash recovery",

@@ -213,6 +213,12 @@ OPERATIONS: dict[str, Operation] = {
         {**_EXECUTION_ID, "history": Arg(_boolean, default=False)},
         read_only=True,
     ),
+    "log": Operation(
+        "The log of an execution run in a worker process, from byte OFFSET on.",
+        "render_log",
+        {**_EXECUTION_ID, "offset": Arg(_integer(0, 2**62), default=0)},
+        read_only=True,
+    ),
     "start": Operation(
         "Start JOB with PARAMS (a JSON object) and/or --param NAME=VALUE; returns at once.",
         "render_started",

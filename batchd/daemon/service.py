@@ -54,7 +54,7 @@ from batchd.daemon.retries import Retrier, policies_from
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
-from batchd.daemon.workers import ProcessOperator
+from batchd.daemon.workers import ProcessOperator, purge_logs, read_log
 from batchd.daemon.workers_pool import WorkerPool, WorkersUnavailable
 from batchd.engine import JobOperator, JobRegistry
 from batchd.errors import RepositoryError
@@ -107,6 +107,7 @@ class Daemon:
     settings: Settings
     membership: Membership
     operator: JobOperator
+    workers: WorkerPool  # with isolation = "process"
     backfills: Backfills
     metrics: Metrics
     store: TriggerStore
@@ -476,6 +477,13 @@ class Daemon:
     def start_next_job(self, job: str, params: dict[str, Any] | str) -> int:
         return self.operator.start_next_async(job, params).id
 
+    def execution_log(self, execution_id: int, offset: int) -> dict[str, Any]:
+        execution = self.operator.get_execution(execution_id)
+        writing = isinstance(self.operator, ProcessOperator) and self.operator.log_is_open(
+            execution_id
+        )
+        return read_log(self.settings.log_dir, execution, offset, still_writing=writing)
+
     def status_history(self, execution_id: int) -> list[StatusChange]:
         self.operator.get_execution(execution_id)  # NoSuchJobExecution when there is none
         return self.operator.repository.status_history(execution_id)
@@ -508,7 +516,10 @@ class Daemon:
     def purge_history(self, before_days: int, *, dry_run: bool) -> tuple[datetime, PurgeResult]:
         repository = self.operator.repository
         before = repository.clock() - timedelta(days=before_days)
-        return before, repository.purge(before, dry_run=dry_run)
+        purged = repository.purge(before, dry_run=dry_run)
+        if not dry_run:
+            purge_logs(self.settings.log_dir, repository)
+        return before, purged
 
     # ------------------------------------------------------------------ shutdown
 

@@ -218,6 +218,55 @@ class JobSettings(Section):
     retry_max_delay: Duration = timedelta(hours=1)
 
 
+_MEMORY = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: Any) -> int:
+    """A memory size as systemd's MemoryMax= takes it: bytes, or 512K, 200M, 4G, 1T."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _MEMORY.fullmatch(value.strip())):
+        size = int(match[1]) * _MEMORY_UNITS[match[2].upper()]
+    else:
+        raise ValueError(f"not a memory size: {value!r} (write e.g. '512M' or '4G')")
+    if size < 2**20:
+        raise ValueError(f"{value!r} is under 1M: no Python process runs in that")
+    return size
+
+
+MemorySize = Annotated[int, BeforeValidator(parse_memory)]
+
+
+class JobLimits(Section):
+    """What one execution of a job may take (DESIGN §6), in a worker process."""
+
+    timeout: Duration | None = None  # then stop asked, killed after stop_grace
+    memory_max: MemorySize | None = None  # enforced by the kernel
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        return None if value is None else _check_positive(value)
+
+
+class LimitSettings(JobLimits):
+    """``[limits]``: the defaults; ``[limits.jobs.NAME]`` one job's, key by key over them."""
+
+    jobs: dict[str, JobLimits] = Field(default_factory=dict)
+
+    def of(self, job: str) -> JobLimits:
+        own = self.jobs.get(job)
+        if own is None:
+            return JobLimits(timeout=self.timeout, memory_max=self.memory_max)
+        return JobLimits(
+            timeout=own.timeout if "timeout" in own.model_fields_set else self.timeout,
+            memory_max=(
+                own.memory_max if "memory_max" in own.model_fields_set else self.memory_max
+            ),
+        )
+
+
 class Settings(Section):
     database_url: str = "sqlite:///batchd.db"
     # This daemon's name among the nodes sharing the repository.
@@ -239,6 +288,13 @@ class Settings(Section):
     watches: list[WatchSettings] = Field(default_factory=list)
     calendars: list[CalendarSettings] = Field(default_factory=list)
     job: dict[str, JobSettings] = Field(default_factory=dict)
+    # DESIGN §6: "process" runs every execution in a worker process, "thread" in the
+    # daemon's own threads.
+    isolation: Literal["process", "thread"] = "thread"
+    # Per-execution logs, <log_dir>/<job>/<execution id>.log (relative: to the working
+    # directory, as the default SQLite file).
+    log_dir: Path = Path("logs")
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     _timezone = field_validator("timezone")(_check_timezone)
     _node = field_validator("node")(_check_node_name)

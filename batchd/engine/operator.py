@@ -284,7 +284,7 @@ class JobOperator:
             job_key=job_key,
             identifying_params=identifying,
             params=job_params.values,
-            owner=self.owner,
+            owner=self._owner_of_new_execution(),
             decide=decide,
         )
         log.info(
@@ -295,6 +295,11 @@ class JobOperator:
             f" restarting execution {previous.id}" if previous is not None else "",
         )
         return execution
+
+    def _owner_of_new_execution(self) -> Owner:
+        """The owner recorded on a new execution: this process (the daemon's worker
+        processes record theirs)."""
+        return self.owner
 
     def _hand_over(
         self, job: Job, execution: JobExecution, job_params: JobParameters, *, wait: bool

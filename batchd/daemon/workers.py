@@ -1,0 +1,265 @@
+"""``isolation = "process"``: every execution the daemon runs runs in a worker process.
+
+:class:`ProcessOperator` is the engine's :class:`~batchd.engine.JobOperator` with one change:
+where the thread operator runs an execution in one of its pool threads, this one creates the
+execution owned by a spare worker process (:mod:`batchd.daemon.workers_pool`), hands it over,
+and the pool thread only waits for the worker to end. Everything that starts executions
+(start, restart, fires, file drops, backfills, retries) goes through it unchanged.
+
+When a worker ends, the execution should have ended too; if it is still running in the
+repository, the worker died before recording its end (``os._exit``, a segfault, a kill,
+its memory limit), and it is marked FAILED at once with the cause — by the same
+compare-and-set as crash recovery (:meth:`SqlJobRepository.mark_failed`). ``[limits]``
+``timeout`` is watched here too: when it runs out the execution is marked FAILED
+("timed out after ...") and asked to stop; a worker that has not ended ``stop_grace`` later
+is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from batchd.daemon.durations import format_duration
+from batchd.daemon.settings import JobLimits, Settings
+from batchd.daemon.workers_pool import Worker, WorkerPool
+from batchd.daemon.workers_zygote import EXIT_MEMORY, Assignment
+from batchd.engine import JobOperator, JobRegistry
+from batchd.engine.heartbeat import Heartbeat
+from batchd.engine.job import Job
+from batchd.model import JobExecution, JobParameters
+from batchd.repository import Owner, SqlJobRepository
+
+log = logging.getLogger(__name__)
+
+# How long the end of an execution waits for the rest of its worker's output.
+OUTPUT_DRAIN_SECONDS = 5.0
+
+
+def format_memory(size: int) -> str:
+    """Bytes as ``memory_max`` is written: 200M, 4G."""
+    for unit, factor in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def log_path(log_dir: Path, job: str, execution_id: int) -> Path:
+    """``<log_dir>/<job>/<execution id>.log`` (a job name is a file name here)."""
+    return log_dir / job.replace(os.sep, "_") / f"{execution_id}.log"
+
+
+def exit_cause(worker: Worker, limits: JobLimits) -> str:
+    """Why a worker ended without recording its execution's end, as exit_message says it."""
+    if worker.kill_reason is not None:
+        return f"worker process {worker.pid} killed: {worker.kill_reason}"
+    if worker.status is None:
+        return f"worker process {worker.pid} ended with its warm process"
+    code = os.waitstatus_to_exitcode(worker.status)
+    if code == EXIT_MEMORY and limits.memory_max is not None:
+        return f"memory limit {format_memory(limits.memory_max)} exceeded"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown"
+        return f"worker process {worker.pid} killed by signal {-code} ({name})"
+    if code == 0:
+        return f"worker process {worker.pid} exited without recording the end"
+    return f"worker process {worker.pid} exited with status {code}"
+
+
+class ProcessOperator(JobOperator):
+    """A :class:`JobOperator` whose executions run in worker processes."""
+
+    def __init__(
+        self,
+        repository: SqlJobRepository,
+        registry: JobRegistry,
+        pool: WorkerPool,
+        settings: Callable[[], Settings],
+        *,
+        max_concurrent_jobs: int,
+        heartbeat: float,
+        host: str,
+    ) -> None:
+        super().__init__(repository, registry, max_concurrent_jobs, heartbeat=heartbeat, host=host)
+        self.pool = pool
+        # Workers beat for their executions themselves (and hear of stops that way).
+        self._heartbeat = Heartbeat(repository, list, heartbeat)
+        self.settings = settings  # read at each start: a reload changes limits
+        self._workers: dict[int, Worker] = {}
+        self._taking = threading.local()
+
+    # ------------------------------------------------------------ creating, running
+
+    def _owner_of_new_execution(self) -> Owner:
+        worker: Worker = self._taking.worker
+        return Owner(host=self.owner.host, pid=worker.pid)
+
+    def _create(
+        self,
+        job: Job,
+        job_params: JobParameters,
+        job_key: str,
+        identifying: dict[str, Any],
+        decide: Callable[[JobExecution | None], None],
+    ) -> JobExecution:
+        # The worker is chosen first: the execution is created owned by its pid.
+        worker = self.pool.take()
+        self._taking.worker = worker
+        try:
+            execution = super()._create(job, job_params, job_key, identifying, decide)
+        except BaseException:
+            self.pool.give_back(worker)
+            raise
+        finally:
+            del self._taking.worker
+        with self._lock:
+            self._workers[execution.id] = worker
+        return execution
+
+    def _fail_unstarted(self, job: Job, execution: JobExecution, reason: str) -> None:
+        with self._lock:
+            worker = self._workers.pop(execution.id, None)
+        if worker is not None:
+            self.pool.give_back(worker)
+        super()._fail_unstarted(job, execution, reason)
+
+    def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
+        """In a pool thread: hand the execution to its worker, wait for the worker's end,
+        and fail the execution with the cause if the worker did not record its end."""
+        handle = self._handles[execution.id]
+        with self._lock:
+            worker = self._workers[execution.id]
+        settings = self.settings()
+        limits = settings.limits.of(job.name)
+        try:
+            payload = pickle.dumps(
+                Assignment(execution, job_params, limits.memory_max, self.heartbeat_interval)
+            )
+            worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
+            log.info(
+                "job execution %d (%s) runs in worker process %d",
+                execution.id,
+                job.name,
+                worker.pid,
+            )
+            cause = self._supervise(worker, execution, limits, settings.stop_grace)
+            self._fail_if_running(execution.id, cause or exit_cause(worker, limits))
+            worker.output_closed.wait(OUTPUT_DRAIN_SECONDS)
+        except BaseException:
+            log.exception(
+                "job execution %d (%s): supervising its worker failed", execution.id, job.name
+            )
+            raise
+        finally:
+            worker.release()
+            with self._lock:
+                self._handles.pop(execution.id, None)
+                self._workers.pop(execution.id, None)
+            handle.done.set()
+            final = self.repository.get_execution(execution.id) or execution
+            self._notify("on_execution_ended", final)
+
+    def _supervise(
+        self, worker: Worker, execution: JobExecution, limits: JobLimits, grace: timedelta
+    ) -> str | None:
+        """Wait for the worker's end; past the timeout, fail, stop, then kill it. The
+        timeout's cause, or None."""
+        timeout = limits.timeout
+        if worker.exited.wait(None if timeout is None else timeout.total_seconds()):
+            return None
+        cause = f"timed out after {format_duration(timeout)}" if timeout else "timed out"
+        log.warning(
+            "job execution %d (%s) %s: stopping it", execution.id, execution.job_name, cause
+        )
+        self._fail_if_running(execution.id, cause)
+        worker.stop()
+        if not worker.exited.wait(grace.total_seconds()):
+            worker.kill(f"{cause}, and still running stop_grace {format_duration(grace)} later")
+            worker.exited.wait()
+        return cause
+
+    def _fail_if_running(self, execution_id: int, cause: str) -> None:
+        """Crash recovery's compare-and-set on one execution: FAILED with ``cause`` if it
+        is still running (read again when a write of its worker came in between)."""
+        for _ in range(5):
+            current = self.repository.get_execution(execution_id)
+            if current is None or not current.status.is_running:
+                return
+            if self.repository.mark_failed(current, cause):
+                log.warning(
+                    "job execution %d (%s) FAILED: %s", execution_id, current.job_name, cause
+                )
+                return
+
+    # ------------------------------------------------------------ stopping
+
+    def stop(self, job_or_id: str | int) -> list[JobExecution]:
+        """As the engine's; the worker hears of the stop at once (not at its heartbeat)."""
+        asked = super().stop(job_or_id)
+        for execution in asked:
+            with self._lock:
+                worker = self._workers.get(execution.id)
+            if worker is not None:
+                worker.stop()
+        return asked
+
+    def kill_workers(self, reason: str) -> None:
+        """SIGKILL every worker still running; their executions end FAILED with ``reason``."""
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.kill(reason)
+
+    def log_is_open(self, execution_id: int) -> bool:
+        """Whether output of this execution's worker may still come."""
+        with self._lock:
+            worker = self._workers.get(execution_id)
+        return worker is not None and not worker.output_closed.is_set()
+
+
+# The most one `log` answer carries (a client asks again from the offset it was given).
+LOG_CHUNK = 1 << 20
+
+
+def read_log(
+    log_dir: Path, execution: JobExecution, offset: int, *, still_writing: bool
+) -> dict[str, Any]:
+    """The control op ``log``: ``{"text", "offset", "ended"}`` from byte ``offset``; ended
+    once the execution has ended and its worker's output is all in the file. An execution
+    that ran in a thread has no log of its own (empty text)."""
+    path = log_path(log_dir, execution.job_name, execution.id)
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read(LOG_CHUNK)
+            at_end = not file.read(1)
+    except FileNotFoundError:
+        data, at_end = b"", True
+    if not at_end and b"\n" in data:
+        data = data[: data.rindex(b"\n") + 1]  # never half a character
+    ended = at_end and not still_writing and not execution.status.is_running
+    return {
+        "text": data.decode(errors="replace"),
+        "offset": offset + len(data),
+        "ended": ended,
+    }
+
+
+def purge_logs(log_dir: Path, repository: SqlJobRepository) -> int:
+    """Delete the logs whose execution the repository no longer has (``purge``); how many."""
+    deleted = 0
+    for path in log_dir.glob("*/*.log"):
+        if path.stem.isdigit() and repository.get_execution(int(path.stem)) is None:
+            path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted

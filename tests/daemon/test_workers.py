@@ -1,0 +1,242 @@
+"""Worker processes (DESIGN §6), with the real daemon, real workers and real signals: a job
+that exits the process, segfaults, runs out of its memory limit or ignores a stop past its
+timeout ends FAILED with the cause while a healthy job beside it completes and the daemon
+answers throughout; logs per execution; nothing left running after the daemon ends."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.support import Launched, control_config, launch, wait_until
+
+__all__ = ["launch"]
+
+LIMITS = """
+[limits]
+memory_max = "200M"
+[limits.jobs.ignores_stops]
+timeout = "1s"
+"""
+
+
+def _config(tmp: Path) -> str:
+    return control_config(
+        tmp,
+        LIMITS,
+        jobs='["tests.daemon.worker_jobs"]',
+        isolation='"process"',
+        log_dir=f'"{tmp / "logs"}"',
+        stop_grace='"2s"',
+    )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc, children of children included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize(
+    ("job", "cause"),
+    [
+        ("exits", r"worker process \d+ exited with status 3"),
+        ("segfaults", r"worker process \d+ killed by signal 11 \(SIGSEGV\)"),
+        ("eats_memory", r"memory limit 200M exceeded"),
+        ("ignores_stops", r"timed out after 1s"),
+    ],
+)
+def test_a_crashing_job_fails_with_its_cause_and_the_rest_carries_on(
+    launch: Callable[..., Launched], tmp_path: Path, job: str, cause: str
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    healthy = control.call("start", job="healthy", params={"run": 1, "seconds": 3})["id"]
+    bad = control.call("start", job=job, params={"run": 1})["id"]
+    failed = control.wait_for_status(bad, "FAILED", "COMPLETED", "STOPPED")
+    assert failed["status"] == "FAILED"
+    assert re.fullmatch(cause, failed["exit_message"]), failed["exit_message"]
+    assert all(step["status"] == "FAILED" for step in failed["steps"]), failed["steps"]
+    # The daemon answered throughout and still does; the healthy job was not touched.
+    assert control.call("ping")
+    done = control.wait_for_status(healthy, "COMPLETED", "FAILED", "STOPPED")
+    assert done["status"] == "COMPLETED", done
+    assert launched.daemon.proc.poll() is None
+    # The failed run is restartable as any FAILED run.
+    again = control.call("restart", job=str(bad))
+    assert again["id"] > bad
+
+
+def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    first = control.call("start", job="healthy", params={"run": 1, "seconds": 0.1})["id"]
+    second = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
+    for execution_id in (first, second):
+        control.wait_for_status(execution_id, "COMPLETED")
+    logs = [
+        (tmp_path / "logs" / "healthy" / f"{execution_id}.log").read_text()
+        for execution_id in (first, second)
+    ]
+    pids = {int(text.split("healthy starts in process ")[1].split()[0]) for text in logs}
+    assert len(pids) == 2 and launched.daemon.proc.pid not in pids
+    with sqlite3.connect(launched.database) as conn:
+        owners = {
+            row[0]
+            for row in conn.execute(
+                "SELECT owner_pid FROM batch_job_execution WHERE id IN (?, ?)", (first, second)
+            )
+        }
+    assert owners == pids
+    # Its output, with its log records, is in its log file and in the daemon's log.
+    assert "healthy run 1 working for 0.1s" in logs[0]
+    assert "healthy done" in logs[0]
+    wait_until(lambda: f"execution {first}: healthy done" in launched.daemon.output())
+
+
+def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
+    tmp_path: Path, launch: Callable[..., Launched]
+) -> None:
+    marker = tmp_path / "crashed"
+    out = tmp_path / "items.jsonl"
+    env = {"WORKER_JOBS_CRASH_MARKER": str(marker), "WORKER_JOBS_OUT": str(out)}
+    launched = launch(_config(tmp_path), env=env)
+    control = launched.connect()
+    crashed = control.call("start", job="items")["id"]
+    failed = control.wait_for_status(crashed, "FAILED", "COMPLETED")
+    assert failed["status"] == "FAILED" and "exited with status 3" in failed["exit_message"]
+    assert marker.exists()
+    restarted = control.call("restart", job=str(crashed))["id"]
+    done = control.wait_for_status(restarted, "COMPLETED", "FAILED")
+    assert done["status"] == "COMPLETED", done
+    written = [json.loads(line)["n"] for line in out.read_text().splitlines()]
+    assert written == list(range(60))
+    # The restart read only what the crashed run had not committed (20 items: 2 chunks).
+    assert done["steps"][0]["read_count"] == 40
+
+
+def test_sigterm_stops_the_workers_and_leaves_no_process(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    stoppable = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
+    stubborn = control.call("start", job="ignores_stops", params={"run": 1})["id"]
+    control.wait_for_status(stoppable, "STARTED")
+    daemon = launched.daemon.proc.pid
+    below = _descendants(daemon)
+    assert len(below) >= 3  # the warm process and two workers (and a spare)
+    launched.daemon.signal(signal.SIGTERM)
+    assert launched.daemon.wait(30) == 0
+    wait_until(lambda: not any(_alive(pid) for pid in below))
+    with sqlite3.connect(launched.database) as conn:
+        statuses = dict(
+            conn.execute(
+                "SELECT id, status FROM batch_job_execution WHERE id IN (?, ?)",
+                (stoppable, stubborn),
+            ).fetchall()
+        )
+    assert statuses[stoppable] == "STOPPED"
+    assert statuses[stubborn] == "FAILED"  # its timeout of 1s, or killed at the grace's end
+
+
+def test_a_sigkilled_daemon_leaves_no_process(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    running = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
+    control.wait_for_status(running, "STARTED")
+    below = _descendants(launched.daemon.proc.pid)
+    assert below
+    launched.daemon.signal(signal.SIGKILL)
+    launched.daemon.wait(10)
+    wait_until(lambda: not any(_alive(pid) for pid in below))
+
+
+def test_sighup_remakes_the_warm_process_without_touching_running_workers(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    running = control.call("start", job="healthy", params={"run": 1, "seconds": 2})["id"]
+    control.wait_for_status(running, "STARTED")
+    launched.daemon.signal(signal.SIGHUP)
+    launched.daemon.notify.wait_for("RELOADING=1")
+    later = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
+    assert control.wait_for_status(later, "COMPLETED", "FAILED")["status"] == "COMPLETED"
+    assert control.wait_for_status(running, "COMPLETED", "FAILED")["status"] == "COMPLETED"
+
+
+def test_limits_are_checked_naming_the_key(tmp_path: Path) -> None:
+    from batchd.daemon.config import ConfigError, load_settings
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[limits]\ntimeout = "soon"\n[limits.jobs.x]\nmemory_max = "12Q"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert "limits.timeout" in str(raised.value)
+    assert "limits.jobs.x.memory_max" in str(raised.value)
+
+
+def _ctl(launched: Launched, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batchd.cli", "ctl", "--socket", str(launched.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_ctl_log_prints_an_executions_log_and_follows_it_to_its_end(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    running = control.call("start", job="healthy", params={"run": 7, "seconds": 1})["id"]
+    followed = _ctl(launched, "log", str(running), "--follow", "--interval", "0.1")
+    assert followed.returncode == 0, followed.stderr
+    assert "healthy run 7 working for 1s" in followed.stdout
+    assert followed.stdout.rstrip().endswith("COMPLETED")
+    assert control.call("log", id=running)["ended"] is True
+    tail = _ctl(launched, "log", str(running), "--tail", "1")
+    assert tail.stdout.count("\n") == 1 and "COMPLETED" in tail.stdout
+    crashed = control.call("start", job="exits", params={"run": 7})["id"]
+    control.wait_for_status(crashed, "FAILED")
+    log = control.call("log", id=crashed)
+    assert "about to exit" in log["text"] and log["ended"] is True
+    rest = control.call("log", id=crashed, offset=log["offset"])
+    assert rest["text"] == "" and rest["offset"] == log["offset"]
+    assert control.error("log", id=99999)["type"] == "NoSuchJobExecution"
