@@ -38,7 +38,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import benchkit
 from chunk_throughput import generate_csv
@@ -59,8 +58,12 @@ CHECKPOINT_DDL = (
     "read_count INTEGER NOT NULL, commit_count INTEGER NOT NULL, context TEXT NOT NULL)"
 )
 # Targets of the issue (batchd time / other time).
-TARGETS = {("sqlite", "floor"): 1.3, ("sqlite", "pandas"): 1.0, ("postgresql", "floor"): 0.8,
-           ("postgresql", "pandas"): 1.0}
+TARGETS = {
+    ("sqlite", "floor"): 1.3,
+    ("sqlite", "pandas"): 1.0,
+    ("postgresql", "floor"): 0.8,
+    ("postgresql", "pandas"): 1.0,
+}
 
 
 # ----------------------------------------------------------------------------- floor
@@ -89,7 +92,9 @@ def floor_postgresql(dsn: str, source: Path, chunk: int) -> None:
     import psycopg
 
     insert = f"INSERT INTO {TABLE} (id, name, city, amount) VALUES (%s, %s, %s, %s)"
-    checkpoint = "UPDATE bench_import_checkpoint SET read_count = %s, commit_count = %s, context = %s"
+    checkpoint = (
+        "UPDATE bench_import_checkpoint SET read_count = %s, commit_count = %s, context = %s"
+    )
     with psycopg.connect(dsn) as conn, open(source, newline="", encoding="utf-8") as f:
         rows = csv.reader(f)
         next(rows)
@@ -157,16 +162,16 @@ class DatabaseBench:
         import pandas
 
         frame = pandas.read_csv(source)
-        frame.to_sql(TABLE, self.engine, if_exists="append", index=False,
-                     chunksize=self.args.chunk_size)
+        frame.to_sql(
+            TABLE, self.engine, if_exists="append", index=False, chunksize=self.args.chunk_size
+        )
 
     def petl(self, source: Path) -> None:
         import petl
 
         raw = self.engine.raw_connection()
         try:
-            petl.appenddb(petl.fromcsv(str(source), encoding="utf-8"), raw.driver_connection,
-                          TABLE)
+            petl.appenddb(petl.fromcsv(str(source), encoding="utf-8"), raw.driver_connection, TABLE)
             raw.commit()
         finally:
             raw.close()
@@ -240,8 +245,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--chunk-size", type=int, default=1000)
-    parser.add_argument("--databases", type=lambda s: s.split(","),
-                        default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--databases", type=lambda s: s.split(","), default=["sqlite", "postgresql"]
+    )
     parser.add_argument("--tmpdir", help="where the CSV and the SQLite database go (a real disk)")
     parser.add_argument("--profile", action="store_true", help="cProfile batchd and the floor")
     args = parser.parse_args()
@@ -250,8 +256,10 @@ def main() -> None:
         source, warmup = tmp / "input.csv", tmp / "warmup.csv"
         generate_csv(source, args.rows)
         generate_csv(warmup, 1000, seed=2)
-        print(f"# file_import: {args.rows:,} rows, chunk {args.chunk_size}, median of "
-              f"{args.repeat}; {benchkit.machine()}")
+        print(
+            f"# file_import: {args.rows:,} rows, chunk {args.chunk_size}, median of "
+            f"{args.repeat}; {benchkit.machine()}"
+        )
         results = []
         with database_urls(args.databases, tmp) as urls:
             for database, url in urls:
@@ -270,9 +278,16 @@ def main() -> None:
                 median = statistics.median(runs)
                 ratio = ours / median
                 target = TARGETS.get((database, side))
-                lines.append([database, side, f"{median:.3f}", f"{args.rows / median:,.0f}",
-                              "-" if side == "batchd" else f"{ratio:.2f}",
-                              benchkit.verdict(ratio, target) if side != "batchd" else "-"])
+                lines.append(
+                    [
+                        database,
+                        side,
+                        f"{median:.3f}",
+                        f"{args.rows / median:,.0f}",
+                        "-" if side == "batchd" else f"{ratio:.2f}",
+                        benchkit.verdict(ratio, target) if side != "batchd" else "-",
+                    ]
+                )
             lines.append([database, "stmts/commit", f"{per_commit:g}", "", "", ""])
         print(benchkit.table(headers, lines))
         print("# run times:")

@@ -4,6 +4,7 @@ the chunk's transaction when it targets the job repository's own database."""
 from __future__ import annotations
 
 import base64
+import operator
 import os
 import threading
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, Table, bindparam, create_engine, func, insert, select
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 
 from batchd.errors import ItemFormatError
@@ -322,7 +324,7 @@ class SqlItemWriter(_SqlStream, ItemWriter):
     schema). The writer keeps nothing in the ExecutionContext.
     """
 
-    _runtime: tuple[str, ...] = ("_engine", "_table")
+    _runtime: tuple[str, ...] = ("_engine", "_table", "_plans")
 
     def __init__(
         self,
@@ -338,9 +340,11 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         self.schema = schema
         self.upsert_on = list(upsert_on) if upsert_on else None
         self._table: Table | None = table if isinstance(table, Table) else None
+        self._plans: dict[tuple[str, tuple[str, ...]], _InsertPlan] = {}
 
     def open(self, ctx: ExecutionContext) -> None:
         engine = self._connect_engine()
+        self._plans = {}
         if isinstance(self.table, Table):
             table = self.table
         else:
@@ -391,7 +395,9 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         columns = set(table.c.keys())
         rows = []
         for item in items:
-            row = item_to_dict(item)
+            # A dict is sent as it is (never changed here): copying it cost more than the
+            # rest of the row's Python.
+            row = item if type(item) is dict else item_to_dict(item)
             if not columns.issuperset(row):
                 unknown = [k for k in row if k not in table.c]
                 if unknown:
@@ -406,7 +412,7 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         # together, in order. Usually all rows have the same keys: one C-level test finds
         # that without the per-row Python loop below.
         if len(set(map(tuple, rows))) == 1:
-            connection.execute(self._statement(table, tuple(rows[0])), rows)
+            self._execute_run(connection, table, tuple(rows[0]), rows)
             return
         start = 0
         while start < len(rows):
@@ -414,8 +420,20 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             end = start + 1
             while end < len(rows) and tuple(rows[end]) == keys:
                 end += 1
-            connection.execute(self._statement(table, keys), rows[start:end])
+            self._execute_run(connection, table, keys, rows[start:end])
             start = end
+
+    def _execute_run(
+        self, connection: Connection, table: Table, keys: tuple[str, ...], rows: list[Any]
+    ) -> None:
+        """One executemany (or COPY) of rows that all have ``keys``."""
+        cache_key = (connection.dialect.name, keys)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            plan = _InsertPlan.build(connection, table, self._statement(table, keys), keys)
+            plan.copy = plan.copy and not self.upsert_on
+            self._plans[cache_key] = plan
+        plan.execute(connection, rows)
 
     def write(self, items: list[Any]) -> None:
         if self._table is None or self._engine is None:
@@ -435,6 +453,96 @@ class SqlItemWriter(_SqlStream, ItemWriter):
     def table_object(self) -> Table | None:
         """The Table written to, once opened."""
         return self._table
+
+
+class _InsertPlan:
+    """An INSERT compiled once for a table, a dialect and a set of columns, sent to the
+    driver as it is: an executemany of parameter tuples (``exec_driver_sql``: events,
+    error wrapping and the transaction stay SQLAlchemy's), or on PostgreSQL with psycopg
+    and without ``upsert_on`` a ``COPY ... FROM STDIN`` on the same connection, in the same
+    transaction. Compiling, building the parameters of each row (``construct_params``) and
+    the execution context cost more than the driver's own work for the same rows.
+
+    Values go through the column types' bind processors (e.g. SQLite stores a DateTime as
+    text), as SQLAlchemy would send them. A statement that needs Python-side defaults
+    (``insert_prefetch``) or binds other than the row's keys is executed by SQLAlchemy."""
+
+    def __init__(self, statement: Any, sql: str | None, names: list[str] | None) -> None:
+        self.statement = statement  # the Core statement (the fallback)
+        self.sql = sql  # None: execute the statement through SQLAlchemy
+        self.names = names  # the row keys in parameter order
+        self.processors: list[Any] = []
+        self.named: list[str] | None = None  # the parameters' names for a named paramstyle
+        self.copy = False
+        self.copy_sql = ""
+
+    @classmethod
+    def build(
+        cls, connection: Connection, table: Table, statement: Any, keys: tuple[str, ...]
+    ) -> _InsertPlan:
+        dialect = connection.dialect
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if compiled.insert_prefetch or set(compiled.binds) != set(keys):
+            return cls(statement, None, None)
+        names = list(compiled.positiontup) if compiled.positional else list(keys)
+        plan = cls(statement, compiled.string, names)
+        processors = compiled._bind_processors
+        plan.processors = [processors.get(name) for name in names]
+        if not compiled.positional:
+            escaped = compiled.escaped_bind_names
+            plan.named = [escaped.get(name, name) for name in names]
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            preparer = dialect.identifier_preparer
+            columns = ", ".join(preparer.quote(table.c[name].name) for name in names)
+            plan.copy = True
+            plan.copy_sql = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN"
+        return plan
+
+    def _parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        names = self.names or []
+        if len(names) == 1:
+            only = names[0]
+            values: list[tuple[Any, ...]] = [(row[only],) for row in rows]
+        else:
+            values = list(map(operator.itemgetter(*names), rows))
+        if any(self.processors):
+            pairs = list(enumerate(self.processors))
+            processed = []
+            for row in values:
+                cells = list(row)
+                for i, process in pairs:
+                    if process is not None and cells[i] is not None:
+                        cells[i] = process(cells[i])
+                processed.append(tuple(cells))
+            values = processed
+        return values
+
+    def execute(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        if self.sql is None:
+            connection.execute(self.statement, rows)
+            return
+        values = self._parameters(rows)
+        if self.copy:
+            self._copy(connection, values)
+        elif self.named is not None:
+            named = self.named
+            connection.exec_driver_sql(self.sql, [dict(zip(named, v)) for v in values])  # noqa: B905
+        else:
+            connection.exec_driver_sql(self.sql, values)
+
+    def _copy(self, connection: Connection, values: list[tuple[Any, ...]]) -> None:
+        dialect = connection.dialect
+        driver: Any = connection.connection.driver_connection
+        try:
+            with driver.cursor() as cursor, cursor.copy(self.copy_sql) as copy:
+                for row in values:
+                    copy.write_row(row)
+        except dialect.loaded_dbapi.Error as exc:
+            # The same exception an executemany would raise (e.g. IntegrityError), so
+            # skip and retry policies written against SQLAlchemy's errors still apply.
+            raise DBAPIError.instance(
+                self.copy_sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
 
 
 __all__ = [

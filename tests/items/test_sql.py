@@ -8,16 +8,20 @@ import dataclasses
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import (
+    JSON,
     Column,
     Date,
+    DateTime,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     create_engine,
@@ -28,6 +32,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from batchd.errors import ItemFormatError
 from batchd.items import SqlItemReader, SqlItemWriter
@@ -263,3 +268,65 @@ def test_writer_pickles_and_keeps_nothing_in_the_context(database_url: str, engi
     assert ctx == {} and count(engine) == 5
     with engine.connect() as conn:
         assert conn.execute(text("select name from target where id = 5")).scalar_one() == "n5"
+
+
+typed = Table(
+    "typed",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("when", DateTime),
+    Column("price", Numeric(10, 2)),
+    Column("doc", JSON),
+    Column("first name", String(20)),
+    Column("n", Integer, default=7),
+)
+
+
+def test_writer_stores_values_as_sqlalchemy_does(database_url: str, engine: Engine) -> None:
+    """Every column type's conversion (SQLite keeps a DateTime as text, JSON is serialised),
+    a column name that needs quoting, a Python-side default for a missing key, None: the
+    rows read back are those of SQLAlchemy's own INSERT of the same items."""
+    typed.create(engine)
+    items = [
+        {
+            "id": i,
+            "when": datetime(2026, 11, i, 8, 30),
+            "price": Decimal(f"{i}.25"),
+            "doc": {"k": [i, None]},
+            "first name": f"n{i}",
+            "n": i,
+        }
+        for i in range(1, 4)
+    ] + [{"id": 4, "when": None, "price": None, "doc": None, "first name": None, "n": None}]
+    writer = copy.copy(SqlItemWriter(database_url, typed))
+    writer.open(make_ctx())
+    with chunk_transaction(engine, database_url) as conn:
+        writer.write(items[:2])
+        conn.commit()
+    writer.write(items[2:])  # a transaction of its own
+    writer.write([{"id": 5}])
+    writer.close()
+    with engine.begin() as conn:
+        got = [tuple(r) for r in conn.execute(select(typed).order_by(typed.c.id))]
+        conn.execute(typed.delete())
+        conn.execute(insert(typed), items)
+        conn.execute(insert(typed), [{"id": 5}])
+        expected = [tuple(r) for r in conn.execute(select(typed).order_by(typed.c.id))]
+    assert got == expected
+    assert got[0][1] == datetime(2026, 11, 1, 8, 30) and got[4][5] == 7
+
+
+def test_writer_duplicate_key_is_sqlalchemys_integrity_error(
+    database_url: str, engine: Engine
+) -> None:
+    """A step's skip or retry policy names SQLAlchemy's exceptions whatever the writer sends
+    to the driver (on PostgreSQL a COPY), and the chunk rolls back whole."""
+    writer = copy.copy(SqlItemWriter(database_url, "target"))
+    writer.open(make_ctx())
+    writer.write(ROWS[:1])
+    with chunk_transaction(engine, database_url) as conn:
+        with pytest.raises(IntegrityError):
+            writer.write([ROWS[1], ROWS[0]])
+        conn.rollback()
+    writer.close()
+    assert count(engine) == 1
