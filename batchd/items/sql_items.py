@@ -500,22 +500,20 @@ class _InsertPlan:
 
     def _parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         names = self.names or []
+        if any(self.processors):
+            # Column by column, so the per-value work is C's map (SQLAlchemy calls a
+            # processor for None too, and so does this).
+            columns = [
+                list(map(operator.itemgetter(name), rows))
+                if process is None
+                else list(map(process, map(operator.itemgetter(name), rows)))
+                for name, process in zip(names, self.processors)  # noqa: B905
+            ]
+            return list(zip(*columns))  # noqa: B905
         if len(names) == 1:
             only = names[0]
-            values: list[tuple[Any, ...]] = [(row[only],) for row in rows]
-        else:
-            values = list(map(operator.itemgetter(*names), rows))
-        if any(self.processors):
-            pairs = list(enumerate(self.processors))
-            processed = []
-            for row in values:
-                cells = list(row)
-                for i, process in pairs:
-                    if process is not None and cells[i] is not None:
-                        cells[i] = process(cells[i])
-                processed.append(tuple(cells))
-            values = processed
-        return values
+            return [(row[only],) for row in rows]
+        return list(map(operator.itemgetter(*names), rows))
 
     def execute(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         if self.sql is None:
