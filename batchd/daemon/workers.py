@@ -34,6 +34,7 @@ from batchd.daemon.workers_zygote import EXIT_MEMORY, Assignment
 from batchd.engine import JobOperator, JobRegistry
 from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job import Job
+from batchd.engine.step_run import describe_error
 from batchd.model import JobExecution, JobParameters
 from batchd.repository import Owner, SqlJobRepository
 
@@ -142,8 +143,11 @@ class ProcessOperator(JobOperator):
         settings = self.settings()
         limits = settings.limits.of(job.name)
         try:
+            # The parameters go as the execution records them: the worker types them with
+            # its own job (a reload re-imports the modules, so the daemon's classes may no
+            # longer be the ones a worker has).
             payload = pickle.dumps(
-                Assignment(execution, job_params, limits.memory_max, self.heartbeat_interval)
+                Assignment(execution, limits.memory_max, self.heartbeat_interval)
             )
             worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
             log.info(
@@ -155,10 +159,13 @@ class ProcessOperator(JobOperator):
             cause = self._supervise(worker, execution, limits, settings.stop_grace)
             self._fail_if_running(execution.id, cause or exit_cause(worker, limits))
             worker.output_closed.wait(OUTPUT_DRAIN_SECONDS)
-        except BaseException:
+        except BaseException as error:
             log.exception(
                 "job execution %d (%s): supervising its worker failed", execution.id, job.name
             )
+            # A worker never handed its execution would wait for it for ever.
+            worker.kill("the daemon failed to hand it its execution")
+            self._fail_if_running(execution.id, f"not started: {describe_error(error)}")
             raise
         finally:
             worker.release()

@@ -18,7 +18,8 @@ The daemon shutting down its end asks the warm process to fork no more: it leave
 last worker has ended (a reload makes a new one without touching running workers).
 
 A worker waits on its command socket for its execution (pickled: the execution as the
-daemon created it, its parameters, its memory limit, the heartbeat interval), runs it with
+daemon created it, its memory limit, the heartbeat interval; the worker types the
+parameters with its own job), runs it with
 the engine's :class:`~batchd.engine.job_runner.JobRunner` as the execution's owner, and
 reads ``stop`` on the same socket meanwhile. Its stdout and stderr (log records included)
 are the output pipe, which the daemon copies to the execution's log file.
@@ -46,7 +47,7 @@ from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job_runner import ExecutionHandle, JobRunner
 from batchd.engine.listeners import Listeners
 from batchd.engine.registry import JobRegistry
-from batchd.model import JobExecution, JobParameters, StepExecution
+from batchd.model import JobExecution, StepExecution
 from batchd.repository import SqlJobRepository
 
 # A worker that ran out of its memory limit exits with this status (the daemon reports
@@ -63,7 +64,6 @@ class Assignment:
     """What a worker is told to run, sent pickled over its command socket."""
 
     execution: JobExecution
-    params: JobParameters
     memory_max: int | None
     heartbeat: float
 
@@ -220,7 +220,8 @@ def run_worker(
     heartbeat = Heartbeat(repository, lambda: [handle], assignment.heartbeat)
     heartbeat.ensure_running()
     try:
-        JobRunner(repository, job, execution, assignment.params, handle).run()
+        params = job.parameters(execution.params)
+        JobRunner(repository, job, execution, params, handle).run()
     except MemoryError:
         return EXIT_MEMORY
     handle.done.set()
