@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,16 @@ from batchd import failpoints
 TESTS = Path(__file__).resolve().parent
 
 
+PACKAGE = Path(batchd.__file__).resolve().parent
+
+
 def _import_all() -> None:
-    for module in pkgutil.walk_packages(batchd.__path__, "batchd."):
-        if ".migrations" not in module.name:
-            importlib.import_module(module.name)
+    # By file, not pkgutil.walk_packages: batchd.daemon is a namespace package, which
+    # walk_packages does not enter.
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if "migrations" not in parts:
+            importlib.import_module(".".join(p for p in parts if p != "__init__"))
 
 
 def test_every_crash_window_is_killed_in_some_test() -> None:
@@ -54,3 +59,11 @@ def test_raise_acts_only_on_the_named_point(monkeypatch: pytest.MonkeyPatch) -> 
         failpoints.reload_from_environment()
         del failpoints.WINDOWS[first], failpoints.WINDOWS[second]
     failpoints.failpoint(first)  # inactive again
+
+
+def test_the_readme_lists_every_crash_window() -> None:
+    _import_all()
+    readme = (TESTS.parent / "README.md").read_text()
+    section = readme.split("#### Every crash window", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(name for name in failpoints.WINDOWS if f"| `{name}` |" not in section)
+    assert missing == []
