@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -61,6 +61,8 @@ from batchd.repository.triggers import RecordedFire
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
+# "Strictly before" APScheduler's first fire of a schedule.
+_TICK = timedelta(microseconds=1)
 # Threads that turn APScheduler's fires into job starts (a start only creates the execution;
 # the job itself runs on the operator's pool).
 _FIRE_THREADS = 4
@@ -156,6 +158,9 @@ class Scheduler:
                 self._add_job(aps, entry, paused=entry.name in self._paused)
             aps.start()
             self._aps = aps
+            # Catching up takes time, and APScheduler fires from its own start on: what
+            # came due in between (up to a schedule's ``end``, maybe) is caught up now.
+            self._catch_up(lambda entry: self._first_live_fire(aps, entry), "came due")
             self.watch.start()
         log.info("scheduler started with %d schedules", len(self._entries))
 
@@ -331,21 +336,34 @@ class Scheduler:
         missed between its newest recorded fire and now (fire times on closing days of its
         calendar are not missed). A schedule that never fired catches up nothing, unless it
         has ``catch_up = "all"`` and a ``start``: then it catches up from its start.
-        ``start()`` calls this."""
+        ``start()`` calls this, and again once APScheduler runs, for the fires that came due
+        while it caught up (before the first fire APScheduler runs)."""
+        return self._catch_up(lambda entry: None, "missed")
+
+    def _catch_up(
+        self, live_from: Callable[[ScheduleEntry], datetime | None], what: str
+    ) -> list[FireResult]:
+        """Catch up each schedule's fires up to the clock's now, or up to just before
+        ``live_from(entry)``, the first fire time APScheduler will fire, when that is sooner."""
         results: list[FireResult] = []
         with self._lock:
             entries = [e for e in self._entries.values() if e.name not in self._paused]
         for entry in entries:
             if entry.settings.catch_up == "none":
                 continue
-            missed = self.missed_fire_times(entry.name)
+            now = self.clock()
+            live = live_from(entry)
+            if live is not None:
+                now = min(now, live - _TICK)
+            missed = missed_fire_times(entry, self.store.last_fire(entry.name), now)
             if entry.settings.catch_up == "latest":
                 missed = missed[-1:]
             if missed:
                 log.info(
-                    "schedule %s: catching up %d missed fire(s) (%s)",
+                    "schedule %s: catching up %d %s fire(s) (%s)",
                     entry.name,
                     len(missed),
+                    what,
                     entry.settings.catch_up,
                 )
             for fire_time in missed:
@@ -359,6 +377,13 @@ class Scheduler:
         (the newest :data:`CATCH_UP_LIMIT` of them), oldest first."""
         entry = self._require(name)
         return missed_fire_times(entry, self.store.last_fire(name), self.clock())
+
+    def _first_live_fire(self, aps: Any, entry: ScheduleEntry) -> datetime | None:
+        """The nominal time of the first fire APScheduler will run of ``entry``; None when
+        it will run none (the schedule's ``end`` has passed)."""
+        job = aps.get_job(entry.name)
+        following: datetime | None = job.next_run_time if job is not None else None
+        return nominal_time(entry, following.astimezone(UTC)) if following is not None else None
 
     # -------------------------------------------------------------------------- firing
 

@@ -126,6 +126,45 @@ def test_catch_up_keeps_the_newest_fires_beyond_the_limit(nodes: Callable[..., N
     assert missed[0] == DAY.replace(second=0) - dt.timedelta(minutes=CATCH_UP_LIMIT - 1)
 
 
+class AdvancingClock(Clock):
+    """A clock that moves on a second with every fire: catching up takes time."""
+
+    def on_schedule_fire(self, name: str, outcome: str) -> None:
+        self.now += dt.timedelta(seconds=1)
+
+
+def test_fires_that_come_due_while_catching_up_are_fired_up_to_the_last_at_end(
+    nodes: Callable[..., Node],
+) -> None:
+    """An interval schedule of six fires, its last at exactly ``end``, caught up from its
+    start. Each fire takes the clock a second on, so the last three come due while the
+    first three are caught up; APScheduler (on wall time, long after ``end``) fires none."""
+    start = dt.datetime(2020, 1, 6, 12, 0, tzinfo=UTC)
+    end = start + dt.timedelta(seconds=5)
+    schedule = ScheduleSettings(
+        name="burst",
+        job="plain",
+        interval="1s",
+        start=start,
+        end=end,
+        catch_up="all",
+        params={"at": "{fire_time}"},
+    )
+    clock = AdvancingClock(start + dt.timedelta(seconds=2.5))
+    node = nodes([schedule], clock, clock)
+    node.scheduler.start()
+    fire_times = [fire["fire_time"] for fire in node.store.fires("burst")]
+    assert sorted(fire_times) == [start + dt.timedelta(seconds=n) for n in range(6)]
+    assert max(fire_times) == end
+    executions = node.started_executions("burst")
+    assert sorted(e.params["at"] for e in executions) == [t.isoformat() for t in sorted(fire_times)]
+    assert all(e.status == BatchStatus.COMPLETED for e in executions)
+    # Started again later, it has nothing left to catch up.
+    node.stop()
+    again = nodes([schedule], Clock(end + dt.timedelta(hours=1)))
+    assert again.scheduler.catch_up() == []
+
+
 # ---------------------------------------------------------------------- real time
 
 
