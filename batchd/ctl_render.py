@@ -235,13 +235,19 @@ def first_line(message: str | None, width: int = _MESSAGE_WIDTH) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def custom_exit_status(step: Mapping[str, Any]) -> str:
+    """A step's exit status when it is not its status (a flow routes on it), else ''."""
+    exit_status = str(step.get("exit_status") or "")
+    return "" if exit_status == step.get("status") else exit_status
+
+
 def steps_table(steps: list[Mapping[str, Any]], now: datetime | None = None) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    columns = ("STEP", "STATUS", "READ", "WRITTEN", "FILTERED", "SKIPPED", "COMMITS")
-    for column in (*columns, "ROLLBACKS", "DURATION"):
+    columns = ("STEP", "STATUS", "EXIT STATUS", "READ", "WRITTEN", "FILTERED", "SKIPPED")
+    for column in (*columns, "COMMITS", "ROLLBACKS", "DURATION"):
         table.add_column(
             column,
-            justify="left" if column in ("STEP", "STATUS") else "right",
+            justify="left" if column in ("STEP", "STATUS", "EXIT STATUS") else "right",
             no_wrap=column != "STEP",
         )
     for step in steps:
@@ -252,6 +258,7 @@ def steps_table(steps: list[Mapping[str, Any]], now: datetime | None = None) -> 
         table.add_row(
             str(step["name"]),
             status_text(step.get("status")),
+            custom_exit_status(step),
             f"{int(step.get('read_count', 0)):,}",
             f"{int(step.get('write_count', 0)):,}",
             f"{int(step.get('filter_count', 0)):,}",

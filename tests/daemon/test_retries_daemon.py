@@ -13,7 +13,6 @@ from batchd.daemon.config import ConfigError, load_config
 from tests.daemon.support import (
     Launched,
     control_config,
-    launch,  # noqa: F401 - a fixture
     wait_until,
 )
 from tests.daemon.test_ctl import ok
@@ -31,7 +30,7 @@ retry_delay = "0s"
 
 
 def test_the_daemon_retries_until_the_job_completes(
-    launch: Callable[..., Launched],  # noqa: F811
+    launch: Callable[..., Launched],
     tmp_path: Path,
 ) -> None:
     config = control_config(tmp_path, RETRIES, jobs='["tests.daemon.retry_jobs"]')
@@ -84,7 +83,7 @@ def test_the_retries_of_an_unknown_job_or_a_bad_delay_are_config_errors(
 
 
 def test_ctl_shows_attempts_exit_statuses_and_the_history_and_starts_the_next_run(
-    launch: Callable[..., Launched],  # noqa: F811
+    launch: Callable[..., Launched],
     tmp_path: Path,
 ) -> None:
     config = control_config(tmp_path, RETRIES, jobs='["tests.daemon.retry_jobs"]')
@@ -106,6 +105,10 @@ def test_ctl_shows_attempts_exit_statuses_and_the_history_and_starts_the_next_ru
     assert (first["params"], second["params"]) == ({"run_id": 1}, {"run_id": 2})
     detail = ok("execution", str(first["id"]), "--socket", sock)
     assert any(line.split()[:3] == ["exit", "status", "NOOP"] for line in detail.splitlines())
+    step_rows = [line.split("│") for line in detail.splitlines() if line.count("│") == 9]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip()) for r in step_rows] == [
+        ("report", "COMPLETED", "NOOP")
+    ]
 
     history = ok("execution", "1", "--history", "--socket", sock)
     rows = [line.split("│") for line in history.splitlines() if line.count("│") == 4]
