@@ -4,7 +4,7 @@ parsing and typing, in the same run (alternating), outside any step (no reposito
 Cases (``--rows`` records of ``id,name,city,amount``):
 
 - ``csv read``: ``CsvItemReader`` (dicts) vs ``csv.reader`` + ``dict(zip(header, row))``;
-- ``csv read, model``: ``CsvItemReader(model=Row)`` (a dataclass: int, str, str, float) vs
+- ``csv read (model)``: ``CsvItemReader(model=Row)`` (a dataclass: int, str, str, float) vs
   the same loop building ``Row(int(...), ..., float(...))``;
 - ``csv write``: ``CsvItemWriter`` (``fsync=False``), chunks of 1,000 dicts, then
   ``complete`` vs ``csv.writer`` of the dicts' values, then ``os.replace``;
@@ -144,7 +144,7 @@ def cases(tmp: Path, rows: int) -> dict[str, tuple[Callable[[], Any], Callable[[
 
     return {
         "csv read": (lambda: read_all(CsvItemReader(source)), lambda: csv_loop(False)),
-        "csv read, model": (
+        "csv read (model)": (
             lambda: read_all(CsvItemReader(source, model=Row)),
             lambda: csv_loop(True),
         ),

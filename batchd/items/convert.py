@@ -92,6 +92,32 @@ def convert_value(value: Any, target: Any) -> Any:
         raise ValueError(f"expected {target.__name__}, got {value!r} ({exc})") from None
 
 
+class Converter:
+    """``convert_value(value, target)`` for one target, with the common case first: text
+    into int, float or Decimal is the type's constructor (which ignores surrounding blanks,
+    as ``convert_value`` does once it has stripped them), text into str is the text itself;
+    anything else, and text that does not parse (for the error's message), goes to
+    ``convert_value``. A class, not a closure, so that readers holding one pickle."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._direct = target in (int, float, Decimal)
+
+    def __call__(self, value: Any) -> Any:
+        if type(value) is str:
+            if self.target is str:
+                return value
+            if self._direct:
+                try:
+                    return self.target(value)
+                except (ValueError, InvalidOperation):
+                    pass
+        return convert_value(value, self.target)
+
+
+_MISSING: Any = object()
+
+
 class ItemModel:
     """How a reader builds items from records: dicts (``model=None``), a pydantic model or a
     dataclass. ``blank_is_none`` (text formats) turns ``""`` into None for nullable fields."""
@@ -104,6 +130,7 @@ class ItemModel:
             raise TypeError(f"model must be a pydantic BaseModel or a dataclass, not {model!r}")
         self.model = model
         self.blank_is_none = blank_is_none
+        self._pydantic = isinstance(model, type) and issubclass(model, BaseModel)
         self._types: dict[str, tuple[Any, bool]] = {}
         self._required: list[str] = []
         if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
@@ -122,6 +149,12 @@ class ItemModel:
                     and fld.default_factory is dataclasses.MISSING
                 ):
                     self._required.append(fld.name)
+
+        # For dataclasses, per field: (name, converter, nullable, non-text, required).
+        self._plan = [
+            (name, Converter(target), nullable, target is not str, name in self._required)
+            for name, (target, nullable) in self._types.items()
+        ]
 
     @property
     def required_fields(self) -> list[str]:
@@ -150,6 +183,8 @@ class ItemModel:
         """The item for ``record``; raises ``error(field, message)`` when it is invalid."""
         if self.model is None:
             return record
+        if not self._pydantic:
+            return self._build_dataclass(record, error)
         if self.blank_is_none:
             record = self._blanks(record)
         if issubclass(self.model, BaseModel):
@@ -164,14 +199,31 @@ class ItemModel:
                     where = ".".join(str(p) for p in extra["loc"])
                     message += f"; field {where!r}: {extra['msg']}"
                 raise error(field, message) from None
+        raise AssertionError("unreachable")
+
+    def _build_dataclass(self, record: dict[str, Any], error: ErrorFactory) -> Any:
+        # Once per item: what _blanks() and convert_value() decide, in one pass over the
+        # fields with each field's converter chosen in advance.
+        assert self.model is not None
         kwargs: dict[str, Any] = {}
-        for name, (target, _nullable) in self._types.items():
-            if name not in record:
-                if name in self._required:
+        blank_is_none = self.blank_is_none
+        for name, convert, nullable, non_text, required in self._plan:
+            value = record.get(name, _MISSING)
+            if value is _MISSING:
+                if required:
                     raise error(name, "field required")
                 continue
+            if value == "" and blank_is_none:
+                if nullable:
+                    kwargs[name] = None
+                    continue
+                if non_text and not required:
+                    continue  # the default applies
+            if value is None:
+                kwargs[name] = None
+                continue
             try:
-                kwargs[name] = convert_value(record[name], target)
+                kwargs[name] = convert(value)
             except ValueError as exc:
                 raise error(name, str(exc)) from None
         try:
