@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from batchd.errors import ItemFormatError
-from batchd.items.convert import ItemModel, convert_value, format_text, item_to_dict
+from batchd.items.convert import Converter, ItemModel, format_text, item_to_dict
 from batchd.items.files import ChecksumSpec, FileItemReader, FileItemWriter, PathLike
 
 _NUMERIC = (int, float, Decimal)
@@ -84,6 +84,14 @@ class FixedWidthItemReader(FileItemReader):
         self.columns = as_columns(columns)
         self.model = model
         self.width = sum(c.width for c in self.columns)
+        # Per column, once: (name, start, end, converter; None for text).
+        self._fields: list[tuple[str, int, int, Converter | None]] = []
+        position = 0
+        for column in self.columns:
+            end = position + column.width
+            converter = None if column.type is str else Converter(column.type)
+            self._fields.append((column.name, position, end, converter))
+            position = end
         self._item_model = ItemModel(model, blank_is_none=False)
         missing = self._item_model.missing_fields([c.name for c in self.columns])
         if missing:
@@ -99,19 +107,19 @@ class FixedWidthItemReader(FileItemReader):
                 line, None, f"line is {len(text)} characters long, the columns take {self.width}"
             )
         record: dict[str, Any] = {}
-        position = 0
-        for column in self.columns:
-            value = text[position : position + column.width].strip()
-            position += column.width
-            if column.type is str:
-                record[column.name] = value
+        for name, start, end, convert in self._fields:
+            value = text[start:end].strip()
+            if convert is None:
+                record[name] = value
             elif not value:
-                record[column.name] = None
+                record[name] = None
             else:
                 try:
-                    record[column.name] = convert_value(value, column.type)
+                    record[name] = convert(value)
                 except ValueError as exc:
-                    raise self._error(line, column.name, str(exc)) from None
+                    raise self._error(line, name, str(exc)) from None
+        if self.model is None:
+            return record
         return self._item_model.build(record, self._errors_at(line))
 
 
