@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,6 +125,31 @@ class CsvItemReader(FileItemReader):
             return self._item_model.build(record, self._errors_at(start))
 
 
+# Values csv.writer writes as format_text() would: str as it is, int and float as str(),
+# None as an empty field.
+_PLAIN_TYPES = frozenset({str, int, float, type(None)})
+
+
+def _plain_rows(items: list[Any], fields: list[str], allowed: set[str] | None) -> Any:
+    """The rows of a chunk of plain dicts that have every field, no other key and only
+    values of _PLAIN_TYPES, found with C-level passes (map, itemgetter); None when any item
+    is otherwise, and the writer's loop handles the chunk."""
+    if set(map(type, items)) != {dict}:
+        return None
+    if allowed is not None and not all(map(allowed.issuperset, items)):
+        return None
+    getter = operator.itemgetter(*fields)
+    try:
+        rows = list(map(getter, items))
+    except KeyError:
+        return None  # a missing field is written empty by the loop
+    if len(fields) == 1:
+        rows = [(value,) for value in rows]
+    if not _PLAIN_TYPES.issuperset(map(type, itertools.chain.from_iterable(rows))):
+        return None
+    return rows
+
+
 class CsvItemWriter(FileItemWriter):
     """Writes items as CSV rows, with a header row unless ``header=False``.
 
@@ -200,6 +227,10 @@ class CsvItemWriter(FileItemWriter):
         # unknown keys are found with one set test (the error's details are worked out only
         # when there is one), and format_text is called only for values that are not str.
         allowed = set(fields) if derived or self.fields is None else None
+        plain = _plain_rows(items, fields, allowed)
+        if plain is not None:
+            rows.extend(plain)
+            items = []  # all of them are in rows already
         for item in items:
             record = item if type(item) is dict else item_to_dict(item)
             if allowed is not None and not allowed.issuperset(record):
