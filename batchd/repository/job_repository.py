@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -161,28 +161,25 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                     conn, job_name, job_key, identifying_params, now
                 )
                 # Lock the instance row: concurrent creators for one instance queue here.
-                conn.execute(
-                    update(job_instance)
-                    .where(job_instance.c.id == instance_id)
-                    .values(version=job_instance.c.version + 1)
-                )
+                conn.execute(_LOCK_INSTANCE, {"b_id": instance_id})
                 last = self._last_execution_of_instance(conn, instance_id)
                 decide(last)
                 execution_id = inserted_id(
                     conn.execute(
-                        insert(job_execution).values(
-                            instance_id=instance_id,
-                            job_name=job_name,
-                            params=canonical_json(params),
-                            status=BatchStatus.STARTING.value,
-                            create_time=now,
-                            last_updated=now,
-                            owner_host=owner.host,
-                            owner_pid=owner.pid,
-                            heartbeat=now,
-                            version=0,
-                            attempt=(last.attempt if last is not None else 0) + 1,
-                        )
+                        _INSERT_EXECUTION,
+                        {
+                            "instance_id": instance_id,
+                            "job_name": job_name,
+                            "params": canonical_json(params),
+                            "status": BatchStatus.STARTING.value,
+                            "create_time": now,
+                            "last_updated": now,
+                            "owner_host": owner.host,
+                            "owner_pid": owner.pid,
+                            "heartbeat": now,
+                            "version": 0,
+                            "attempt": (last.attempt if last is not None else 0) + 1,
+                        },
                     )
                 )
                 record_changes(
@@ -191,9 +188,8 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                 # A restart continues with the job context its previous execution saved.
                 previous_context = self._load_job_context(conn, last.id) if last is not None else {}
                 conn.execute(
-                    insert(job_execution_context).values(
-                        job_execution_id=execution_id, context=canonical_json(previous_context)
-                    )
+                    _INSERT_JOB_CONTEXT,
+                    {"job_execution_id": execution_id, "context": canonical_json(previous_context)},
                 )
         except IntegrityError as exc:
             if _is_second_running_execution(exc):
@@ -214,26 +210,30 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
         identifying_params: dict[str, Any],
         now: datetime,
     ) -> int:
-        insert_stmt = self._insert_ignoring_conflict(conn).values(
-            job_name=job_name,
-            job_key=job_key,
-            params=canonical_json(identifying_params),
-            create_time=now,
-            version=0,
+        conn.execute(
+            self._insert_ignoring_conflict(conn),
+            {
+                "job_name": job_name,
+                "job_key": job_key,
+                "params": canonical_json(identifying_params),
+                "create_time": now,
+                "version": 0,
+            },
         )
-        conn.execute(insert_stmt)
         instance_id: int = conn.execute(
-            select(job_instance.c.id).where(
-                job_instance.c.job_name == job_name, job_instance.c.job_key == job_key
-            )
+            _INSTANCE_ID, {"b_name": job_name, "b_key": job_key}
         ).scalar_one()
         return instance_id
 
     @staticmethod
     def _insert_ignoring_conflict(conn: Connection) -> Any:
-        return dialect_insert(conn)(job_instance).on_conflict_do_nothing(
-            index_elements=["job_name", "job_key"]
-        )
+        stmt = _INSERT_INSTANCE.get(conn.dialect.name)
+        if stmt is None:
+            stmt = dialect_insert(conn)(job_instance).on_conflict_do_nothing(
+                index_elements=["job_name", "job_key"]
+            )
+            _INSERT_INSTANCE[conn.dialect.name] = stmt
+        return stmt
 
     def get_instance(self, instance_id: int) -> JobInstance | None:
         with self.reading() as conn:
@@ -266,7 +266,8 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     def get_execution(self, execution_id: int) -> JobExecution | None:
         with self.reading() as conn:
-            found = self._executions(conn, job_execution.c.id == execution_id, limit=1)
+            rows = conn.execute(_EXECUTION_BY_ID, {"b_id": execution_id}).mappings().all()
+            found = self._with_steps(conn, rows)
         return found[0] if found else None
 
     def require_execution(self, execution_id: int) -> JobExecution:
@@ -309,7 +310,8 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
     def _last_execution_of_instance(
         self, conn: Connection, instance_id: int
     ) -> JobExecution | None:
-        found = self._executions(conn, job_execution.c.instance_id == instance_id, limit=1)
+        rows = conn.execute(_LAST_OF_INSTANCE, {"b_instance": instance_id}).mappings().all()
+        found = self._with_steps(conn, rows)
         return found[0] if found else None
 
     def _executions(
@@ -318,14 +320,16 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
         query = select(job_execution).where(condition).order_by(job_execution.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
-        rows = conn.execute(query).mappings().all()
+        return self._with_steps(conn, conn.execute(query).mappings().all())
+
+    @staticmethod
+    def _with_steps(conn: Connection, rows: Sequence[Any]) -> list[JobExecution]:
+        """The executions of ``rows`` with their step executions (one more query)."""
         if not rows:
             return []
         steps_by_execution: dict[int, list[StepExecution]] = {row["id"]: [] for row in rows}
         step_rows = conn.execute(
-            select(step_execution)
-            .where(step_execution.c.job_execution_id.in_(list(steps_by_execution)))
-            .order_by(step_execution.c.id)
+            _STEPS_OF_EXECUTIONS, {"b_ids": list(steps_by_execution)}
         ).mappings()
         for step_row in step_rows:
             steps_by_execution[step_row["job_execution_id"]].append(to_step_execution(step_row))
@@ -426,11 +430,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     @staticmethod
     def _save_job_context(conn: Connection, execution_id: int, context: dict[str, Any]) -> None:
-        conn.execute(
-            update(job_execution_context)
-            .where(job_execution_context.c.job_execution_id == execution_id)
-            .values(context=canonical_json(context))
-        )
+        conn.execute(_SAVE_JOB_CONTEXT, {"b_id": execution_id, "context": canonical_json(context)})
 
     def load_job_context(self, execution_id: int) -> dict[str, Any]:
         with self.reading() as conn:
@@ -438,11 +438,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     @staticmethod
     def _load_job_context(conn: Connection, execution_id: int) -> dict[str, Any]:
-        text_value = conn.execute(
-            select(job_execution_context.c.context).where(
-                job_execution_context.c.job_execution_id == execution_id
-            )
-        ).scalar_one_or_none()
+        text_value = conn.execute(_LOAD_JOB_CONTEXT, {"b_id": execution_id}).scalar_one_or_none()
         return json.loads(text_value) if text_value else {}
 
     # ------------------------------------------------------ requests from anyone
@@ -557,15 +553,55 @@ def _update_if_unchanged(
     """Compare-and-set: update the execution's row (and bump its version) only if it is
     still at the version ``execution`` last saw and in one of ``statuses``."""
     changed = conn.execute(
-        update(job_execution)
-        .where(
-            job_execution.c.id == execution.id,
-            job_execution.c.version == execution.version,
-            job_execution.c.status.in_(statuses),
-        )
-        .values(version=execution.version + 1, **values)
+        _UPDATE_IF_UNCHANGED,
+        {
+            **values,
+            "version": execution.version + 1,
+            "b_id": execution.id,
+            "b_version": execution.version,
+            "b_statuses": list(statuses),
+        },
     ).rowcount
     return bool(changed == 1)
+
+
+# The statements of every run, built once with bound parameters: constructing a Core
+# statement and its cache key cost more than executing it on SQLite. An UPDATE's SET clause
+# comes from the parameters' column names.
+_LOCK_INSTANCE = (
+    update(job_instance)
+    .where(job_instance.c.id == bindparam("b_id"))
+    .values(version=job_instance.c.version + 1)
+)
+_INSERT_INSTANCE: dict[str, Any] = {}  # by dialect name
+_INSTANCE_ID = select(job_instance.c.id).where(
+    job_instance.c.job_name == bindparam("b_name"), job_instance.c.job_key == bindparam("b_key")
+)
+_INSERT_EXECUTION = insert(job_execution)
+_INSERT_JOB_CONTEXT = insert(job_execution_context)
+_EXECUTION_BY_ID = select(job_execution).where(job_execution.c.id == bindparam("b_id"))
+_LAST_OF_INSTANCE = (
+    select(job_execution)
+    .where(job_execution.c.instance_id == bindparam("b_instance"))
+    .order_by(job_execution.c.id.desc())
+    .limit(1)
+)
+_STEPS_OF_EXECUTIONS = (
+    select(step_execution)
+    .where(step_execution.c.job_execution_id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(step_execution.c.id)
+)
+_UPDATE_IF_UNCHANGED = update(job_execution).where(
+    job_execution.c.id == bindparam("b_id"),
+    job_execution.c.version == bindparam("b_version"),
+    job_execution.c.status.in_(bindparam("b_statuses", expanding=True)),
+)
+_SAVE_JOB_CONTEXT = update(job_execution_context).where(
+    job_execution_context.c.job_execution_id == bindparam("b_id")
+)
+_LOAD_JOB_CONTEXT = select(job_execution_context.c.context).where(
+    job_execution_context.c.job_execution_id == bindparam("b_id")
+)
 
 
 def _is_second_running_execution(error: IntegrityError) -> bool:

@@ -29,6 +29,10 @@ class StatusChange:
     message: str | None
 
 
+# Built once: constructing a Core statement costs more than executing it on SQLite.
+_INSERT = insert(status_history)
+
+
 def record_changes(
     conn: Connection,
     changes: Sequence[tuple[int, int | None, str | None, BatchStatus]],
@@ -42,7 +46,7 @@ def record_changes(
     if not changes:
         return
     conn.execute(
-        insert(status_history),
+        _INSERT,
         [
             {
                 "job_execution_id": job_id,

@@ -45,6 +45,31 @@ _COMMIT_CHUNK = (
 )
 
 
+# The statements of every run, built once with bound parameters (constructing a Core
+# statement and its cache key cost more than executing it on SQLite).
+_STEP_HISTORY = (
+    select(step_execution)
+    .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+    .where(
+        job_execution.c.instance_id == bindparam("b_instance"),
+        step_execution.c.step_name == bindparam("b_step"),
+        step_execution.c.id > bindparam("b_after"),
+    )
+    .order_by(step_execution.c.id.desc())
+)
+_EXECUTION_STATUS = select(job_execution.c.status).where(job_execution.c.id == bindparam("b_id"))
+_INSERT_STEP = insert(step_execution)
+# The SET clause comes from the parameters' column names.
+_FINISH_STEP = update(step_execution).where(
+    step_execution.c.id == bindparam("b_id"), step_execution.c.version == bindparam("b_version")
+)
+_LOAD_STEP_CONTEXT = select(step_context.c.context).where(
+    step_context.c.instance_id == bindparam("b_instance"),
+    step_context.c.step_name == bindparam("b_step"),
+)
+_SAVE_STEP_CONTEXT: dict[str, Any] = {}  # by dialect name
+
+
 class StepRecords(StatusHistory):
     """The step executions' part of :class:`batchd.repository.SqlJobRepository`."""
 
@@ -54,14 +79,8 @@ class StepRecords(StatusHistory):
         with self.reading() as conn:
             rows = (
                 conn.execute(
-                    select(step_execution)
-                    .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
-                    .where(
-                        job_execution.c.instance_id == instance_id,
-                        step_execution.c.step_name == step_name,
-                        step_execution.c.id > after_id,
-                    )
-                    .order_by(step_execution.c.id.desc())
+                    _STEP_HISTORY,
+                    {"b_instance": instance_id, "b_step": step_name, "b_after": after_id},
                 )
                 .mappings()
                 .all()
@@ -143,9 +162,7 @@ class StepRecords(StatusHistory):
         now = self.clock()
         created = []
         with self.engine.begin() as conn:
-            status = conn.execute(
-                select(job_execution.c.status).where(job_execution.c.id == execution.id)
-            ).scalar_one_or_none()
+            status = conn.execute(_EXECUTION_STATUS, {"b_id": execution.id}).scalar_one_or_none()
             if status not in RUNNING:
                 raise ExecutionLost(
                     f"job execution {execution.id} was ended elsewhere ({status}); "
@@ -154,15 +171,16 @@ class StepRecords(StatusHistory):
             for step_name, context in steps:
                 step_id = inserted_id(
                     conn.execute(
-                        insert(step_execution).values(
-                            job_execution_id=execution.id,
-                            step_name=step_name,
-                            status=BatchStatus.STARTED.value,
-                            execution_context=canonical_json(context),
-                            start_time=now,
-                            last_updated=now,
-                            version=0,
-                        )
+                        _INSERT_STEP,
+                        {
+                            "job_execution_id": execution.id,
+                            "step_name": step_name,
+                            "status": BatchStatus.STARTED.value,
+                            "execution_context": canonical_json(context),
+                            "start_time": now,
+                            "last_updated": now,
+                            "version": 0,
+                        },
                     )
                 )
                 record_changes(
@@ -233,20 +251,19 @@ class StepRecords(StatusHistory):
         now = self.clock()
         with self.engine.begin() as conn:
             changed = conn.execute(
-                update(step_execution)
-                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
-                .values(
-                    step.counters()
-                    | {
-                        "status": status.value,
-                        "exit_status": exit_status or status.value,
-                        "exit_message": exit_message,
-                        "execution_context": context_json,
-                        "end_time": now,
-                        "last_updated": now,
-                        "version": step.version + 1,
-                    }
-                )
+                _FINISH_STEP,
+                step.counters()
+                | {
+                    "status": status.value,
+                    "exit_status": exit_status or status.value,
+                    "exit_message": exit_message,
+                    "execution_context": context_json,
+                    "end_time": now,
+                    "last_updated": now,
+                    "version": step.version + 1,
+                    "b_id": step.id,
+                    "b_version": step.version,
+                },
             ).rowcount
             if changed != 1:
                 raise ExecutionLost(
@@ -268,10 +285,7 @@ class StepRecords(StatusHistory):
     def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
         with self.reading() as conn:
             text_value = conn.execute(
-                select(step_context.c.context).where(
-                    step_context.c.instance_id == instance_id,
-                    step_context.c.step_name == step_name,
-                )
+                _LOAD_STEP_CONTEXT, {"b_instance": instance_id, "b_step": step_name}
             ).scalar_one_or_none()
         return json.loads(text_value) if text_value else {}
 
@@ -279,14 +293,17 @@ class StepRecords(StatusHistory):
     def _save_step_context(
         conn: Connection, instance_id: int, step_name: str, value: dict[str, Any]
     ) -> None:
-        stmt = dialect_insert(conn)(step_context).values(
-            instance_id=instance_id, step_name=step_name, context=canonical_json(value)
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
+        upsert = _SAVE_STEP_CONTEXT.get(conn.dialect.name)
+        if upsert is None:
+            stmt = dialect_insert(conn)(step_context)
+            upsert = stmt.on_conflict_do_update(
                 index_elements=["instance_id", "step_name"],
                 set_={"context": stmt.excluded.context},
             )
+            _SAVE_STEP_CONTEXT[conn.dialect.name] = upsert
+        conn.execute(
+            upsert,
+            {"instance_id": instance_id, "step_name": step_name, "context": canonical_json(value)},
         )
 
 
