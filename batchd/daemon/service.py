@@ -159,6 +159,14 @@ class Daemon:
         # socket is refused here, before it touches the repository or fires anything.
         self.control = ControlServer(self)
         self._open(lifecycle, Part("control socket", self.control.bind, self.control.close))
+        if settings.isolation == "process":
+            # Started now, its imports overlap the repository's start (waited for below).
+            self.workers = WorkerPool(self.config_path)
+            lifecycle.start(
+                Part(
+                    "worker processes", self.workers.start, self.workers.close, self.workers.threads
+                )
+            )
         try:
             repository = SqlJobRepository(settings.database_url)
         except RepositoryError as error:
@@ -269,15 +277,12 @@ class Daemon:
             settings.log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StartupFailed(EX_CANTCREAT, f"cannot create log_dir: {error}") from error
-        self.workers = WorkerPool(self.config_path)
-        lifecycle.start(
-            Part("worker processes", self._start_workers, self.workers.close, self.workers.threads)
-        )
+        lifecycle.start(Part("warm worker process", self._workers_ready))
         return ProcessOperator(repository, registry, self.workers, lambda: self.settings, **options)
 
-    def _start_workers(self) -> None:
+    def _workers_ready(self) -> None:
         try:
-            self.workers.start()
+            self.workers.wait_ready()
         except WorkersUnavailable as error:
             raise StartupFailed(EX_SOFTWARE, str(error)) from error
 

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import re
 import selectors
 import signal
 import socket
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 output_log = logging.getLogger("batchd.worker")
 
 _MESSAGE_MAX = 1 << 16
+# The time a worker's log record starts with (workers_zygote.LOG_FORMAT): kept in the
+# execution's log file, dropped from the copy in the daemon's log, which stamps its own.
+_WORKER_STAMP = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 # How long the start-up or a reload waits for a new warm process to import the jobs.
 READY_TIMEOUT = 120.0
 
@@ -110,14 +114,18 @@ class Worker:
             lines = (self._partial + data).split(b"\n")
             self._partial = lines.pop()
         for line in lines:
-            output_log.info("execution %s: %s", self.execution_id, line.decode(errors="replace"))
+            self._pass_on(line)
+
+    def _pass_on(self, line: bytes) -> None:
+        stamp = _WORKER_STAMP.match(line)
+        if stamp is not None:
+            line = line[stamp.end() :]
+        output_log.info("execution %s: %s", self.execution_id, line.decode(errors="replace"))
 
     def _close_output(self) -> None:
         with self._lock:
             if self._partial:
-                output_log.info(
-                    "execution %s: %s", self.execution_id, self._partial.decode(errors="replace")
-                )
+                self._pass_on(self._partial)
             if self._log is not None:
                 self._log.close()
         self.output_closed.set()
@@ -155,13 +163,23 @@ class WorkerPool:
         self._forking = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._starting: _Zygote | None = None
         self._thread = threading.Thread(target=self._loop, name="batchd-workers", daemon=True)
 
     # ---------------------------------------------------------------- from other threads
 
     def start(self) -> None:
+        """Start the warm process; :meth:`wait_ready` waits for its imports (meanwhile the
+        daemon goes on starting up: the two overlap)."""
         self._thread.start()
-        self.remake()
+        made: queue.SimpleQueue[_Zygote | None] = queue.SimpleQueue()
+        self._call(lambda: made.put(self._spawn()))
+        self._starting = made.get()
+
+    def wait_ready(self) -> None:
+        zygote, self._starting = self._starting, None
+        if zygote is None or not zygote.ready.wait(READY_TIMEOUT) or zygote.dead:
+            raise WorkersUnavailable("the warm worker process did not start (see the log)")
 
     def threads(self) -> list[threading.Thread]:
         return [self._thread]
@@ -171,9 +189,8 @@ class WorkerPool:
         and leaves once its running workers have ended. Returns once the new one is ready."""
         made: queue.SimpleQueue[_Zygote | None] = queue.SimpleQueue()
         self._call(lambda: made.put(self._spawn()))
-        zygote = made.get()
-        if zygote is None or not zygote.ready.wait(READY_TIMEOUT) or zygote.dead:
-            raise WorkersUnavailable("the warm worker process did not start (see the log)")
+        self._starting = made.get()
+        self.wait_ready()
 
     def take(self) -> Worker:
         """A forked worker waiting for its execution; another is forked to replace it."""
@@ -325,7 +342,7 @@ class WorkerPool:
                 if zygote is self._current and not self._closing:
                     self._spares.append(worker)
                 else:
-                    worker.command.shutdown(socket.SHUT_RDWR)  # nobody will need it
+                    worker.release()  # nobody will need it: it reads the end and exits
                 self._cond.notify_all()
         elif "exited" in report:
             exited = zygote.workers.pop(report["exited"], None)
@@ -346,7 +363,9 @@ class WorkerPool:
             spares = [w for w in self._spares if w.pid in zygote.workers]
             for worker in spares:
                 self._spares.remove(worker)
-                worker.command.shutdown(socket.SHUT_RDWR)
+                # Our end closed (not only shut down: a reload must not leak it), the
+                # spare reads the end and exits.
+                worker.release()
         try:
             zygote.channel.shutdown(socket.SHUT_WR)
         except OSError:

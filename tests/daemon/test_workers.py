@@ -39,6 +39,9 @@ def _config(tmp: Path) -> str:
     )
 
 
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (read from /proc, children of children included)."""
     children: dict[int, list[int]] = {}
@@ -122,7 +125,15 @@ def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
     # Its output, with its log records, is in its log file and in the daemon's log.
     assert "healthy run 1 working for 0.1s" in logs[0]
     assert "healthy done" in logs[0]
+    assert re.match(STAMP, logs[0])  # the worker's own time, in its file
     wait_until(lambda: f"execution {first}: healthy done" in launched.daemon.output())
+    # In the daemon's log the line carries the daemon's time, not the worker's as well.
+    [line] = [
+        line
+        for line in launched.daemon.output().splitlines()
+        if f"execution {first}: healthy done" in line
+    ]
+    assert len(re.findall(STAMP, line)) == 1, line
 
 
 def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
@@ -197,6 +208,38 @@ def test_sighup_remakes_the_warm_process_without_touching_running_workers(
     later = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
     assert control.wait_for_status(later, "COMPLETED", "FAILED")["status"] == "COMPLETED"
     assert control.wait_for_status(running, "COMPLETED", "FAILED")["status"] == "COMPLETED"
+
+
+def _open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_reloads_leave_the_daemon_no_more_open_files(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    daemon = launched.daemon
+
+    def reload() -> None:
+        daemon.notify.messages.clear()
+        daemon.signal(signal.SIGHUP)
+        daemon.notify.wait_for("RELOADING=1")
+        daemon.notify.wait_for("READY=1")
+
+    reload()  # everything a first reload opens once (and keeps) is open from here on
+    # Settled: the old warm process and its spare gone, the new spare forked.
+    wait_until(lambda: len(_descendants(daemon.proc.pid)) == 2)
+    before = _open_fds(daemon.proc.pid)
+    for _ in range(5):
+        reload()
+    wait_until(lambda: len(_descendants(daemon.proc.pid)) == 2)
+    wait_until(
+        lambda: _open_fds(daemon.proc.pid) <= before,
+        what=f"the daemon's open files back to {before} (now {_open_fds(daemon.proc.pid)})",
+    )
+    control = launched.connect()
+    ran = control.call("start", job="healthy", params={"run": 1, "seconds": 0.1})["id"]
+    assert control.wait_for_status(ran, "COMPLETED", "FAILED")["status"] == "COMPLETED"
 
 
 def test_limits_are_checked_naming_the_key(tmp_path: Path) -> None:
