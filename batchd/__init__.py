@@ -7,33 +7,32 @@ The engine, the repository and the shortcuts are imported when first used, so th
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from batchd.interfaces import (
-    Aggregator,
-    ChunkListener,
-    ItemStream,
-    JobListener,
-    Partitioner,
-    PartitionListener,
-    Processor,
-    Reader,
-    SkipListener,
-    StepListener,
-    Writer,
-)
-from batchd.model import (
-    BatchStatus,
-    ChunkContext,
-    ExecutionContext,
-    JobExecution,
-    JobInstance,
-    StepContext,
-    StepExecution,
-)
-
 if TYPE_CHECKING:
     from batchd.engine import JobBuilder, JobOperator, JobRegistry, StepBuilder
     from batchd.engine.builders import RunIdIncrementer
     from batchd.engine.flow import END, FAIL, Decision, stop_and_restart
+    from batchd.interfaces import (
+        Aggregator,
+        ChunkListener,
+        ItemStream,
+        JobListener,
+        Partitioner,
+        PartitionListener,
+        Processor,
+        Reader,
+        SkipListener,
+        StepListener,
+        Writer,
+    )
+    from batchd.model import (
+        BatchStatus,
+        ChunkContext,
+        ExecutionContext,
+        JobExecution,
+        JobInstance,
+        StepContext,
+        StepExecution,
+    )
     from batchd.repository import SqlJobRepository
     from batchd.shortcuts import (
         configure,
@@ -47,7 +46,36 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+# The Protocols and the records too: ``batchd ctl`` imports this package and needs neither.
 _LAZY = {
+    **dict.fromkeys(
+        (
+            "Aggregator",
+            "ChunkListener",
+            "ItemStream",
+            "JobListener",
+            "Partitioner",
+            "PartitionListener",
+            "Processor",
+            "Reader",
+            "SkipListener",
+            "StepListener",
+            "Writer",
+        ),
+        "batchd.interfaces",
+    ),
+    **dict.fromkeys(
+        (
+            "BatchStatus",
+            "ChunkContext",
+            "ExecutionContext",
+            "JobExecution",
+            "JobInstance",
+            "StepContext",
+            "StepExecution",
+        ),
+        "batchd.model",
+    ),
     "JobBuilder": "batchd.engine",
     **dict.fromkeys(("END", "FAIL", "Decision", "stop_and_restart"), "batchd.engine.flow"),
     "RunIdIncrementer": "batchd.engine.builders",
