@@ -55,7 +55,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Final
@@ -155,23 +155,16 @@ def _duplicate_reason(claim: FileClaim) -> str:
     return f"already taken at {when} (claim {claim.id}, {claim.state}{execution})"
 
 
+@dataclass(eq=False)
 class FileTaker:
     """Takes files for the watcher (which serialises the calls: one take at a time)."""
 
-    def __init__(
-        self,
-        operator: JobOperator,
-        store: TriggerStore,
-        *,
-        timezone: tzinfo,
-        lease: timedelta,
-        may_take_over: Callable[[], bool],
-    ) -> None:
-        self._operator = operator
-        self._store = store
-        self._tz = timezone
-        self.lease = lease
-        self._may_take_over = may_take_over
+    operator: JobOperator
+    store: TriggerStore
+    _: KW_ONLY
+    timezone: tzinfo
+    lease: timedelta
+    may_take_over: Callable[[], bool]
 
     # ----------------------------------------------------------------- a new file
 
@@ -192,16 +185,16 @@ class FileTaker:
         except Rejected as refusal:
             return self._reject(state, path, name, refusal.outcome, refusal.reason)
         dest = free_path(state.root / PROCESSED, name)
-        variables = state.variables(name, dest, size, mtime_ns, digest, self._tz)
+        variables = state.variables(name, dest, size, mtime_ns, digest, self.timezone)
         try:
             params = self._params(state, name, variables, content)
         except Rejected as rejection:
             return self._reject(state, path, name, rejection.outcome, rejection.reason)
-        claim = self._store.claim_file(
+        claim = self.store.claim_file(
             state.name, name, digest, destination=str(dest), params=params
         )
         if claim is None:
-            existing = self._store.claim_of_file(state.name, name, digest)
+            existing = self.store.claim_of_file(state.name, name, digest)
             if existing is None:  # claimed and gone again: cannot happen, but do not guess
                 return None
             decision = self._decide(existing)
@@ -213,7 +206,7 @@ class FileTaker:
                     return None  # the node holding the claim has moved it meanwhile
                 reason = _duplicate_reason(existing)
                 return self._reject(state, path, name, "duplicate", reason)
-            claim = self._store.take_file_claim(existing, destination=str(dest), params=params)
+            claim = self.store.take_file_claim(existing, destination=str(dest), params=params)
             if claim is None:
                 return None  # another node took it over first
             log.warning(
@@ -232,10 +225,10 @@ class FileTaker:
     def _decide(self, claim: FileClaim) -> Decision:
         return decide(
             claim,
-            node=self._store.node,
-            now=self._store.repository.clock(),
+            node=self.store.node,
+            now=self.store.repository.clock(),
             lease=self.lease,
-            others_dead=self._may_take_over(),
+            others_dead=self.may_take_over(),
         )
 
     def _params(
@@ -249,7 +242,7 @@ class FileTaker:
         if name.lower().endswith(".json"):
             params.update(json_params(content))
         try:
-            self._operator.registry.get(state.settings.job).parameters(params)
+            self.operator.registry.get(state.settings.job).parameters(params)
         except BatchError as error:  # NoSuchJob, InvalidJobParameters
             raise Rejected(str(error)) from None
         return params
@@ -272,9 +265,9 @@ class FileTaker:
         """Start the job of a claimed file that is in processed/."""
         dest = Path(claim.destination or "")
         try:
-            execution = self._operator.start_async(state.settings.job, claim.params)
+            execution = self.operator.start_async(state.settings.job, claim.params)
         except BatchError as error:
-            if not self._store.refuse_file(claim, str(error)):
+            if not self.store.refuse_file(claim, str(error)):
                 return self._lost(state, claim)
             failpoints.failpoint(AFTER_REFUSAL)
             return self._finish_rejection(state, claim, str(error))
@@ -304,7 +297,7 @@ class FileTaker:
         self, claim: FileClaim, claim_state: str, execution_id: int | None, reason: str | None
     ) -> None:
         try:
-            if not self._store.finish_file(claim, claim_state, execution_id, reason):
+            if not self.store.finish_file(claim, claim_state, execution_id, reason):
                 log.warning(
                     "watch %s: %s: claim %d was taken over by another node before it could "
                     "be finished %s",
@@ -338,12 +331,12 @@ class FileTaker:
         :func:`decide`), of the watches in ``states``. A claim that fails is logged and
         left for the next pass."""
         results = []
-        for claim in self._store.unfinished_file_claims():
+        for claim in self.store.unfinished_file_claims():
             state = states.get(claim.watch)
             if state is None or self._decide(claim) is not Decision.RESUME:
                 continue
             try:
-                taken = self._store.take_file_claim(claim)
+                taken = self.store.take_file_claim(claim)
                 if taken is None:
                     continue  # another node took it over first
                 log.warning(
@@ -393,11 +386,11 @@ class FileTaker:
     def _started_execution(self, state: WatchState, claim: FileClaim) -> int | None:
         """The execution the claim's taker started before it died, if it got that far."""
         try:
-            job = self._operator.registry.get(state.settings.job)
+            job = self.operator.registry.get(state.settings.job)
             key = job.parameters(claim.params).job_key
         except BatchError:  # the job or its parameters changed: it cannot have started it
             return None
-        return self._store.execution_after(job.name, key, claim.execution_floor)
+        return self.store.execution_after(job.name, key, claim.execution_floor)
 
 
 def _check_safe(state: WatchState, path: Path, name: str, info: os.stat_result) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, exists, select
@@ -141,27 +141,19 @@ def restart_crashed(operator: JobOperator, store: TriggerStore, run: CrashedRun,
     return restarted.id
 
 
+@dataclass(eq=False)
 class Recovery:
     """The daemon's recovery pass over its operator, triggers, node and metrics."""
 
-    def __init__(
-        self,
-        operator: JobOperator,
-        store: TriggerStore,
-        scheduler: Scheduler,
-        watcher: Watcher,
-        membership: Membership,
-        metrics: Metrics,
-    ) -> None:
-        self.operator = operator
-        self.store = store
-        self.scheduler = scheduler
-        self.watcher = watcher
-        self.membership = membership
-        self.metrics = metrics
-        # One pass at a time, whether the timer or the control socket asks.
-        self._lock = threading.Lock()
-        self._refused_restarts: set[int] = set()  # logged once, not every pass
+    operator: JobOperator
+    store: TriggerStore
+    scheduler: Scheduler
+    watcher: Watcher
+    membership: Membership
+    metrics: Metrics
+    # One pass at a time, whether the timer or the control socket asks.
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _refused_restarts: set[int] = field(default_factory=set, init=False)  # logged once
 
     def run(
         self, settings: Settings, *, raise_errors: bool = False
