@@ -39,6 +39,7 @@ from tests.support.jobs import (
     output_table,
     target_table,
 )
+from tests.support.processes import dead_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -284,13 +285,7 @@ def test_recover_leaves_this_operators_own_running_execution_alone(database_url:
 
 def test_a_pid_is_only_checked_on_its_own_host(database_url: str) -> None:
     """A live owner on another host, with a pid that does not exist here, is alive."""
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    pid = int(gone.stdout)
+    pid = dead_pid()
     assert not process_is_alive(pid)  # reaped: no process here has it
     repository = SqlJobRepository(database_url)
     execution, _ = repository.create_execution(

@@ -154,8 +154,11 @@ class Launched:
         return Control(self.socket)
 
 
+Launch = Callable[..., Launched]
+
+
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+def launch(tmp_path: Path) -> Iterator[Launch]:
     """Start the real daemon with a config from :func:`control_config` and wait for READY=1;
     every daemon (and connection) is cleaned up at the end of the test."""
     started: list[DaemonProcess] = []

@@ -14,15 +14,11 @@ import pytest
 
 from batchd import BatchStatus, SqlJobRepository
 from batchd.repository import TriggerStore
-from tests.daemon.support import Control, Launched, control_config, launch, wait_until
+from tests.daemon.support import Control, Launch, control_config, wait_until
 from tests.daemon.test_ctl import ctl, ok
 from tests.daemon.test_daemon import DaemonProcess
 from tests.daemon.test_dependencies import JOBS, NEVER, executions, fires
 from tests.daemon.test_nodes import executions_of, node_config
-
-__all__ = ["launch"]
-
-Launch = Callable[..., Launched]
 
 CALENDARS = """
 [[calendars]]

@@ -12,11 +12,8 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,20 +27,18 @@ from sqlalchemy import select
 import batchd
 from batchd import JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder, StepContext
 from batchd.daemon.protocol import MAX_REQUEST_BYTES, OPERATIONS
-from batchd.repository import Owner
 from batchd.repository.job_repository import PurgeResult
 from batchd.repository.tables import step_context
 from tests.daemon.support import (
     Control,
     DaemonProcess,
+    Launch,
     Launched,
     control_config,
-    launch,  # noqa: F401 - a fixture
     table_counts,
     wait_until,
 )
-
-Launch = Callable[..., Launched]
+from tests.support.processes import dead_owner
 
 SCHEDULE = (
     '[[schedules]]\nname = "daily"\njob = "dated"\ncron = "0 3 * * *"\n'
@@ -104,7 +99,7 @@ def ids(executions: list[dict[str, Any]]) -> list[int]:
 # ------------------------------------------------------------------------------ the socket
 
 
-def test_socket_mode_ping_jobs_and_schedules(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_socket_mode_ping_jobs_and_schedules(launch: Launch, tmp_path: Path) -> None:
     path = tmp_path / "run" / "batchd" / "control.sock"  # its directories do not exist yet
     launched = launch(socket_path=path, mode="0640", extra=SCHEDULE)
     info = os.stat(path)
@@ -149,7 +144,7 @@ def test_socket_mode_ping_jobs_and_schedules(launch: Launch, tmp_path: Path) -> 
     assert not path.exists()
 
 
-def test_start_execution_and_executions(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_start_execution_and_executions(launch: Launch, tmp_path: Path) -> None:
     control = launch().connect()
     first = control.call("start", job="dated", params={"date": "2026-11-01"})
     assert set(first) == EXECUTION_KEYS
@@ -187,7 +182,7 @@ def test_start_execution_and_executions(launch: Launch, tmp_path: Path) -> None:
     assert control.error("execution", id=999999)["type"] == "NoSuchJobExecution"
 
 
-def test_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:
     control = launch().connect()
     numbers = numbers_file(tmp_path / "numbers.txt", 300)  # 0.01 s a number: 3 s in all
     running = control.call("start", job="count_file", params={"file": str(numbers)})
@@ -229,7 +224,7 @@ def test_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:  # no
     assert control.wait_for_status(again["id"], "COMPLETED")["steps"][0]["write_count"] == 3
 
 
-def test_pause_resume_and_fire(launch: Launch) -> None:  # noqa: F811
+def test_pause_resume_and_fire(launch: Launch) -> None:
     control = launch(extra=SCHEDULE).connect()
     assert control.call("pause", schedule="daily") == {"schedule": "daily", "paused": True}
     [daily] = control.call("schedules")["schedules"]
@@ -250,7 +245,7 @@ def test_pause_resume_and_fire(launch: Launch) -> None:  # noqa: F811
         assert control.error(op, schedule="nightly")["type"] == "NoSuchSchedule"
 
 
-def test_backfill(launch: Launch) -> None:  # noqa: F811
+def test_backfill(launch: Launch) -> None:
     control = launch().connect()
     work = {"seconds": 0.4}
     done = control.call("start", job="slow_dated", params={"date": "2026-11-02", **work})
@@ -299,7 +294,7 @@ def test_backfill(launch: Launch) -> None:  # noqa: F811
     assert wrong["type"] == "InvalidJobParameters"
 
 
-def test_reload(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_reload(launch: Launch, tmp_path: Path) -> None:
     launched = launch()
     control = launched.connect()
     assert control.call("schedules") == {"schedules": []}
@@ -318,7 +313,7 @@ def test_reload(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
     assert [s["name"] for s in control.call("schedules")["schedules"]] == ["daily"]
 
 
-def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None:
     # A socket file left by a daemon that was killed: nobody listens, so it is replaced.
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(tmp_path / "control.sock"))
@@ -326,19 +321,13 @@ def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None
     control = launch().connect()
     assert control.call("recover")["recovered"] == []
 
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
     repo = SqlJobRepository(f"sqlite:///{tmp_path / 'batchd.db'}")
     orphan, _ = repo.create_execution(
         job_name="dated",
         job_key="orphan",
         identifying_params={"date": "2026-11-21"},
         params={"date": "2026-11-21"},
-        owner=Owner(socket.gethostname(), int(dead.stdout)),
+        owner=dead_owner(),
         decide=lambda last: None,
     )
     repo.dispose()
@@ -348,7 +337,7 @@ def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None
     assert control.call("recover")["recovered"] == []
 
 
-def test_purge_keeps_incomplete_instances(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_purge_keeps_incomplete_instances(launch: Launch, tmp_path: Path) -> None:
     import tests.daemon.daemon_jobs  # noqa: F401 - registers the jobs
     from batchd.shortcuts import default_registry
 
@@ -544,7 +533,7 @@ BAD_REQUESTS = [
 ]
 
 
-def test_bad_requests_get_error_responses(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_bad_requests_get_error_responses(launch: Launch, tmp_path: Path) -> None:
     launched = launch()
     control = launched.connect()
     for raw, error_type, word in BAD_REQUESTS:
@@ -583,7 +572,7 @@ def test_bad_requests_get_error_responses(launch: Launch, tmp_path: Path) -> Non
     assert launched.daemon.proc.poll() is None
 
 
-def test_silent_and_half_line_clients_block_nobody(launch: Launch) -> None:  # noqa: F811
+def test_silent_and_half_line_clients_block_nobody(launch: Launch) -> None:
     launched = launch()
     silent = [launched.connect().open() for _ in range(10)]
     half = launched.connect()
@@ -654,7 +643,7 @@ def request_as(user: str, path: Path, line: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="running a client as nobody needs root")
-def test_peers_are_checked_with_so_peercred(launch: Launch) -> None:  # noqa: F811
+def test_peers_are_checked_with_so_peercred(launch: Launch) -> None:
     nobody = pwd.getpwnam("nobody")
     # pytest's temp dirs are 0700: the socket goes where nobody can reach it.
     public = Path(tempfile.mkdtemp(prefix="batchd-ctl-", dir="/tmp"))
@@ -721,7 +710,7 @@ class RandomTarget:
 
 
 @pytest.fixture
-def random_target(launch: Launch) -> RandomTarget:  # noqa: F811
+def random_target(launch: Launch) -> RandomTarget:
     """A daemon whose repository holds completed executions only (so no random request can
     stop, restart or abandon anything), and whose jobs all need typed parameters."""
     launched = launch()

@@ -8,19 +8,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.daemon.support import (
     ROOT,
-    Launched,
+    Launch,
     control_config,
-    launch,  # noqa: F401 - a fixture
     wait_until,
 )
-
-Launch = Callable[..., Launched]
 
 SCHEDULE = (
     '[[schedules]]\nname = "daily"\njob = "dated"\ncron = "0 3 * * *"\n'
@@ -40,27 +36,29 @@ def ctl(*args: str, env: dict[str, str] | None = None) -> Result:
 def ctl_at_once(*commands: tuple[tuple[str, ...], dict[str, str] | None]) -> list[Result]:
     """Run several independent ``batchd ctl`` commands at the same time (each takes most
     of a second to import batchd); their results in order."""
+    running = [ctl_process(*args, env=env) for args, env in commands]
+    results = []
+    for process in running:
+        stdout, stderr = process.communicate(timeout=60)
+        results.append(
+            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        )
+    return results
+
+
+def ctl_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``batchd ctl ARGS`` started, its output piped; without the environment's COLUMNS and
+    BATCHD_CONFIG (plus ``env``)."""
     environ = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
     environ.pop("BATCHD_CONFIG", None)
-    running = [
-        (
-            [sys.executable, "-m", "batchd.cli", "ctl", *args],
-            subprocess.Popen(
-                [sys.executable, "-m", "batchd.cli", "ctl", *args],
-                cwd=ROOT,
-                env={**environ, **(env or {})},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-        for args, env in commands
-    ]
-    results = []
-    for argv, process in running:
-        stdout, stderr = process.communicate(timeout=60)
-        results.append(subprocess.CompletedProcess(argv, process.returncode, stdout, stderr))
-    return results
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchd.cli", "ctl", *args],
+        cwd=ROOT,
+        env={**environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ok(*args: str, env: dict[str, str] | None = None) -> str:
@@ -73,7 +71,7 @@ def as_json(*args: str) -> Any:
     return json.loads(ok(*args, "--json"))
 
 
-def test_tables_json_and_errors(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_tables_json_and_errors(launch: Launch, tmp_path: Path) -> None:
     launched = launch()
     sock = str(launched.socket)
     control = launched.connect()
@@ -142,7 +140,7 @@ def test_tables_json_and_errors(launch: Launch, tmp_path: Path) -> None:  # noqa
     assert absent.stderr.startswith(f"batchd: SocketNotFound: no control socket at {nowhere}")
 
 
-def test_progress_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_progress_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> None:
     launched = launch()
     sock = str(launched.socket)
     control = launched.connect()
@@ -177,7 +175,7 @@ def test_progress_stop_restart_and_abandon(launch: Launch, tmp_path: Path) -> No
     assert refused.returncode == 1 and refused.stderr.startswith("batchd: JobRestartError: ")
 
 
-def test_schedules_backfill_purge_reload_recover(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_schedules_backfill_purge_reload_recover(launch: Launch, tmp_path: Path) -> None:
     launched = launch(extra=SCHEDULE)
     sock = str(launched.socket)
     control = launched.connect()
@@ -258,7 +256,7 @@ HEAVY = (
 )
 
 
-def test_ctl_sends_a_line_without_importing_the_heavy_modules(launch: Launch) -> None:  # noqa: F811
+def test_ctl_sends_a_line_without_importing_the_heavy_modules(launch: Launch) -> None:
     launched = launch()
     script = (
         "import json, sys\n"

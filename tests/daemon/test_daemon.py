@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from batchd import BatchStatus, JobOperator, SqlJobRepository
-from batchd.repository import Owner
+from tests.daemon.process_tree import descendants
+from tests.support.processes import dead_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,8 +61,17 @@ class DaemonProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchd.cli", "run", "--config", str(self.config_path)],
-            cwd=ROOT,
-            env={**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **(env or {})},
+            # In the test's directory: what the daemon keeps relative to its working
+            # directory (per-execution logs, log_dir = "logs") stays out of the checkout.
+            cwd=tmp,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                ),
+                "NOTIFY_SOCKET": str(self.notify.path),
+                **(env or {}),
+            },
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -277,19 +288,13 @@ def test_periodic_recovery_fails_executions_whose_owner_died(
 
 def orphan_execution(tmp_path: Path) -> int:
     """An execution left STARTING by a process of this host that is gone."""
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     repo = SqlJobRepository(f"sqlite:///{tmp_path / 'batchd.db'}")
     execution, _ = repo.create_execution(
         job_name="dated",
         job_key=f"k{time.monotonic_ns()}",
         identifying_params={"date": "2026-11-21"},
         params={"date": "2026-11-21"},
-        owner=Owner(socket.gethostname(), int(dead.stdout)),
+        owner=dead_owner(),
         decide=lambda last: None,
     )
     repo.dispose()
@@ -329,6 +334,14 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     assert timeout_stop > int(grace.rstrip("s"))
 
 
+def sqlite_owner_pid(database: Path, execution_id: int) -> int:
+    with sqlite3.connect(database) as conn:
+        [(pid,)] = conn.execute(
+            "SELECT owner_pid FROM batch_job_execution WHERE id = ?", (execution_id,)
+        ).fetchall()
+    return int(pid)
+
+
 def test_sigterm_stops_partitions_in_worker_processes_and_a_restart_completes(
     start_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
@@ -345,13 +358,12 @@ def test_sigterm_stops_partitions_in_worker_processes_and_a_restart_completes(
         return len(parts) == 2 and all(s["commit_count"] > 0 for s in parts)
 
     wait_until(partitions_committed, timeout=30)
-    workers = [
-        int(pid)
-        for pid in subprocess.run(
-            ["pgrep", "-P", str(daemon.proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-    ]
-    assert len(workers) >= 2  # the spawned partition workers (and their resource tracker)
+    # The execution runs in a worker process (isolation = "process", the default), which
+    # spawned the partition workers (and their resource tracker).
+    owner = sqlite_owner_pid(tmp_path / "batchd.db", started["id"])
+    assert owner != daemon.proc.pid and owner in descendants(daemon.proc.pid)
+    workers = descendants(owner)
+    assert len(workers) >= 2
 
     # SIGTERM reaches the partitions as a stop (the workers ignore the signal itself).
     daemon.signal(signal.SIGTERM)

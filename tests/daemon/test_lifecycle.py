@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import pytest
 
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.service import EX_CANTCREAT, Daemon
-from tests.daemon.support import Launched, control_config, launch, wait_until  # noqa: F401
+from tests.daemon.support import Launch, control_config, wait_until
 from tests.daemon.test_daemon import NotifySocket, drop, executions, watch
 
 EX_SOFTWARE = 70
@@ -35,7 +35,7 @@ def rest_of(notify: NotifySocket) -> list[str]:
 
 def test_a_dead_watcher_thread_stops_the_watchdog_and_the_daemon_exits_70(
     tmp_path: Path,
-    launch: Callable[..., Launched],  # noqa: F811
+    launch: Launch,
 ) -> None:
     config = control_config(tmp_path, watch(tmp_path), stop_grace='"1s"')
     failing = {"WATCHDOG_USEC": "400000", "BATCHD_FAILPOINTS": "daemon.component_thread_dies=raise"}

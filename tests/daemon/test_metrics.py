@@ -11,8 +11,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -47,8 +45,9 @@ from batchd.daemon.metrics import (
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import ScheduleSettings, WatchSettings
 from batchd.daemon.watcher import Watcher
-from batchd.repository import Owner, TriggerStore
+from batchd.repository import TriggerStore
 from tests.daemon.test_daemon import DaemonProcess, config, drop, wait_until, watch
+from tests.support.processes import dead_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "etc" / "prometheus" / "batchd-alerts.yml"
@@ -453,18 +452,12 @@ def test_initialise_again_picks_up_an_abandon_and_keeps_what_runs_here(env: Env)
 
 
 def test_recovered_executions_count_as_failed(env: Env) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     orphan, _ = env.repository.create_execution(
         job_name="dated",
         job_key="k",
         identifying_params={"date": "2026-11-21"},
         params={"date": "2026-11-21"},
-        owner=Owner(socket.gethostname(), int(dead.stdout)),
+        owner=dead_owner(),
         decide=lambda last: None,
     )
     env.metrics.initialise_from(env.repository)

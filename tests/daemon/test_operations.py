@@ -9,23 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from batchd import BatchStatus, SqlJobRepository
-from batchd.repository import Owner, TriggerStore
+from batchd.repository import TriggerStore
 from tests.daemon.support import (
     ROOT,
     DaemonProcess,
+    Launch,
     Launched,
     control_config,
-    launch,  # noqa: F401 - a fixture
     wait_until,
 )
-
-Launch = Callable[..., Launched]
+from tests.support.processes import dead_owner
 
 LONG = {"seconds": 60}  # a date that runs until it is stopped
 
@@ -51,7 +49,7 @@ def started(control: Any, count: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------- backfills
 
 
-def test_stopping_the_job_of_a_backfill_ends_the_whole_backfill(launch: Launch) -> None:  # noqa: F811
+def test_stopping_the_job_of_a_backfill_ends_the_whole_backfill(launch: Launch) -> None:
     launched = launch()
     control = launched.connect()
     span = {"from": "2026-11-01", "to": "2026-11-05"}
@@ -85,7 +83,7 @@ def test_stopping_the_job_of_a_backfill_ends_the_whole_backfill(launch: Launch) 
 
 
 def test_ctl_stop_backfill_stops_its_running_dates_and_starts_no_other(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
 ) -> None:
     launched = launch()
     control = launched.connect()
@@ -123,7 +121,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 # ------------------------------------------------------------------------------ reloads
 
 
-def test_a_sighup_and_a_ctl_reload_never_overlap(launch: Launch) -> None:  # noqa: F811
+def test_a_sighup_and_a_ctl_reload_never_overlap(launch: Launch) -> None:
     # The failpoint holds the SIGHUP reload between reading the config and applying it,
     # long enough for the control socket's reload to arrive while it runs.
     launched = launch(env={"BATCHD_FAILPOINTS": "daemon.during_reload=sleep(3)"})
@@ -160,8 +158,6 @@ def crashed_fire(tmp: Path) -> int:
     import tests.daemon.control_jobs  # noqa: F401 - registers slow_dated
     from batchd.shortcuts import default_registry
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          check=True, capture_output=True, text=True)  # fmt: skip
     params = {"date": "2026-01-01", "seconds": 0.5}
     key = default_registry.get("slow_dated").parameters(params).job_key
     repo = SqlJobRepository(f"sqlite:///{tmp / 'batchd.db'}")
@@ -171,7 +167,7 @@ def crashed_fire(tmp: Path) -> int:
             job_key=key,
             identifying_params={"date": "2026-01-01"},
             params=params,
-            owner=Owner(socket.gethostname(), int(dead.stdout)),
+            owner=dead_owner(),
             decide=lambda last: None,
         )
         store = TriggerStore(repo, node=socket.gethostname())
@@ -216,7 +212,7 @@ def completes_once(launched: Launched, tmp: Path, crashed: int, executions: int)
     assert fire["outcome"] == "started" and fire["job_execution_id"] == ids[-1]
 
 
-def test_killed_between_recovery_and_the_restart(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_killed_between_recovery_and_the_restart(launch: Launch, tmp_path: Path) -> None:
     config = control_config(tmp_path, RESTARTING)
     crashed = crashed_fire(tmp_path)
     killed_at(tmp_path, config, "daemon.after_recover")
@@ -226,7 +222,7 @@ def test_killed_between_recovery_and_the_restart(launch: Launch, tmp_path: Path)
     completes_once(launch(config), tmp_path, crashed, executions=2)
 
 
-def test_killed_between_the_restart_and_moving_the_fire(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_killed_between_the_restart_and_moving_the_fire(launch: Launch, tmp_path: Path) -> None:
     config = control_config(tmp_path, RESTARTING)
     crashed = crashed_fire(tmp_path)
     killed_at(tmp_path, config, "daemon.after_crash_restart")
@@ -239,7 +235,7 @@ def test_killed_between_the_restart_and_moving_the_fire(launch: Launch, tmp_path
 
 
 def test_killed_after_taking_over_a_dead_nodes_fire_claim(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     config = control_config(tmp_path, RESTARTING, lease='"2s"', recover_every='"0.5s"')

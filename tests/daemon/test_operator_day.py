@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.daemon.support import (
-    ROOT,
     DaemonProcess,
     Launched,
     control_config,
-    launch,  # noqa: F401 - a fixture
     wait_until,
 )
-from tests.daemon.test_ctl import ctl, ok
+from tests.daemon.test_ctl import ctl, ctl_process, ok
 
 from .test_ctl import Launch
 
@@ -26,7 +22,7 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", re.MULTILINE)
 
 
 def test_a_refused_reload_exits_non_zero_and_names_the_bad_key(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     launched = launch()
@@ -41,7 +37,7 @@ def test_a_refused_reload_exits_non_zero_and_names_the_bad_key(
 
 
 def test_log_lines_carry_their_time_unless_the_journal_adds_it(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     launched = launch()
@@ -57,7 +53,7 @@ def test_log_lines_carry_their_time_unless_the_journal_adds_it(
 
 
 def test_failed_runs_show_their_exit_message_in_executions(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     launched = launch()
@@ -72,7 +68,7 @@ def test_failed_runs_show_their_exit_message_in_executions(
     assert "step 'count' FAILED: FileNotFoundError: [Errno 2] No such file or directory" in row
 
 
-def test_a_parameter_the_model_would_drop_is_refused(launch: Launch) -> None:  # noqa: F811
+def test_a_parameter_the_model_would_drop_is_refused(launch: Launch) -> None:
     sock = str(launch().socket)
     refused = ctl("start", "slow_dated", "--param", "date=2026-11-21", "--param", "colour=red",
                   "--socket", sock)  # fmt: skip
@@ -96,7 +92,7 @@ def test_a_misspelt_batchd_variable_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_second_daemon_on_the_same_socket_is_refused_before_it_fires(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     first: Launched = launch()
@@ -143,7 +139,7 @@ params = { date = "{fire_date}" }
 
 
 def test_ctl_shows_times_with_their_zone_and_durations_as_written(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     sock = str(launch(control_config(tmp_path, ZONED)).socket)
@@ -184,20 +180,8 @@ def lines_file(tmp_path: Path, count: int) -> Path:
     return path
 
 
-def ctl_in_background(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    environ = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchd.cli", "ctl", *args],
-        cwd=ROOT,
-        env={**environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_start_follow_shows_progress_and_exits_with_the_outcome(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     sock = str(launch(control_config(tmp_path, jobs=JOBS)).socket)
@@ -222,14 +206,14 @@ def test_start_follow_shows_progress_and_exits_with_the_outcome(
 
 
 def test_a_stopped_and_restarted_run_counts_the_instance_s_work(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
 ) -> None:
     launched = launch(control_config(tmp_path, jobs=JOBS))
     sock = str(launched.socket)
     control = launched.connect()
     path = lines_file(tmp_path, 400)
-    following = ctl_in_background("start", "lines", "--param", f"file={path}", "--param",
+    following = ctl_process("start", "lines", "--param", f"file={path}", "--param",
                                   "delay=0.01", "--follow", "--socket", sock)  # fmt: skip
 
     def read_by_the_first() -> int:
@@ -261,7 +245,7 @@ def test_a_stopped_and_restarted_run_counts_the_instance_s_work(
     )
 
 
-def test_follow_on_a_terminal_draws_a_bar(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_follow_on_a_terminal_draws_a_bar(launch: Launch, tmp_path: Path) -> None:
     sock = str(launch(control_config(tmp_path, jobs=JOBS)).socket)
     path = lines_file(tmp_path, 200)
     # FORCE_COLOR makes rich take stdout for a terminal, as it is for a person.
@@ -272,7 +256,7 @@ def test_follow_on_a_terminal_draws_a_bar(launch: Launch, tmp_path: Path) -> Non
     assert not re.search(r"^\d\d:\d\d:\d\d execution", followed.stdout, re.MULTILINE)
 
 
-def test_backfill_follow_and_stop_as_one_unit(launch: Launch, tmp_path: Path) -> None:  # noqa: F811
+def test_backfill_follow_and_stop_as_one_unit(launch: Launch, tmp_path: Path) -> None:
     launched = launch(control_config(tmp_path, jobs=JOBS))
     sock = str(launched.socket)
     done = ctl("backfill", "slow_dated", "--from", "2026-11-01", "--to", "2026-11-04",
@@ -284,7 +268,7 @@ def test_backfill_follow_and_stop_as_one_unit(launch: Launch, tmp_path: Path) ->
                for line in lines)  # fmt: skip
     assert "backfill 1 of slow_dated done: 4 dates done, 0 running, 0 left" in lines
 
-    following = ctl_in_background("backfill", "slow_dated", "--from", "2026-12-01", "--to",
+    following = ctl_process("backfill", "slow_dated", "--from", "2026-12-01", "--to",
                                   "2026-12-08", "--params", '{"seconds": 30}', "--follow",
                                   "--interval", "0.1", "--socket", sock)  # fmt: skip
     control = launched.connect()
