@@ -216,8 +216,10 @@ def test_another_node_finishes_the_claim_of_a_node_that_died_after_the_lease(
     start(daemons, tmp_path / "b", node_config(tmp_path / "b", pg_url, "b", inbox))
 
     def settled() -> bool:
+        # The claim first: once it says started, its execution exists for the second read.
+        started = claims(pg_url)[0]["state"] == "started"
         found = executions(pg_url, "count_file")
-        return claims(pg_url)[0]["state"] == "started" and not found[0].status.is_running
+        return started and len(found) == 1 and not found[0].status.is_running
 
     wait_until(settled, 30, "node b to finish node a's claim")
     assert_taken_once(pg_url, inbox, node="b")
