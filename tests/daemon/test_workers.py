@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.process_tree import alive, descendants
 from tests.daemon.support import Launched, control_config, launch, wait_until
 
 __all__ = ["launch"]
@@ -40,33 +41,6 @@ def _config(tmp: Path) -> str:
 
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc, children of children included)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize(
@@ -166,11 +140,11 @@ def test_sigterm_stops_the_workers_and_leaves_no_process(
     stubborn = control.call("start", job="ignores_stops", params={"run": 1})["id"]
     control.wait_for_status(stoppable, "STARTED")
     daemon = launched.daemon.proc.pid
-    below = _descendants(daemon)
+    below = descendants(daemon)
     assert len(below) >= 3  # the warm process and two workers (and a spare)
     launched.daemon.signal(signal.SIGTERM)
     assert launched.daemon.wait(30) == 0
-    wait_until(lambda: not any(_alive(pid) for pid in below))
+    wait_until(lambda: not any(alive(pid) for pid in below))
     with sqlite3.connect(launched.database) as conn:
         statuses = dict(
             conn.execute(
@@ -189,11 +163,11 @@ def test_a_sigkilled_daemon_leaves_no_process(
     control = launched.connect()
     running = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
     control.wait_for_status(running, "STARTED")
-    below = _descendants(launched.daemon.proc.pid)
+    below = descendants(launched.daemon.proc.pid)
     assert below
     launched.daemon.signal(signal.SIGKILL)
     launched.daemon.wait(10)
-    wait_until(lambda: not any(_alive(pid) for pid in below))
+    wait_until(lambda: not any(alive(pid) for pid in below))
 
 
 def test_sighup_remakes_the_warm_process_without_touching_running_workers(
@@ -228,11 +202,11 @@ def test_reloads_leave_the_daemon_no_more_open_files(
 
     reload()  # everything a first reload opens once (and keeps) is open from here on
     # Settled: the old warm process and its spare gone, the new spare forked.
-    wait_until(lambda: len(_descendants(daemon.proc.pid)) == 2)
+    wait_until(lambda: len(descendants(daemon.proc.pid)) == 2)
     before = _open_fds(daemon.proc.pid)
     for _ in range(5):
         reload()
-    wait_until(lambda: len(_descendants(daemon.proc.pid)) == 2)
+    wait_until(lambda: len(descendants(daemon.proc.pid)) == 2)
     wait_until(
         lambda: _open_fds(daemon.proc.pid) <= before,
         what=f"the daemon's open files back to {before} (now {_open_fds(daemon.proc.pid)})",
