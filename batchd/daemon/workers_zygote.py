@@ -255,4 +255,9 @@ class MemoryGuard:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))
+    # Run as this module's importable self, not as __main__: an assignment pickled by the
+    # daemon names batchd.daemon.workers_zygote.Assignment, which every worker would
+    # otherwise import afresh (tens of ms on each start).
+    from batchd.daemon import workers_zygote
+
+    raise SystemExit(workers_zygote.main(sys.argv))
