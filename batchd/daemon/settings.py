@@ -290,7 +290,7 @@ class Settings(Section):
     job: dict[str, JobSettings] = Field(default_factory=dict)
     # DESIGN §6: "process" runs every execution in a worker process, "thread" in the
     # daemon's own threads.
-    isolation: Literal["process", "thread"] = "thread"
+    isolation: Literal["process", "thread"] = "process"
     # Per-execution logs, <log_dir>/<job>/<execution id>.log (relative: to the working
     # directory, as the default SQLite file).
     log_dir: Path = Path("logs")

@@ -34,7 +34,9 @@ from batchd.daemon.workers_zygote import EXIT_MEMORY, Assignment
 from batchd.engine import JobOperator, JobRegistry
 from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job import Job
+from batchd.engine.job_runner import ExecutionHandle
 from batchd.engine.step_run import describe_error
+from batchd.items.paths import input_directories
 from batchd.model import JobExecution, JobParameters
 from batchd.repository import Owner, SqlJobRepository
 
@@ -93,11 +95,25 @@ class ProcessOperator(JobOperator):
     ) -> None:
         super().__init__(repository, registry, max_concurrent_jobs, heartbeat=heartbeat, host=host)
         self.pool = pool
-        # Workers beat for their executions themselves (and hear of stops that way).
-        self._heartbeat = Heartbeat(repository, list, heartbeat)
+        # Workers beat for their executions themselves (and hear of stops that way); the
+        # daemon beats too for every worker it sees alive, as it does for its threads: an
+        # execution's lease then holds while its node does (a crowded machine may delay a
+        # worker's own beat past the lease), and a worker's death is seen at once anyway.
+        self._heartbeat = Heartbeat(repository, self._live_workers, heartbeat)
         self.settings = settings  # read at each start: a reload changes limits
         self._workers: dict[int, Worker] = {}
         self._taking = threading.local()
+
+    def _live_workers(self) -> list[ExecutionHandle]:
+        """Handles for the heartbeat, one per execution whose worker is alive; marked done,
+        so that an end recorded by the worker is not taken for one made elsewhere (stops
+        reach the worker through its own beat and :meth:`stop`)."""
+        with self._lock:
+            ids = [i for i, worker in self._workers.items() if not worker.exited.is_set()]
+        handles = [ExecutionHandle(execution_id) for execution_id in ids]
+        for handle in handles:
+            handle.done.set()
+        return handles
 
     # ------------------------------------------------------------ creating, running
 
@@ -147,7 +163,9 @@ class ProcessOperator(JobOperator):
             # its own job (a reload re-imports the modules, so the daemon's classes may no
             # longer be the ones a worker has).
             payload = pickle.dumps(
-                Assignment(execution, limits.memory_max, self.heartbeat_interval)
+                Assignment(
+                    execution, limits.memory_max, self.heartbeat_interval, input_directories()
+                )
             )
             worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
             log.info(

@@ -47,6 +47,7 @@ from batchd.engine.heartbeat import Heartbeat
 from batchd.engine.job_runner import ExecutionHandle, JobRunner
 from batchd.engine.listeners import Listeners
 from batchd.engine.registry import JobRegistry
+from batchd.items.paths import INPUT_DIRECTORIES_VARIABLE
 from batchd.model import JobExecution, StepExecution
 from batchd.repository import SqlJobRepository
 
@@ -66,6 +67,9 @@ class Assignment:
     execution: JobExecution
     memory_max: int | None
     heartbeat: float
+    # The daemon's input directories as they are now (its watches'; the warm process was
+    # started before the watcher declared them, and a reload may change them).
+    input_directories: list[str]
 
 
 def die_with_parent(parent: int) -> None:
@@ -202,6 +206,7 @@ def run_worker(
         return 0  # a spare the daemon no longer needs
     assignment: Assignment = pickle.loads(message)
     execution = assignment.execution
+    os.environ[INPUT_DIRECTORIES_VARIABLE] = os.pathsep.join(assignment.input_directories)
     if assignment.memory_max is not None:
         # Counts the heap and every private writable mapping: a job past it gets
         # MemoryError (or, in C code, a failed allocation) instead of the OOM killer.

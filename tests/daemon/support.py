@@ -50,6 +50,7 @@ def control_config(
         "stop_grace": '"5s"',
         "heartbeat": '"0.5s"',
         "lease": '"5s"',
+        "log_dir": f'"{tmp / "logs"}"',  # per-execution logs, beside the database
         **settings,
     }
     lines = [f"{key} = {value}" for key, value in values.items()]

@@ -33,8 +33,9 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.messages: list[str] = []
 
-    def wait_for(self, line: str, timeout: float = 15) -> list[str]:
-        """Collect datagrams until one holds ``line``; returns that datagram's lines."""
+    def wait_for(self, line: str, timeout: float = 60) -> list[str]:
+        """Collect datagrams until one holds ``line``; returns that datagram's lines. (A
+        start-up takes 12-20 s at a load average of 10 on two cores.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -59,11 +60,15 @@ class DaemonProcess:
         self.notify = NotifySocket(tmp / f"notify-{time.monotonic_ns()}.sock")
         self.log_path = tmp / "daemon.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.workdir = tmp / "workdir"
+        self.workdir.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "batchd.cli", "run", "--config", str(self.config_path)],
-            # In the test's directory: what the daemon keeps relative to its working
-            # directory (per-execution logs, log_dir = "logs") stays out of the checkout.
-            cwd=tmp,
+            # A directory of its own in the test's: what the daemon keeps relative to its
+            # working directory (per-execution logs, log_dir = "logs") stays out of the
+            # checkout, and the test's other files are not under it (a path parameter may
+            # not lead out of the working directory).
+            cwd=self.workdir,
             env={
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(
