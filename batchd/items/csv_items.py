@@ -50,7 +50,7 @@ class CsvItemReader(FileItemReader):
     start in that byte range (records must not span lines then).
     """
 
-    _runtime: tuple[str, ...] = (*FileItemReader._runtime, "_rows", "_header")
+    _runtime: tuple[str, ...] = (*FileItemReader._runtime, "_rows", "_header", "_fast", "_sizes")
 
     def __init__(
         self,
@@ -70,6 +70,14 @@ class CsvItemReader(FileItemReader):
         self._item_model = ItemModel(model, blank_is_none=True)
         self._rows: Any = None  # a csv.reader over the LineSource
         self._header: list[str] | None = None
+        # Without a byte range to stop at, the records come from a csv.reader over C-level
+        # iterators (the file's readline, decode); the offset and line of the LineSource are
+        # brought up to date from the lines' sizes when they are needed (_sync).
+        self._fast: Any = None
+        self._sizes: Any = None
+        self._fast_base = 0  # physical lines read before the fast reader started
+        self._fast_extra = 0  # lines consumed that csv.reader did not count (undecodable)
+        self._synced = 0  # lines of the fast reader already added to the LineSource
 
     @property
     def header(self) -> list[str] | None:
@@ -93,7 +101,66 @@ class CsvItemReader(FileItemReader):
                 f"(header: {', '.join(self._header)})",
             )
 
+    def _start_fast(self, source: LineSource) -> Any:
+        # The LineSource's bound readline, so that iterating costs no Python call a line.
+        raw, sizes = itertools.tee(iter(source._readline, b""))
+        self._sizes = map(len, sizes)
+        texts = map(operator.methodcaller("decode", self.encoding), raw)
+        self._fast = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quotechar)
+        self._fast_base, self._fast_extra, self._synced = source.line, 0, 0
+        return self._fast
+
+    def _sync(self) -> None:
+        source = self._source
+        if self._fast is None or source is None:
+            return
+        lines = self._fast.line_num + self._fast_extra - self._synced
+        if lines:
+            source.offset += sum(itertools.islice(self._sizes, lines))
+            source.line += lines
+            self._synced += lines
+
+    def update(self, ctx: ExecutionContext) -> None:
+        self._sync()
+        super().update(ctx)
+
+    def close(self) -> None:
+        self._fast = self._sizes = None
+        super().close()
+
+    def _read_fast(self, source: LineSource) -> Any:
+        rows = self._fast or self._start_fast(source)
+        header = self._header or []
+        while True:
+            start = self._fast_base + rows.line_num + self._fast_extra + 1
+            try:
+                row = next(rows)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                raise self._error(start, None, str(exc)) from None
+            except UnicodeDecodeError as exc:
+                self._fast_extra += 1  # the line was read; csv.reader did not count it
+                raise self._error(
+                    start,
+                    None,
+                    f"cannot decode bytes as {self.encoding}: {exc.reason} "
+                    f"at column {exc.start + 1}",
+                ) from None
+            if rows.line_num - self._synced > _SYNC_LINES:
+                self._sync()  # bounds what the tee keeps
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise self._error(start, None, f"expected {len(header)} fields, found {len(row)}")
+            record = dict(zip(header, row))  # noqa: B905 (lengths checked above)
+            if self.model is None:
+                return record
+            return self._item_model.build(record, self._errors_at(start))
+
     def read(self) -> Any:
+        if self._end is None and self._source is not None:
+            return self._read_fast(self._source)
         # Once per item, so the checks of _opened() and _at_end() are inlined, and the
         # error closure for the model is built only when there is a model (a dict record
         # cannot fail to build).
@@ -148,6 +215,10 @@ def _plain_rows(items: list[Any], fields: list[str], allowed: set[str] | None) -
     if not _PLAIN_TYPES.issuperset(map(type, itertools.chain.from_iterable(rows))):
         return None
     return rows
+
+
+# Lines the fast reader may read before it brings the LineSource's offset up to date.
+_SYNC_LINES = 4096
 
 
 class CsvItemWriter(FileItemWriter):
