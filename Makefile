@@ -43,6 +43,11 @@ bench: $(DEV_STAMP)
 	$(PY) bench/sql_throughput.py
 	$(PY) bench/partition_speedup.py
 	$(PY) bench/web_pages.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/file_import.py
+	$(PY) bench/per_run.py --statements
+	$(PY) bench/items_throughput.py
+	$(PY) bench/ctl_latency.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
