@@ -257,3 +257,30 @@ def test_ctl_log_prints_an_executions_log_and_follows_it_to_its_end(
     rest = control.call("log", id=crashed, offset=log["offset"])
     assert rest["text"] == "" and rest["offset"] == log["offset"]
     assert control.error("log", id=99999)["type"] == "NoSuchJobExecution"
+
+
+def test_purge_deletes_the_logs_of_what_it_deletes(
+    launch: Callable[..., Launched], tmp_path: Path
+) -> None:
+    launched = launch(_config(tmp_path))
+    control = launched.connect()
+    old, recent = (
+        control.call("start", job="healthy", params={"run": run, "seconds": 0.1})["id"]
+        for run in (1, 2)
+    )
+    for execution_id in (old, recent):
+        control.wait_for_status(execution_id, "COMPLETED")
+    logs = {i: tmp_path / "logs" / "healthy" / f"{i}.log" for i in (old, recent)}
+    wait_until(lambda: all(path.exists() for path in logs.values()))
+    with sqlite3.connect(launched.database) as conn:  # the first run ended 30 days ago
+        conn.execute(
+            "UPDATE batch_job_execution SET end_time = datetime(end_time, '-30 days') WHERE id = ?",
+            (old,),
+        )
+    control.call("purge", days=7, dry_run=True)
+    assert logs[old].exists()  # a dry run deletes nothing
+    control.call("purge", days=7)
+    assert control.error("execution", id=old)["type"] == "NoSuchJobExecution"
+    assert not logs[old].exists()
+    assert logs[recent].exists()
+    assert control.call("log", id=recent)["text"]
