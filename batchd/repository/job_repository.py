@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -44,6 +44,19 @@ from batchd.repository.base import (
     utc_now,
 )
 from batchd.repository.connect import create_database_engine, parse_database_url
+from batchd.repository.execution_statements import (
+    EXECUTION_BY_ID,
+    INSERT_EXECUTION,
+    INSERT_INSTANCE,
+    INSERT_JOB_CONTEXT,
+    INSTANCE_ID,
+    LAST_OF_INSTANCE,
+    LOAD_JOB_CONTEXT,
+    LOCK_INSTANCE,
+    SAVE_JOB_CONTEXT,
+    STEPS_OF_EXECUTIONS,
+    UPDATE_IF_UNCHANGED,
+)
 from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
 from batchd.repository.liveness import Liveness
 from batchd.repository.mysql import is_duplicate_of
@@ -52,7 +65,6 @@ from batchd.repository.status_history import record_changes
 from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
 from batchd.repository.tables import (
     job_execution,
-    job_execution_context,
     job_instance,
     step_execution,
 )
@@ -161,12 +173,12 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                     conn, job_name, job_key, identifying_params, now
                 )
                 # Lock the instance row: concurrent creators for one instance queue here.
-                conn.execute(_LOCK_INSTANCE, {"b_id": instance_id})
+                conn.execute(LOCK_INSTANCE, {"b_id": instance_id})
                 last = self._last_execution_of_instance(conn, instance_id)
                 decide(last)
                 execution_id = inserted_id(
                     conn.execute(
-                        _INSERT_EXECUTION,
+                        INSERT_EXECUTION,
                         {
                             "instance_id": instance_id,
                             "job_name": job_name,
@@ -188,7 +200,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                 # A restart continues with the job context its previous execution saved.
                 previous_context = self._load_job_context(conn, last.id) if last is not None else {}
                 conn.execute(
-                    _INSERT_JOB_CONTEXT,
+                    INSERT_JOB_CONTEXT,
                     {"job_execution_id": execution_id, "context": canonical_json(previous_context)},
                 )
         except IntegrityError as exc:
@@ -221,18 +233,18 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
             },
         )
         instance_id: int = conn.execute(
-            _INSTANCE_ID, {"b_name": job_name, "b_key": job_key}
+            INSTANCE_ID, {"b_name": job_name, "b_key": job_key}
         ).scalar_one()
         return instance_id
 
     @staticmethod
     def _insert_ignoring_conflict(conn: Connection) -> Any:
-        stmt = _INSERT_INSTANCE.get(conn.dialect.name)
+        stmt = INSERT_INSTANCE.get(conn.dialect.name)
         if stmt is None:
             stmt = dialect_insert(conn)(job_instance).on_conflict_do_nothing(
                 index_elements=["job_name", "job_key"]
             )
-            _INSERT_INSTANCE[conn.dialect.name] = stmt
+            INSERT_INSTANCE[conn.dialect.name] = stmt
         return stmt
 
     def get_instance(self, instance_id: int) -> JobInstance | None:
@@ -266,7 +278,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     def get_execution(self, execution_id: int) -> JobExecution | None:
         with self.reading() as conn:
-            rows = conn.execute(_EXECUTION_BY_ID, {"b_id": execution_id}).mappings().all()
+            rows = conn.execute(EXECUTION_BY_ID, {"b_id": execution_id}).mappings().all()
             found = self._with_steps(conn, rows)
         return found[0] if found else None
 
@@ -310,7 +322,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
     def _last_execution_of_instance(
         self, conn: Connection, instance_id: int
     ) -> JobExecution | None:
-        rows = conn.execute(_LAST_OF_INSTANCE, {"b_instance": instance_id}).mappings().all()
+        rows = conn.execute(LAST_OF_INSTANCE, {"b_instance": instance_id}).mappings().all()
         found = self._with_steps(conn, rows)
         return found[0] if found else None
 
@@ -329,7 +341,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
             return []
         steps_by_execution: dict[int, list[StepExecution]] = {row["id"]: [] for row in rows}
         step_rows = conn.execute(
-            _STEPS_OF_EXECUTIONS, {"b_ids": list(steps_by_execution)}
+            STEPS_OF_EXECUTIONS, {"b_ids": list(steps_by_execution)}
         ).mappings()
         for step_row in step_rows:
             steps_by_execution[step_row["job_execution_id"]].append(to_step_execution(step_row))
@@ -430,7 +442,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     @staticmethod
     def _save_job_context(conn: Connection, execution_id: int, context: dict[str, Any]) -> None:
-        conn.execute(_SAVE_JOB_CONTEXT, {"b_id": execution_id, "context": canonical_json(context)})
+        conn.execute(SAVE_JOB_CONTEXT, {"b_id": execution_id, "context": canonical_json(context)})
 
     def load_job_context(self, execution_id: int) -> dict[str, Any]:
         with self.reading() as conn:
@@ -438,7 +450,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
 
     @staticmethod
     def _load_job_context(conn: Connection, execution_id: int) -> dict[str, Any]:
-        text_value = conn.execute(_LOAD_JOB_CONTEXT, {"b_id": execution_id}).scalar_one_or_none()
+        text_value = conn.execute(LOAD_JOB_CONTEXT, {"b_id": execution_id}).scalar_one_or_none()
         return json.loads(text_value) if text_value else {}
 
     # ------------------------------------------------------ requests from anyone
@@ -553,7 +565,7 @@ def _update_if_unchanged(
     """Compare-and-set: update the execution's row (and bump its version) only if it is
     still at the version ``execution`` last saw and in one of ``statuses``."""
     changed = conn.execute(
-        _UPDATE_IF_UNCHANGED,
+        UPDATE_IF_UNCHANGED,
         {
             **values,
             "version": execution.version + 1,
@@ -563,45 +575,6 @@ def _update_if_unchanged(
         },
     ).rowcount
     return bool(changed == 1)
-
-
-# The statements of every run, built once with bound parameters: constructing a Core
-# statement and its cache key cost more than executing it on SQLite. An UPDATE's SET clause
-# comes from the parameters' column names.
-_LOCK_INSTANCE = (
-    update(job_instance)
-    .where(job_instance.c.id == bindparam("b_id"))
-    .values(version=job_instance.c.version + 1)
-)
-_INSERT_INSTANCE: dict[str, Any] = {}  # by dialect name
-_INSTANCE_ID = select(job_instance.c.id).where(
-    job_instance.c.job_name == bindparam("b_name"), job_instance.c.job_key == bindparam("b_key")
-)
-_INSERT_EXECUTION = insert(job_execution)
-_INSERT_JOB_CONTEXT = insert(job_execution_context)
-_EXECUTION_BY_ID = select(job_execution).where(job_execution.c.id == bindparam("b_id"))
-_LAST_OF_INSTANCE = (
-    select(job_execution)
-    .where(job_execution.c.instance_id == bindparam("b_instance"))
-    .order_by(job_execution.c.id.desc())
-    .limit(1)
-)
-_STEPS_OF_EXECUTIONS = (
-    select(step_execution)
-    .where(step_execution.c.job_execution_id.in_(bindparam("b_ids", expanding=True)))
-    .order_by(step_execution.c.id)
-)
-_UPDATE_IF_UNCHANGED = update(job_execution).where(
-    job_execution.c.id == bindparam("b_id"),
-    job_execution.c.version == bindparam("b_version"),
-    job_execution.c.status.in_(bindparam("b_statuses", expanding=True)),
-)
-_SAVE_JOB_CONTEXT = update(job_execution_context).where(
-    job_execution_context.c.job_execution_id == bindparam("b_id")
-)
-_LOAD_JOB_CONTEXT = select(job_execution_context.c.context).where(
-    job_execution_context.c.job_execution_id == bindparam("b_id")
-)
 
 
 def _is_second_running_execution(error: IntegrityError) -> bool:
