@@ -101,11 +101,12 @@ def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
     assert "healthy done" in logs[0]
     assert re.match(STAMP, logs[0])  # the worker's own time, in its file
     wait_until(lambda: f"execution {first}: healthy done" in launched.daemon.output())
-    # In the daemon's log the line carries the daemon's time, not the worker's as well.
+    # In the daemon's log a log record's line carries the daemon's time, not the worker's
+    # as well.
     [line] = [
         line
         for line in launched.daemon.output().splitlines()
-        if f"execution {first}: healthy done" in line
+        if f"execution {first}: " in line and "healthy run 1 working" in line
     ]
     assert len(re.findall(STAMP, line)) == 1, line
 
