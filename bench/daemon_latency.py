@@ -82,6 +82,7 @@ class Daemon:
         lines = [
             f'database_url = "sqlite:///{self.database}"',
             'jobs = ["bench_jobs"]',
+            f'log_dir = "{tmp / "logs"}"',  # per-execution logs (isolation = "process")
             f"max_concurrent_jobs = {max_jobs}",
             'stop_grace = "5s"',
             "[control]",
