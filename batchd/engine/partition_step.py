@@ -155,9 +155,7 @@ class PartitionStep:
         if isinstance(resumed.get(PLAN_KEY), list):
             return resumed[PLAN_KEY], int(resumed[PLAN_ORIGIN_KEY])
         partitioner = self.partitioner
-        partition = (
-            partitioner.partition if isinstance(partitioner, Partitioner) else partitioner
-        )
+        partition = partitioner.partition if isinstance(partitioner, Partitioner) else partitioner
         contexts = partition(self.partitions, run.params)
         return _checked_plan(self.name, self.partitioner, contexts), run.step_execution.id
 

@@ -111,8 +111,10 @@ def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
 def _mysql_identity(cursor: Any, engine: Engine, unique: str) -> str:
     # MySQL names its server with a UUID; MariaDB has none: its host name and data directory
     # (two servers of one host cannot share one) with its port.
-    server = "@@server_uuid" if not getattr(engine.dialect, "is_mariadb", False) else (
-        "CONCAT(@@hostname, ':', @@port, ':', @@datadir)"
+    server = (
+        "@@server_uuid"
+        if not getattr(engine.dialect, "is_mariadb", False)
+        else ("CONCAT(@@hostname, ':', @@port, ':', @@datadir)")
     )
     try:
         cursor.execute(f"SELECT {server}, DATABASE(), CURRENT_USER()")
