@@ -155,7 +155,7 @@ class NodeStore:
         if conn.dialect.name == "postgresql":
             # One registration at a time (SQLite's write transactions already are).
             conn.execute(text("LOCK TABLE batch_node IN SHARE ROW EXCLUSIVE MODE"))
-        for other in self._rows(conn):
+        for other in node_records(conn):
             if other.host == host and other.pid == pid:
                 continue
             alive = other.is_live(now, lease) and (other.host != host or is_alive(other.pid))
@@ -230,19 +230,20 @@ class NodeStore:
 
     def nodes(self) -> list[NodeRecord]:
         with self.repository.reading() as conn:
-            return self._rows(conn)
+            return node_records(conn)
 
-    @staticmethod
-    def _rows(conn: Connection) -> list[NodeRecord]:
-        rows = conn.execute(select(node_table).order_by(node_table.c.name)).mappings()
-        return [
-            NodeRecord(
-                name=row["name"],
-                host=row["host"],
-                pid=row["pid"],
-                started_at=row["started_at"],
-                heartbeat=row["heartbeat"],
-                clock_offset=row["clock_offset_ms"] / 1000,
-            )
-            for row in rows
-        ]
+
+def node_records(conn: Connection) -> list[NodeRecord]:
+    """Every node's row, by name (the daemon's membership and the web console read them)."""
+    rows = conn.execute(select(node_table).order_by(node_table.c.name)).mappings()
+    return [
+        NodeRecord(
+            name=row["name"],
+            host=row["host"],
+            pid=row["pid"],
+            started_at=row["started_at"],
+            heartbeat=row["heartbeat"],
+            clock_offset=row["clock_offset_ms"] / 1000,
+        )
+        for row in rows
+    ]

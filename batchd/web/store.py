@@ -39,12 +39,11 @@ from sqlalchemy.engine import URL
 from batchd.model import JobExecution, StepExecution
 from batchd.repository.base import batches
 from batchd.repository.connect import SQLITE_BUSY_TIMEOUT_MS, parse_database_url
-from batchd.repository.nodes import NodeRecord
+from batchd.repository.nodes import NodeRecord, node_records
 from batchd.repository.rows import to_job_execution, to_step_execution
 from batchd.repository.tables import (
     RUNNING_SQL,
     job_execution,
-    node,
     schedule_fire,
     step_execution,
     trigger_file,
@@ -328,18 +327,7 @@ class ReadOnlyStore:
 
     @staticmethod
     def nodes(conn: Connection) -> list[NodeRecord]:
-        rows = conn.execute(select(node).order_by(node.c.name)).mappings()
-        return [
-            NodeRecord(
-                name=row["name"],
-                host=row["host"],
-                pid=row["pid"],
-                started_at=row["started_at"],
-                heartbeat=row["heartbeat"],
-                clock_offset=row["clock_offset_ms"] / 1000,
-            )
-            for row in rows
-        ]
+        return node_records(conn)
 
     def explain(self, query: Any) -> list[str]:
         """The database's plan for ``query`` (one line per step), for the tests that check
