@@ -241,3 +241,8 @@ class ControlError(BatchError):
     @property
     def exit_status(self) -> int:
         return EXIT_UNAVAILABLE if self.unavailable else EXIT_ERROR
+
+
+class WorkersUnavailable(BatchError, RuntimeError):
+    """No worker process can be had (the warm process cannot start, or the pool is closed)."""
+

@@ -26,7 +26,7 @@ def venv_has(venv: Path, module: str) -> bool:
 def test_make_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     clone = copy_checkout(tmp_path / "batchd")
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("BATCHD_", "VIRTUAL_ENV"))}
+           if not key.startswith(("BATCHD_", "VIRTUAL_ENV", "MAKE", "MFLAGS"))}
     env["PYTHON"] = sys.executable  # the interpreter this suite runs, for the new virtualenv
     demo = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]

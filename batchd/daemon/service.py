@@ -55,9 +55,9 @@ from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
 from batchd.daemon.workers import ProcessOperator, purge_logs, read_log
-from batchd.daemon.workers_pool import WorkerPool, WorkersUnavailable
+from batchd.daemon.workers_pool import WorkerPool
 from batchd.engine import JobOperator, JobRegistry
-from batchd.errors import RepositoryError
+from batchd.errors import RepositoryError, WorkersUnavailable
 from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict

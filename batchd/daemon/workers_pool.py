@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from batchd.errors import WorkersUnavailable
+
 log = logging.getLogger(__name__)
 # The workers' own lines, passed on to the daemon's log.
 output_log = logging.getLogger("batchd.worker")
@@ -40,10 +42,6 @@ _MESSAGE_MAX = 1 << 16
 _WORKER_STAMP = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 # How long the start-up or a reload waits for a new warm process to import the jobs.
 READY_TIMEOUT = 120.0
-
-
-class WorkersUnavailable(RuntimeError):
-    """No worker process can be had (the warm process cannot start, or the pool is closed)."""
 
 
 @dataclass(eq=False)
