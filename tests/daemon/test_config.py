@@ -6,6 +6,7 @@ Real files in tmp_path; job modules are real modules written there and imported.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -87,6 +88,22 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def toml(value: object) -> str:
+    """``value`` as a TOML value: tables and arrays on one line, strings and paths quoted."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {toml(item)}" for key, item in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml(item) for item in value) + "]"
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    return str(value)
+
+
+def config_file(path: Path, **keys: object) -> Path:
+    """A config file of these top-level keys; ``schedules=[{...}]`` is an array of tables."""
+    return write(path, "".join(f"{key} = {toml(value)}\n" for key, value in keys.items()))
+
+
 def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load_config(path, env or {})
@@ -98,37 +115,22 @@ def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
 def good_config(tmp_path: Path, module: str) -> Path:
     inbox = tmp_path / "inbox"
     inbox.mkdir(exist_ok=True)
-    return write(
+    eod = dict(name="eod", job="cfg_eod", cron="30 1 * * *", catch_up="all", misfire_grace="1h")
+    eod["params"] = dict(date="{fire_date-1d}", stamp="{fire_time:%H%M}", by="{schedule}")
+    payments = dict(name="payments", job="cfg_import", directory=inbox)
+    payments["regex"] = r"payments_(?P<day>\d{8})\.csv"
+    payments["params"] = dict(file="{path}", day="{day}", seen="{mtime_date}")
+    return config_file(
         tmp_path / "batchd.toml",
-        f"""\
-        database_url = "sqlite:///{tmp_path / "batchd.db"}"
-        jobs = ["{module}"]
-        max_concurrent_jobs = 2
-        timezone = "Europe/Berlin"
-        stop_grace = "30s"
-
-        [control]
-        socket = "{tmp_path / "control.sock"}"
-        mode = "0600"
-
-        [metrics]
-        listen = "127.0.0.1:9464"
-
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        cron = "30 1 * * *"
-        params = {{ date = "{{fire_date-1d}}", stamp = "{{fire_time:%H%M}}", by = "{{schedule}}" }}
-        catch_up = "all"
-        misfire_grace = "1h"
-
-        [[watches]]
-        name = "payments"
-        job = "cfg_import"
-        directory = "{inbox}"
-        regex = 'payments_(?P<day>\\d{{8}})\\.csv'
-        params = {{ file = "{{path}}", day = "{{day}}", seen = "{{mtime_date}}" }}
-        """,
+        database_url=f"sqlite:///{tmp_path / 'batchd.db'}",
+        jobs=[module],
+        max_concurrent_jobs=2,
+        timezone="Europe/Berlin",
+        stop_grace="30s",
+        control=dict(socket=tmp_path / "control.sock", mode="0600"),
+        metrics=dict(listen="127.0.0.1:9464"),
+        schedules=[eod],
+        watches=[payments],
     )
 
 
@@ -214,18 +216,11 @@ def test_bad_environment_values_name_the_variable(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_named(tmp_path: Path) -> None:
-    path = write(
+    path = config_file(
         tmp_path / "b.toml",
-        """\
-        colour = "red"
-        [control]
-        colour = "blue"
-        [[schedules]]
-        name = "eod"
-        job = "x"
-        cron = "* * * * *"
-        colour = "green"
-        """,
+        colour="red",
+        control=dict(colour="blue"),
+        schedules=[dict(name="eod", job="x", cron="* * * * *", colour="green")],
     )
     problems = problems_of(path)
     assert "colour: unknown key" in problems
@@ -235,31 +230,15 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
 
 def test_bad_cron_expression(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_eod")
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}"]
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        cron = "61 * * * *"
-        """,
-    )
+    schedule = dict(name="eod", job="cfg_eod", cron="61 * * * *")
+    path = config_file(tmp_path / "b.toml", jobs=[module], schedules=[schedule])
     [problem] = problems_of(path)
     assert problem.startswith("schedules[0] (eod).cron: bad cron expression '61 * * * *': ")
 
 
 def test_bad_duration(tmp_path: Path) -> None:
-    path = write(
-        tmp_path / "b.toml",
-        """\
-        stop_grace = "soon"
-        [[schedules]]
-        name = "eod"
-        job = "x"
-        interval = "often"
-        """,
-    )
+    schedule = dict(name="eod", job="x", interval="often")
+    path = config_file(tmp_path / "b.toml", stop_grace="soon", schedules=[schedule])
     problems = problems_of(path)
     assert any(p.startswith("stop_grace: not a duration: 'soon'") for p in problems), problems
     assert any(
@@ -270,20 +249,9 @@ def test_bad_duration(tmp_path: Path) -> None:
 def test_job_not_registered(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_eod")
     (tmp_path / "in").mkdir()
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}"]
-        [[schedules]]
-        name = "eod"
-        job = "cfg_nightly"
-        cron = "30 1 * * *"
-        [[watches]]
-        name = "drop"
-        job = "cfg_import"
-        directory = "{tmp_path / "in"}"
-        """,
-    )
+    schedule = dict(name="eod", job="cfg_nightly", cron="30 1 * * *")
+    watch = dict(name="drop", job="cfg_import", directory=tmp_path / "in")
+    path = config_file(tmp_path / "b.toml", jobs=[module], schedules=[schedule], watches=[watch])
     problems = problems_of(path)
     assert len(problems) == 2, problems
     assert problems[0].startswith(
@@ -296,23 +264,11 @@ def test_job_not_registered(tmp_path: Path, make_jobs: MakeJobs) -> None:
 def test_template_with_unknown_variable(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_eod")
     (tmp_path / "in").mkdir()
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}"]
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        cron = "30 1 * * *"
-        params = {{ date = "{{fired_date-1d}}", ok = "{{fire_date:%Y%m%d}}" }}
-        [[watches]]
-        name = "drop"
-        job = "cfg_eod"
-        directory = "{tmp_path / "in"}"
-        regex = '(?P<day>\\d+)\\.csv'
-        params = {{ file = "{{path}}", day = "{{day}}", when = "{{fire_date}}" }}
-        """,
-    )
+    schedule = dict(name="eod", job="cfg_eod", cron="30 1 * * *")
+    schedule["params"] = dict(date="{fired_date-1d}", ok="{fire_date:%Y%m%d}")
+    watch = dict(name="drop", job="cfg_eod", directory=tmp_path / "in", regex=r"(?P<day>\d+)\.csv")
+    watch["params"] = dict(file="{path}", day="{day}", when="{fire_date}")
+    path = config_file(tmp_path / "b.toml", jobs=[module], schedules=[schedule], watches=[watch])
     problems = problems_of(path)
     assert len(problems) == 2, problems
     assert problems[0].startswith(
@@ -325,20 +281,9 @@ def test_template_with_unknown_variable(tmp_path: Path, make_jobs: MakeJobs) -> 
 def test_watch_directory_missing_or_not_a_directory(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_import")
     (tmp_path / "file").write_text("x")
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}"]
-        [[watches]]
-        name = "payments"
-        job = "cfg_import"
-        directory = "{tmp_path / "x" / "y"}"
-        [[watches]]
-        name = "other"
-        job = "cfg_import"
-        directory = "{tmp_path / "file"}"
-        """,
-    )
+    missing = dict(name="payments", job="cfg_import", directory=tmp_path / "x" / "y")
+    a_file = dict(name="other", job="cfg_import", directory=tmp_path / "file")
+    path = config_file(tmp_path / "b.toml", jobs=[module], watches=[missing, a_file])
     assert problems_of(path) == [
         f"watches[0] (payments).directory: {tmp_path / 'x' / 'y'} does not exist",
         f"watches[1] (other).directory: {tmp_path / 'file'} is not a directory",
@@ -347,12 +292,7 @@ def test_watch_directory_missing_or_not_a_directory(tmp_path: Path, make_jobs: M
 
 def test_module_import_error_names_the_module(tmp_path: Path, make_jobs: MakeJobs) -> None:
     broken = make_jobs("cfg_broken_job", extra="raise RuntimeError('boom at import')")
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["cfg_no_such_module", "{broken}"]
-        """,
-    )
+    path = config_file(tmp_path / "b.toml", jobs=["cfg_no_such_module", broken])
     assert problems_of(path) == [
         "jobs: cannot import module 'cfg_no_such_module': No module named 'cfg_no_such_module'",
         f"jobs: cannot import module '{broken}': RuntimeError: boom at import",
@@ -408,23 +348,11 @@ def test_more_bad_values_name_their_key(tmp_path: Path, toml: str, expected: str
 
 def test_duplicate_names(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_eod")
-    path = write(
-        tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}"]
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        cron = "30 1 * * *"
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        interval = "15m"
-        [[watches]]
-        name = "eod"
-        job = "cfg_eod"
-        directory = "{tmp_path}"
-        """,
+    nightly = dict(name="eod", job="cfg_eod", cron="30 1 * * *")
+    quarterly = dict(name="eod", job="cfg_eod", interval="15m")
+    watch = dict(name="eod", job="cfg_eod", directory=tmp_path)
+    path = config_file(
+        tmp_path / "b.toml", jobs=[module], schedules=[nightly, quarterly], watches=[watch]
     )
     # A watch may share a schedule's name: they are separate namespaces.
     assert problems_of(path) == [
@@ -434,21 +362,14 @@ def test_duplicate_names(tmp_path: Path, make_jobs: MakeJobs) -> None:
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, make_jobs: MakeJobs) -> None:
     module = make_jobs("cfg_eod")
-    path = write(
+    schedule = dict(name="eod", job="cfg_eod", cron="61 * * * *", params=dict(date="{when}"))
+    watch = dict(name="payments", job="cfg_import", directory=tmp_path / "nope")
+    path = config_file(
         tmp_path / "b.toml",
-        f"""\
-        jobs = ["{module}", "cfg_missing_module"]
-        lease = "6s"
-        [[schedules]]
-        name = "eod"
-        job = "cfg_eod"
-        cron = "61 * * * *"
-        params = {{ date = "{{when}}" }}
-        [[watches]]
-        name = "payments"
-        job = "cfg_import"
-        directory = "{tmp_path / "nope"}"
-        """,
+        jobs=[module, "cfg_missing_module"],
+        lease="6s",
+        schedules=[schedule],
+        watches=[watch],
     )
     keys = [p.split(":", 1)[0] for p in problems_of(path)]
     assert keys == [
@@ -546,17 +467,8 @@ def test_check_config_command(tmp_path: Path, make_jobs: MakeJobs) -> None:
 
 
 def test_check_config_command_lists_every_problem(tmp_path: Path) -> None:
-    path = write(
-        tmp_path / "bad.toml",
-        f"""\
-        colour = "red"
-        jobs = ["cfg_nope"]
-        [[watches]]
-        name = "payments"
-        job = "cfg_import"
-        directory = "{tmp_path / "x"}"
-        """,
-    )
+    watch = dict(name="payments", job="cfg_import", directory=tmp_path / "x")
+    path = config_file(tmp_path / "bad.toml", colour="red", jobs=["cfg_nope"], watches=[watch])
     result = run_cli("check-config", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 78
     assert result.stdout == ""
