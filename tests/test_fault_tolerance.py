@@ -12,16 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import (
-    CheckConstraint,
-    Column,
-    Integer,
-    MetaData,
-    Table,
-    create_engine,
-    insert,
-    select,
-)
+import pytest
+from sqlalchemy import CheckConstraint, MetaData, Table, create_engine
 from sqlalchemy.exc import IntegrityError
 
 from batchd import (
@@ -33,52 +25,24 @@ from batchd import (
     StepBuilder,
     StepExecution,
 )
-from batchd.model import ChunkContext, current_chunk_transaction
+from batchd.items import ListItemReader
+from batchd.model import ChunkContext
 from batchd.model.records import STEP_COUNTERS
-from tests.support.jobs import CountingReader, SqlTableWriter, create_output_table, output_table
+from tests.support.jobs import (
+    CountingReader,
+    FaultyReader,
+    SqlTableWriter,
+    create_output_table,
+    insert_in_chunk,
+    item_table,
+    output_table,
+    table_items,
+)
 
 DAY = {"date": "2026-11-21"}
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-class FaultyReader(CountingReader):
-    """Reads 1..n like CountingReader, but reading a number in ``bad`` raises ValueError
-    (after moving past it, as a reader that could not parse a record does)."""
-
-    def __init__(self, n: int, bad: set[int]) -> None:
-        super().__init__(n)
-        self.bad = bad
-
-    def read(self) -> int | None:
-        item = super().read()
-        if item in self.bad:
-            raise ValueError(f"unreadable record {item}")
-        return item
-
-
-class ListReader:
-    """Reads the given items in order; restartable through the ExecutionContext."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-        self.index = 0
-
-    def open(self, ctx: dict[str, Any]) -> None:
-        self.index = ctx.get("ListReader.index", 0)
-
-    def update(self, ctx: dict[str, Any]) -> None:
-        ctx["ListReader.index"] = self.index
-
-    def close(self) -> None:
-        pass
-
-    def read(self) -> Any:
-        if self.index >= len(self.items):
-            return None
-        self.index += 1
-        return self.items[self.index - 1]
 
 
 class RecordingWriter:
@@ -135,8 +99,24 @@ def expected(**nonzero: int) -> dict[str, int]:
     return dict.fromkeys(COUNTERS, 0) | nonzero
 
 
-def register(registry: JobRegistry, step: StepBuilder, name: str = "ft") -> None:
-    registry.register(JobBuilder(name).step(step.build()).build())
+def load_step(reader: Any, writer: Any, *, chunk_size: int, processor: Any = None) -> StepBuilder:
+    """The step ``load`` of the tests' job: ``reader``, ``processor`` if any, ``writer``."""
+    step = StepBuilder("load").reader(reader).writer(writer).chunk_size(chunk_size)
+    return step if processor is None else step.processor(processor)
+
+
+Run = Callable[[StepBuilder], JobExecution]
+
+
+@pytest.fixture
+def run(operator: JobOperator, registry: JobRegistry) -> Run:
+    """Registers the job ``ft`` of the one step given and runs it to its end."""
+
+    def run_step(step: StepBuilder) -> JobExecution:
+        registry.register(JobBuilder("ft").step(step.build()).build())
+        return operator.start("ft", DAY)
+
+    return run_step
 
 
 def only_step(execution: JobExecution) -> StepExecution:
@@ -145,6 +125,8 @@ def only_step(execution: JobExecution) -> StepExecution:
 
 
 # ---------------------------------------------------------------------------- 1. retry
+
+RETRY_TIMEOUTS: dict[str, Any] = {"on": (TimeoutError,), "limit": 3, "backoff": 0.01}
 
 
 def flaky_processor(failures: int, on_item: int, calls: list[tuple[int, float]]) -> Any:
@@ -162,21 +144,22 @@ def flaky_processor(failures: int, on_item: int, calls: list[tuple[int, float]])
     return process
 
 
-def test_processor_retried_within_the_limit_completes_and_writes_each_item_once(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def run_flaky(
+    run: Run, failures: int
+) -> tuple[JobExecution, RecordingWriter, list[tuple[int, float]]]:
+    """Runs 1..5 in one chunk through a processor that times out the first ``failures``
+    times it sees 3, retried up to 3 times; returns the execution, the writer and the
+    processor's calls."""
     calls: list[tuple[int, float]] = []
     writer = RecordingWriter()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(5))
-        .processor(flaky_processor(2, on_item=3, calls=calls))
-        .writer(writer)
-        .chunk_size(10)
-        .retry(on=(TimeoutError,), limit=3, backoff=0.01),
+    step = load_step(
+        CountingReader(5), writer, chunk_size=10, processor=flaky_processor(failures, 3, calls)
     )
-    execution = operator.start("ft", DAY)
+    return run(step.retry(**RETRY_TIMEOUTS)), writer, calls
+
+
+def test_processor_retried_within_the_limit_completes_and_writes_each_item_once(run: Run) -> None:
+    execution, writer, calls = run_flaky(run, failures=2)
     assert execution.status == BatchStatus.COMPLETED
     assert counters(only_step(execution)) == expected(read_count=5, write_count=5, commit_count=1)
     assert writer.written == [1, 2, 3, 4, 5]
@@ -186,21 +169,8 @@ def test_processor_retried_within_the_limit_completes_and_writes_each_item_once(
     assert all(later - earlier >= 0.01 for earlier, later in itertools.pairwise(tries))
 
 
-def test_processor_failing_past_the_retry_limit_fails_the_step(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
-    calls: list[tuple[int, float]] = []
-    writer = RecordingWriter()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(5))
-        .processor(flaky_processor(4, on_item=3, calls=calls))
-        .writer(writer)
-        .chunk_size(10)
-        .retry(on=(TimeoutError,), limit=3, backoff=0.01),
-    )
-    execution = operator.start("ft", DAY)
+def test_processor_failing_past_the_retry_limit_fails_the_step(run: Run) -> None:
+    execution, writer, calls = run_flaky(run, failures=4)
     assert execution.status == BatchStatus.FAILED
     step = only_step(execution)
     assert step.status == BatchStatus.FAILED
@@ -222,9 +192,7 @@ def counting_processor(seen: dict[int, int]) -> Any:
     return process
 
 
-def test_a_write_failing_once_rolls_the_chunk_back_and_retries_it(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_a_write_failing_once_rolls_the_chunk_back_and_retries_it(run: Run) -> None:
     failures = {"left": 1}
 
     def fail(items: list[int]) -> Exception | None:
@@ -235,16 +203,11 @@ def test_a_write_failing_once_rolls_the_chunk_back_and_retries_it(
 
     writer = RecordingWriter(fail)
     processed: dict[int, int] = {}
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(25))
-        .processor(counting_processor(processed))
-        .writer(writer)
-        .chunk_size(10)
-        .retry(on=(TimeoutError,), limit=3, backoff=0.01),
+    execution = run(
+        load_step(
+            CountingReader(25), writer, chunk_size=10, processor=counting_processor(processed)
+        ).retry(**RETRY_TIMEOUTS)
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.COMPLETED
     assert counters(only_step(execution)) == expected(
         read_count=25, write_count=25, commit_count=3, rollback_count=1
@@ -256,22 +219,12 @@ def test_a_write_failing_once_rolls_the_chunk_back_and_retries_it(
     assert processed == {i: 2 if 11 <= i <= 20 else 1 for i in range(1, 26)}
 
 
-def test_a_write_failing_past_the_retry_limit_fails_the_step(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_a_write_failing_past_the_retry_limit_fails_the_step(run: Run) -> None:
     def fail(items: list[int]) -> Exception | None:
         return TimeoutError("ledger timed out") if 13 in items else None
 
     writer = RecordingWriter(fail)
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(25))
-        .writer(writer)
-        .chunk_size(10)
-        .retry(on=(TimeoutError,), limit=3, backoff=0.01),
-    )
-    execution = operator.start("ft", DAY)
+    execution = run(load_step(CountingReader(25), writer, chunk_size=10).retry(**RETRY_TIMEOUTS))
     assert execution.status == BatchStatus.FAILED
     step = only_step(execution)
     assert (step.exit_message or "").startswith("TimeoutError: ledger timed out")
@@ -290,6 +243,8 @@ def test_a_write_failing_past_the_retry_limit_fails_the_step(
 # - writing 180 fails: its chunk [180, 200] is written again item by item (write skip).
 # Chunks as read: [1, 2, 3, 5, 6], [7, 8, 9, 10, 11], [12, 13, 14, 16, 17], [18, 19, 20].
 SKIP_WRITTEN = [10, 20, 30, 50, 60, 80, 90, 110, 120, 130, 140, 160, 170, 200]
+# The same whatever the limit: reads count as they happen; 10 is filtered in a committed chunk.
+SKIP_READS = {"read_count": 18, "filter_count": 1, "read_skip_count": 2}
 
 
 def skip_processor(item: int) -> int | None:
@@ -318,18 +273,15 @@ def skip_step(writer: RecordingWriter, limit: int, listener: Any = None) -> Step
     return step.listener(listener) if listener is not None else step
 
 
-def test_skips_in_read_process_and_write(operator: JobOperator, registry: JobRegistry) -> None:
+def test_skips_in_read_process_and_write(run: Run) -> None:
     writer = skip_writer()
-    register(registry, skip_step(writer, limit=5))  # exactly 5 skips: within the limit
-    execution = operator.start("ft", DAY)
+    execution = run(skip_step(writer, limit=5))  # 5 skips: within the limit
     assert execution.status == BatchStatus.COMPLETED
     assert counters(only_step(execution)) == expected(
-        read_count=18,
+        **SKIP_READS,
         write_count=14,
-        filter_count=1,
         commit_count=4,
         rollback_count=1,
-        read_skip_count=2,
         process_skip_count=2,
         write_skip_count=1,
     )
@@ -339,12 +291,10 @@ def test_skips_in_read_process_and_write(operator: JobOperator, registry: JobReg
     assert writer.calls[-3:] == [[180, 200], [180], [200]]
 
 
-def test_skip_listeners_hear_each_skipped_item_once(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_skip_listeners_hear_each_skipped_item_once(run: Run) -> None:
     skips = SkipLog()
-    register(registry, skip_step(skip_writer(), limit=5, listener=skips))
-    assert operator.start("ft", DAY).status == BatchStatus.COMPLETED
+    execution = run(skip_step(skip_writer(), limit=5, listener=skips))
+    assert execution.status == BatchStatus.COMPLETED
     # Item 19's chunk was processed twice (before and during the scan): heard of once.
     assert skips.summary() == [
         ("read", None, "ValueError", "unreadable record 4"),
@@ -355,11 +305,10 @@ def test_skip_listeners_hear_each_skipped_item_once(
     ]
 
 
-def test_past_the_skip_limit_the_step_fails(operator: JobOperator, registry: JobRegistry) -> None:
+def test_past_the_skip_limit_the_step_fails(run: Run) -> None:
     skips = SkipLog()
     writer = skip_writer()
-    register(registry, skip_step(writer, limit=4, listener=skips))
-    execution = operator.start("ft", DAY)
+    execution = run(skip_step(writer, limit=4, listener=skips))
     assert execution.status == BatchStatus.FAILED
     step = only_step(execution)
     message = step.exit_message or ""
@@ -368,32 +317,20 @@ def test_past_the_skip_limit_the_step_fails(operator: JobOperator, registry: Job
     assert "skip limit 4 exceeded" in (execution.exit_message or "")
     # The first three chunks committed; the last rolled back twice (write, then its scan).
     assert counters(step) == expected(
-        read_count=18,
-        write_count=13,
-        filter_count=1,
-        commit_count=3,
-        rollback_count=2,
-        read_skip_count=2,
-        process_skip_count=1,
+        **SKIP_READS, write_count=13, commit_count=3, rollback_count=2, process_skip_count=1
     )
     assert writer.written == SKIP_WRITTEN[:-1]
     # Listeners hear only of skips in committed chunks.
     assert [kind for kind, _, _ in skips.calls] == ["read", "process", "read"]
 
 
-def test_past_the_skip_limit_in_read_the_step_fails(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_past_the_skip_limit_in_read_the_step_fails(run: Run) -> None:
     writer = RecordingWriter()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(FaultyReader(20, bad={4, 15}))
-        .writer(writer)
-        .chunk_size(5)
-        .skip(on=(ValueError,), limit=1),
+    execution = run(
+        load_step(FaultyReader(20, bad={4, 15}), writer, chunk_size=5).skip(
+            on=(ValueError,), limit=1
+        )
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.FAILED
     step = only_step(execution)
     assert "skip limit 1 exceeded" in (step.exit_message or "")
@@ -405,24 +342,18 @@ def test_past_the_skip_limit_in_read_the_step_fails(
     assert writer.written == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
 
 
-def test_errors_that_are_not_skippable_are_not_skipped(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_errors_that_are_not_skippable_are_not_skipped(run: Run) -> None:
     def process(item: int) -> int:
         if item == 3:
             raise KeyError("no such account")
         return item
 
     writer = RecordingWriter()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(5))
-        .processor(process)
-        .writer(writer)
-        .skip(on=(ValueError,), limit=10),
+    execution = run(
+        load_step(CountingReader(5), writer, chunk_size=100, processor=process).skip(
+            on=(ValueError,), limit=10
+        )
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.FAILED
     step = only_step(execution)
     assert (step.exit_message or "").startswith("KeyError: 'no such account'")
@@ -451,28 +382,30 @@ class ChunkLog:
         self.calls.append(("error", list(ctx.items), error))
 
 
-def test_chunk_listeners_see_each_chunk_as_read_and_the_error(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+# What a chunk listener hears of 1..20 in chunks of 10 as read from a CountingReader.
+FIRST_TWO_CHUNKS = [
+    ("before", []),
+    ("after", list(range(1, 11)), 1, {"CountingReader.next": 11}),
+    ("before", []),
+    ("after", list(range(11, 21)), 2, {"CountingReader.next": 21}),
+]
+
+
+def test_chunk_listeners_see_each_chunk_as_read_and_the_error(run: Run) -> None:
     ledger_locked = RuntimeError("ledger is locked")
     writer = RecordingWriter(lambda items: ledger_locked if 22 in items else None)
     chunks = ChunkLog()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(25))
-        .processor(lambda item: None if item % 2 else item)  # what is written differs
-        .writer(writer)
-        .chunk_size(10)
-        .listener(chunks),
+    execution = run(
+        load_step(
+            CountingReader(25),
+            writer,
+            chunk_size=10,
+            processor=lambda item: None if item % 2 else item,  # what is written differs
+        ).listener(chunks)
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.FAILED
     assert chunks.calls == [
-        ("before", []),
-        ("after", list(range(1, 11)), 1, {"CountingReader.next": 11}),
-        ("before", []),
-        ("after", list(range(11, 21)), 2, {"CountingReader.next": 21}),
+        *FIRST_TWO_CHUNKS,
         ("before", []),
         ("error", list(range(21, 26)), ledger_locked),
     ]
@@ -480,28 +413,17 @@ def test_chunk_listeners_see_each_chunk_as_read_and_the_error(
     assert writer.written == list(range(2, 21, 2))
 
 
-def test_every_before_chunk_is_followed_by_after_chunk(
-    operator: JobOperator, registry: JobRegistry
-) -> None:
+def test_every_before_chunk_is_followed_by_after_chunk(run: Run) -> None:
     chunks = ChunkLog()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(20))
-        .writer(RecordingWriter())
-        .chunk_size(10)
-        .listener(chunks),
+    execution = run(
+        load_step(CountingReader(20), RecordingWriter(), chunk_size=10).listener(chunks)
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.COMPLETED
     # 20 items in chunks of 10: the reader's end is only found by a third, empty chunk.
     # It commits nothing (commit_count counts chunks that read an item), but a listener
     # that started something in before_chunk still hears that the chunk ended.
     assert chunks.calls == [
-        ("before", []),
-        ("after", list(range(1, 11)), 1, {"CountingReader.next": 11}),
-        ("before", []),
-        ("after", list(range(11, 21)), 2, {"CountingReader.next": 21}),
+        *FIRST_TWO_CHUNKS,
         ("before", []),
         ("after", [], 2, {"CountingReader.next": 21}),
     ]
@@ -512,7 +434,7 @@ def test_every_before_chunk_is_followed_by_after_chunk(
 
 
 def test_other_errors_fail_the_step_and_a_restart_resumes_after_the_last_commit(
-    operator: JobOperator, registry: JobRegistry
+    operator: JobOperator, run: Run
 ) -> None:
     broken = {"on": True}
 
@@ -520,16 +442,11 @@ def test_other_errors_fail_the_step_and_a_restart_resumes_after_the_last_commit(
         return RuntimeError("ledger is locked") if broken["on"] and 23 in items else None
 
     writer = RecordingWriter(fail)
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(45))
-        .writer(writer)
-        .chunk_size(10)
-        .retry(on=(TimeoutError,), limit=3, backoff=0.01)
-        .skip(on=(ValueError,), limit=10),
+    failed = run(
+        load_step(CountingReader(45), writer, chunk_size=10)
+        .retry(**RETRY_TIMEOUTS)
+        .skip(on=(ValueError,), limit=10)
     )
-    failed = operator.start("ft", DAY)
     assert failed.status == BatchStatus.FAILED
     step = only_step(failed)
     message = step.exit_message or ""
@@ -555,32 +472,18 @@ def test_other_errors_fail_the_step_and_a_restart_resumes_after_the_last_commit(
 # ------------------------------------------------ 8. exactly-once SQL output with skips
 
 
-def table_items(url: str, table: Table) -> list[int]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(select(table.c.item).order_by(table.c.item)).scalars())
-    finally:
-        engine.dispose()
-
-
 def test_sql_writer_skips_duplicate_keys_and_keeps_the_rest_of_the_chunk(
-    operator: JobOperator, registry: JobRegistry, database_url: str
+    run: Run, database_url: str
 ) -> None:
     create_output_table(database_url)
     skips = SkipLog()
     # 7 comes twice within the second chunk; 3 again in the third, after its chunk committed.
     items = [1, 2, 3, 4, 5, 6, 7, 8, 7, 9, 10, 3, 11, 12]
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(ListReader(items))
-        .writer(SqlTableWriter(database_url))
-        .chunk_size(5)
+    execution = run(
+        load_step(ListItemReader(items), SqlTableWriter(database_url), chunk_size=5)
         .skip(on=(IntegrityError,), limit=5)
-        .listener(skips),
+        .listener(skips)
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.COMPLETED, execution.exit_message
     assert counters(only_step(execution)) == expected(
         read_count=14, write_count=12, commit_count=3, rollback_count=2, write_skip_count=2
@@ -592,12 +495,9 @@ def test_sql_writer_skips_duplicate_keys_and_keeps_the_rest_of_the_chunk(
 
 def checked_tables() -> tuple[Table, Table]:
     metadata = MetaData()
-    audit = Table("audit", metadata, Column("item", Integer, nullable=False))
-    checked = Table(
-        "checked",
-        metadata,
-        Column("item", Integer, nullable=False),
-        CheckConstraint("item <> 13", name="no_thirteen"),
+    audit = item_table("audit", metadata, key=False)
+    checked = item_table(
+        "checked", metadata, CheckConstraint("item <> 13", name="no_thirteen"), key=False
     )
     return audit, checked
 
@@ -610,28 +510,22 @@ class AuditedWriter:
         self.audit, self.checked = checked_tables()
 
     def write(self, items: list[int]) -> None:
-        chunk = current_chunk_transaction.get()
-        assert chunk is not None
         rows = [{"item": item} for item in items]
-        chunk.connection.execute(insert(self.audit), rows)
-        chunk.connection.execute(insert(self.checked), rows)
+        insert_in_chunk(self.audit, rows)
+        insert_in_chunk(self.checked, rows)
 
 
 def test_sql_writer_skip_scan_undoes_everything_the_bad_item_wrote(
-    operator: JobOperator, registry: JobRegistry, database_url: str
+    run: Run, database_url: str
 ) -> None:
     engine = create_engine(database_url)
     checked_tables()[0].metadata.create_all(engine)
     engine.dispose()
-    register(
-        registry,
-        StepBuilder("load")
-        .reader(CountingReader(25))
-        .writer(AuditedWriter())
-        .chunk_size(10)
-        .skip(on=(IntegrityError,), limit=5),
+    execution = run(
+        load_step(CountingReader(25), AuditedWriter(), chunk_size=10).skip(
+            on=(IntegrityError,), limit=5
+        )
     )
-    execution = operator.start("ft", DAY)
     assert execution.status == BatchStatus.COMPLETED, execution.exit_message
     assert counters(only_step(execution)) == expected(
         read_count=25, write_count=24, commit_count=3, rollback_count=1, write_skip_count=1

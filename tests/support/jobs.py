@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
 
-from batchd import JobBuilder, JobRegistry, StepBuilder, StepContext
+from batchd import JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder, StepContext
+from batchd.engine import Job
 from batchd.model import current_chunk_transaction
 
 
@@ -40,6 +41,21 @@ class CountingReader:
         return value
 
 
+class FaultyReader(CountingReader):
+    """Reads 1..n like CountingReader, but reading a number in ``bad`` raises ValueError
+    (after moving past it, as a reader that could not parse a record does)."""
+
+    def __init__(self, n: int, bad: set[int]) -> None:
+        super().__init__(n)
+        self.bad = bad
+
+    def read(self) -> int | None:
+        item = super().read()
+        if item in self.bad:
+            raise ValueError(f"unreadable record {item}")
+        return item
+
+
 class JsonLinesLog:
     """A writer appending every written item as a JSON line to a file (flushed at once):
     what reaches it reaches the disk, committed or not, so duplicates show."""
@@ -58,13 +74,31 @@ class JsonLinesLog:
         return [json.loads(line) for line in self.path.read_text().splitlines()]
 
 
+def item_table(name: str, metadata: MetaData, *more: Any, key: bool = True) -> Table:
+    """A table of integer ``item``s (the key, unless ``key`` is false: then a row written
+    twice shows), with ``more`` columns and constraints."""
+    return Table(name, metadata, Column("item", Integer, primary_key=key, nullable=False), *more)
+
+
+def insert_in_chunk(table: Table, rows: list[dict[str, Any]]) -> None:
+    """Inserts ``rows`` in the transaction of the chunk being written."""
+    chunk = current_chunk_transaction.get()
+    assert chunk is not None, "chunk steps publish their transaction"
+    chunk.connection.execute(insert(table), rows)
+
+
+def table_items(url: str, table: Table) -> list[int]:
+    """The ``item``s of ``table`` in the database at ``url``, in order."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(table.c.item).order_by(table.c.item)).scalars())
+    finally:
+        engine.dispose()
+
+
 def output_table(metadata: MetaData | None = None) -> Table:
-    return Table(
-        "test_output",
-        metadata or MetaData(),
-        Column("item", Integer, primary_key=True),
-        Column("note", String(50)),
-    )
+    return item_table("test_output", metadata or MetaData(), Column("note", String(50)))
 
 
 class SqlTableWriter:
@@ -76,11 +110,7 @@ class SqlTableWriter:
         self.table = output_table()
 
     def write(self, items: list[int]) -> None:
-        chunk = current_chunk_transaction.get()
-        assert chunk is not None, "chunk steps publish their transaction"
-        chunk.connection.execute(
-            insert(self.table), [{"item": item, "note": "x"} for item in items]
-        )
+        insert_in_chunk(self.table, [{"item": item, "note": "x"} for item in items])
 
 
 def create_tables(url: str, *tables: Callable[[MetaData], Table]) -> None:
@@ -118,36 +148,63 @@ def blocking_tasklet(started: threading.Event, release: threading.Event) -> Any:
 
 
 def chunk_job(
-    name: str, reader: Any, writer: Any, *, chunk_size: int = 10, processor: Any = None
-) -> Any:
-    builder = StepBuilder("load").reader(reader).writer(writer).chunk_size(chunk_size)
+    name: str,
+    reader: Any,
+    writer: Any,
+    *,
+    chunk_size: int = 10,
+    processor: Any = None,
+    step: str = "load",
+    skip: tuple[type[Exception], int] | None = None,
+) -> Job:
+    """A job of one chunk step; ``skip`` is (the error to skip, the skip limit)."""
+    builder = StepBuilder(step).reader(reader).writer(writer).chunk_size(chunk_size)
     if processor is not None:
         builder = builder.processor(processor)
+    if skip is not None:
+        builder = builder.skip(on=skip[0], limit=skip[1])
     return JobBuilder(name).step(builder.build()).build()
+
+
+def tasklet_job(name: str, tasklet: Any, *, step: str = "s", params_model: Any = None) -> Job:
+    """A job of one tasklet step, its parameters checked by ``params_model`` if given."""
+    builder = JobBuilder(name)
+    if params_model is not None:
+        builder = builder.params_model(params_model)
+    return builder.step(StepBuilder(step).tasklet(tasklet).build()).build()
+
+
+def registry_of(*jobs: Job) -> JobRegistry:
+    registry = JobRegistry()
+    for job in jobs:
+        registry.register(job)
+    return registry
+
+
+def operator_for(url: str, *jobs: Job, clock: Any = None, **options: Any) -> JobOperator:
+    """A JobOperator running ``jobs`` (none: one that only lists, stops and recovers) on a
+    repository of its own at ``url``, with ``clock`` if given. The caller shuts it down and
+    disposes of its repository."""
+    repository = SqlJobRepository(url) if clock is None else SqlJobRepository(url, clock=clock)
+    return JobOperator(repository, registry_of(*jobs), **options)
 
 
 def child_registry(url: str, workdir: Path) -> JobRegistry:
     """The jobs that child processes run (see tests/support/child.py)."""
-    registry = JobRegistry()
-    registry.register(
-        chunk_job(
-            "slow_count",
-            CountingReader(int(os.environ.get("BATCHD_TEST_ITEMS", "200"))),
-            JsonLinesLog(workdir / "written.jsonl"),
-            chunk_size=5,
-            processor=slow_processor(float(os.environ.get("BATCHD_TEST_DELAY", "0.005"))),
+    items = int(os.environ.get("BATCHD_TEST_ITEMS", "200"))
+    delay = float(os.environ.get("BATCHD_TEST_DELAY", "0.005"))
+    writers = {
+        "slow_count": JsonLinesLog(workdir / "written.jsonl"),
+        "slow_sql": SqlTableWriter(url),
+    }
+    return registry_of(
+        *(
+            chunk_job(
+                name, CountingReader(items), writer, chunk_size=5, processor=slow_processor(delay)
+            )
+            for name, writer in writers.items()
         )
     )
-    registry.register(
-        chunk_job(
-            "slow_sql",
-            CountingReader(int(os.environ.get("BATCHD_TEST_ITEMS", "200"))),
-            SqlTableWriter(url),
-            chunk_size=5,
-            processor=slow_processor(float(os.environ.get("BATCHD_TEST_DELAY", "0.005"))),
-        )
-    )
-    return registry
 
 
 def write_input_csv(path: Path, rows: int) -> None:
