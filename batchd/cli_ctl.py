@@ -24,7 +24,7 @@ from batchd.ctl import (
     ControlClient,
     ControlError,
     param_value,
-    renderer,
+    show,
     socket_path,
 )
 from batchd.daemon.protocol import (
@@ -128,9 +128,7 @@ def _call(op: str, **args: Any) -> Any:
     if options.as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        from batchd.ctl_render import make_console
-
-        renderer(op)(make_console(), result)
+        show(op, result)  # rich only for the tables
     return result
 
 

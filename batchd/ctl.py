@@ -1,8 +1,9 @@
 """``batchd ctl``: the control socket's client.
 
 :class:`ControlClient` sends requests and returns their results (raising
-:class:`ControlError` with the daemon's error type and message); :func:`renderer` finds the
-function of :mod:`batchd.ctl_render` that shows an operation's result to people. The click
+:class:`ControlError` with the daemon's error type and message); :func:`show` prints an
+operation's result to people, as one plain line (``ping``) or with the function of
+:mod:`batchd.ctl_render` that :func:`renderer` finds. The click
 commands are in ``batchd.cli``. This module imports nothing heavy: sending a line must not
 cost SQLAlchemy, pydantic or the engine.
 """
@@ -15,7 +16,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from pathlib import Path
 from types import TracebackType
@@ -228,6 +229,42 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 def _not_a_number(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def duration(seconds: float | None) -> str:
+    """``42.0s``, ``3m05s``, ``2h03m05s``; empty for None."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def ping_line(result: Mapping[str, Any]) -> str:
+    """What ``batchd ctl ping`` prints."""
+    return (
+        f"batchd {result.get('version')} node {result.get('node')} pid {result.get('pid')}, "
+        f"up {duration(result.get('uptime_seconds'))}, database {result.get('database')}"
+    )
+
+
+# Answers shown as one plain line: printed without rich, whose import costs a client more
+# than everything else it does (ping is what health checks run, often).
+_PLAIN_LINES: dict[str, Callable[[Mapping[str, Any]], str]] = {"ping": ping_line}
+
+
+def show(op: str, result: Any) -> None:
+    """Print the result of ``op`` for people."""
+    line = _PLAIN_LINES.get(op)
+    if line is not None:
+        print(line(result), flush=True)
+        return
+    from batchd.ctl_render import make_console
+
+    renderer(op)(make_console(), result)
 
 
 def renderer(op: str) -> Callable[[Console, Any], None]:

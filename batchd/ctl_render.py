@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from batchd.ctl import RUNNING, plural
+from batchd.ctl import RUNNING, ping_line, plural
+from batchd.ctl import duration as duration  # re-exported: batchd.ctl_follow uses it
 
 _MESSAGE_WIDTH = 120  # characters of an exit message shown in a table of executions
 
@@ -43,17 +44,6 @@ def local_time(value: str | None, zone: str | None = None) -> str:
         return ""
     shown = moment.astimezone(ZoneInfo(zone)) if zone else moment.astimezone()
     return shown.strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def elapsed(start: str | None, end: str | None, now: datetime | None = None) -> float | None:
@@ -336,10 +326,7 @@ def render_executions(console: Console, result: Mapping[str, Any]) -> None:
 
 
 def render_ping(console: Console, result: Mapping[str, Any]) -> None:
-    console.print(
-        f"batchd {result.get('version')} node {result.get('node')} pid {result.get('pid')}, "
-        f"up {duration(result.get('uptime_seconds'))}, database {result.get('database')}"
-    )
+    console.print(ping_line(result))
 
 
 def render_nodes(console: Console, result: Mapping[str, Any]) -> None:

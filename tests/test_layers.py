@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,47 @@ def test_layer_imports_point_one_way(layer: str) -> None:
         if name.startswith(FORBIDDEN[layer])
     }
     assert offending == set()
+
+
+# What `batchd ctl` may not import to send a request and print a one-line answer: the
+# engine, the repository, their libraries and rich (the tables' renderer) cost more than
+# the rest of the client's start.
+CTL_NEVER_IMPORTS = (
+    "alembic",
+    "apscheduler",
+    "asyncio",
+    "batchd.ctl_render",
+    "batchd.engine",
+    "batchd.items",
+    "batchd.repository",
+    "prometheus_client",
+    "pydantic",
+    "rich",
+    "sqlalchemy",
+    "watchdog",
+)
+
+
+def test_ctl_ping_imports_only_what_it_sends_and_prints(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from batchd.cli import main\n"
+        "from batchd.ctl import show\n"
+        "try:\n"
+        f"    main(['ctl', '--socket', {str(tmp_path / 'none.sock')!r}, 'ping'])\n"
+        "except SystemExit as end:\n"
+        "    assert end.code == 69, end.code  # no daemon there\n"
+        "show('ping', {'version': '1', 'node': 'n', 'pid': 7, 'uptime_seconds': 61,\n"
+        "              'database': 'sqlite:///b.db'})\n"
+        "print('--modules--', *sorted(sys.modules), sep='\\n', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "batchd 1 node n pid 7, up 1m01s, database sqlite:///b.db\n"
+    imported = done.stderr.split("--modules--\n", 1)[1].split()
+    assert [
+        name
+        for name in imported
+        if any(name == heavy or name.startswith(heavy + ".") for heavy in CTL_NEVER_IMPORTS)
+    ] == []
