@@ -4,8 +4,9 @@ The engine, the repository and the shortcuts are imported when first used, so th
 ``batchd ctl`` (which imports this package) does not pay for SQLAlchemy and pydantic.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batchd.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from batchd.engine import JobBuilder, JobOperator, JobRegistry, StepBuilder
@@ -90,13 +91,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -5,9 +5,9 @@ chunk transaction SQLAlchemy), so that reading a status costs no other import (`
 ctl`` reads them).
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from batchd.lazy import lazy_attributes
 from batchd.model.status import RESTARTABLE_STATUSES, RUNNING_STATUSES, BatchStatus
 
 if TYPE_CHECKING:
@@ -53,13 +53,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [
