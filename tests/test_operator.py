@@ -29,7 +29,13 @@ from batchd.errors import (
     StartLimitExceeded,
 )
 from batchd.repository.tables import job_execution, job_instance, step_execution
-from tests.support.jobs import CountingReader, JsonLinesLog, blocking_tasklet, chunk_job
+from tests.support.jobs import (
+    CountingReader,
+    JsonLinesLog,
+    blocking_tasklet,
+    chunk_job,
+    tasklet_job,
+)
 
 DAY = {"date": "2026-11-21"}
 
@@ -69,7 +75,7 @@ def test_same_params_in_another_order_is_the_same_instance(
     operator: JobOperator, registry: JobRegistry
 ) -> None:
     flaky = Flaky()
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(flaky).build()).build())
+    registry.register(tasklet_job("eod", flaky))
     first = operator.start("eod", {"date": "2026-11-21", "region": "eu"})
     assert first.status == BatchStatus.FAILED
     second = operator.start("eod", '{"region": "eu", "date": "2026-11-21"}')
@@ -81,9 +87,7 @@ def test_same_params_in_another_order_is_the_same_instance(
 def test_start_of_a_completed_instance_is_refused_and_writes_nothing(
     operator: JobOperator, registry: JobRegistry, repository: SqlJobRepository
 ) -> None:
-    registry.register(
-        JobBuilder("eod").step(StepBuilder("s").tasklet(lambda ctx: None).build()).build()
-    )
+    registry.register(tasklet_job("eod", lambda ctx: None))
     done = operator.start("eod", DAY)
     assert done.status == BatchStatus.COMPLETED
     before = table_counts(repository)
@@ -132,7 +136,7 @@ def test_restart_reuses_the_instance(
     operator: JobOperator, registry: JobRegistry, repository: SqlJobRepository, by: str
 ) -> None:
     flaky = Flaky()
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(flaky).build()).build())
+    registry.register(tasklet_job("eod", flaky))
     failed = operator.start("eod", DAY)
     # A second, newer instance of the same job that failed too: restart by id must still
     # pick the instance of the given execution (GoBatch's restart-by-id bug).
@@ -152,7 +156,7 @@ def test_restart_of_completed_or_abandoned_instance_is_refused(
     operator: JobOperator, registry: JobRegistry, repository: SqlJobRepository
 ) -> None:
     flaky = Flaky()
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(flaky).build()).build())
+    registry.register(tasklet_job("eod", flaky))
     failed = operator.start("eod", DAY)
     abandoned = operator.abandon(failed.id)
     assert abandoned.status == BatchStatus.ABANDONED
@@ -256,11 +260,7 @@ def test_concurrent_start_of_one_instance_is_refused(
     operator: JobOperator, registry: JobRegistry
 ) -> None:
     started, release = threading.Event(), threading.Event()
-    registry.register(
-        JobBuilder("eod")
-        .step(StepBuilder("s").tasklet(blocking_tasklet(started, release)).build())
-        .build()
-    )
+    registry.register(tasklet_job("eod", blocking_tasklet(started, release)))
     running = operator.start_async("eod", DAY)
     with pytest.raises(JobExecutionAlreadyRunning, match="already running"):
         operator.start("eod", DAY)
@@ -272,11 +272,7 @@ def test_concurrent_start_of_one_instance_is_refused(
 
 def test_abandon_rules(operator: JobOperator, registry: JobRegistry) -> None:
     started, release = threading.Event(), threading.Event()
-    registry.register(
-        JobBuilder("eod")
-        .step(StepBuilder("s").tasklet(blocking_tasklet(started, release)).build())
-        .build()
-    )
+    registry.register(tasklet_job("eod", blocking_tasklet(started, release)))
     running = operator.start_async("eod", DAY)
     assert started.wait(10)
     with pytest.raises(JobExecutionAlreadyRunning, match="stop it first"):
@@ -297,12 +293,7 @@ def test_bad_requests_raise_specific_errors_and_write_nothing(
     class Params(BaseModel):
         date: str
 
-    registry.register(
-        JobBuilder("eod")
-        .params_model(Params)
-        .step(StepBuilder("s").tasklet(lambda ctx: None).build())
-        .build()
-    )
+    registry.register(tasklet_job("eod", lambda ctx: None, params_model=Params))
     before = table_counts(repository)
     with pytest.raises(NoSuchJob, match="'nope'"):
         operator.start("nope", DAY)
@@ -399,7 +390,7 @@ def test_contexts_persist_as_documented(operator: JobOperator, registry: JobRegi
 def test_list_executions_newest_first_with_filters(
     operator: JobOperator, registry: JobRegistry
 ) -> None:
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(Flaky()).build()).build())
+    registry.register(tasklet_job("eod", Flaky()))
     ids = [operator.start("eod", {"date": f"2026-11-{day:02d}"}).id for day in (1, 2, 3)]
     assert [e.id for e in operator.list_executions()] == ids[::-1]
     assert [e.id for e in operator.list_executions("eod", BatchStatus.FAILED, limit=2)] == ids[
@@ -464,7 +455,7 @@ def test_async_starts_are_bounded_by_max_concurrent_jobs(
         with lock:
             running -= 1
 
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(tasklet).build()).build())
+    registry.register(tasklet_job("eod", tasklet))
     with JobOperator(repository, registry, max_concurrent_jobs=2, heartbeat=0.2) as operator:
         executions = [operator.start_async("eod", {"date": f"d{i}"}) for i in range(5)]
         deadline = time.monotonic() + 10
@@ -480,11 +471,7 @@ def test_async_starts_are_bounded_by_max_concurrent_jobs(
 
 def test_wait_times_out(operator: JobOperator, registry: JobRegistry) -> None:
     started, release = threading.Event(), threading.Event()
-    registry.register(
-        JobBuilder("eod")
-        .step(StepBuilder("s").tasklet(blocking_tasklet(started, release)).build())
-        .build()
-    )
+    registry.register(tasklet_job("eod", blocking_tasklet(started, release)))
     execution = operator.start_async("eod", DAY)
     with pytest.raises(TimeoutError):
         operator.wait(execution.id, timeout=0.1)
@@ -495,9 +482,7 @@ def test_wait_times_out(operator: JobOperator, registry: JobRegistry) -> None:
 def test_start_async_returns_the_execution_as_created(
     operator: JobOperator, registry: JobRegistry
 ) -> None:
-    registry.register(
-        JobBuilder("quick").step(StepBuilder("s").tasklet(lambda ctx: None).build()).build()
-    )
+    registry.register(tasklet_job("quick", lambda ctx: None))
     for day in range(1, 21):
         execution = operator.start_async("quick", {"date": f"2026-11-{day:02d}"})
         operator.wait(execution.id, timeout=10)

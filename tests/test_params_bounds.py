@@ -16,18 +16,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from batchd import (
-    BatchStatus,
-    JobBuilder,
-    JobOperator,
-    JobRegistry,
-    SqlJobRepository,
-    StepBuilder,
-    StepContext,
-    failpoints,
-)
+from batchd import BatchStatus, JobOperator, JobRegistry, SqlJobRepository, StepContext, failpoints
 from batchd.errors import InvalidJobParameters
 from batchd.model.params import MAX_PARAMS_BYTES, MAX_PARAMS_DEPTH
+from tests.support.jobs import operator_for, tasklet_job
 from tests.test_operator import table_counts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +44,8 @@ def note(ctx: StepContext) -> None:
 
 @pytest.fixture
 def jobs(registry: JobRegistry) -> JobRegistry:
-    registry.register(JobBuilder("plain").step(StepBuilder("note").tasklet(note).build()).build())
-    registry.register(
-        JobBuilder("measured")
-        .params_model(Measure)
-        .step(StepBuilder("note").tasklet(note).build())
-        .build()
-    )
+    registry.register(tasklet_job("plain", note, step="note"))
+    registry.register(tasklet_job("measured", note, step="note", params_model=Measure))
     return registry
 
 
@@ -195,8 +182,7 @@ def test_a_kill_after_creating_the_execution_is_repaired_by_recover(
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout == ""  # killed before start_async returned the execution
-    repository = SqlJobRepository(database_url)
-    operator = JobOperator(repository, JobRegistry(), heartbeat=0.2)
+    operator = operator_for(database_url, heartbeat=0.2)
     try:
         [stuck] = operator.list_executions()
         assert stuck.status == BatchStatus.STARTING
@@ -205,4 +191,4 @@ def test_a_kill_after_creating_the_execution_is_repaired_by_recover(
         assert recovered.exit_message is not None and "process" in recovered.exit_message
     finally:
         operator.shutdown()
-        repository.dispose()
+        operator.repository.dispose()

@@ -15,15 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, update
 
-from batchd import (
-    BatchStatus,
-    JobBuilder,
-    JobOperator,
-    JobRegistry,
-    SqlJobRepository,
-    StepBuilder,
-    StepContext,
-)
+from batchd import BatchStatus, JobOperator, SqlJobRepository, StepContext
+from batchd.engine import Job
 from batchd.engine.operator import process_is_alive
 from batchd.items import ListItemReader, SqlItemWriter
 from batchd.items.sql_items import dispose_engines
@@ -34,10 +27,13 @@ from tests.support.jobs import (
     JsonLinesLog,
     blocking_tasklet,
     child_registry,
+    chunk_job,
     create_output_table,
     create_target_table,
+    operator_for,
     output_table,
     target_table,
+    tasklet_job,
 )
 from tests.support.processes import dead_pid
 
@@ -132,7 +128,7 @@ def test_lease_decides_for_owners_on_other_hosts(database_url: str) -> None:
             owner=Owner(host=host, pid=1),
             decide=lambda last: None,
         )
-    operator = JobOperator(repo, JobRegistry(), heartbeat=5)
+    operator = JobOperator(repo, heartbeat=5)
     clock.now += timedelta(seconds=50)
     repo.heartbeat([2])  # node-b is alive and beating
     clock.now += timedelta(seconds=20)
@@ -148,20 +144,19 @@ def test_lease_decides_for_owners_on_other_hosts(database_url: str) -> None:
 
 
 def recovered_while_running(
-    database_url: str, step: Any, running: threading.Event
+    database_url: str, job: Job, running: threading.Event
 ) -> tuple[JobOperator, int]:
-    """Start a one-step job on an owner, wait until ``step`` is ``running``, then recover
-    its execution from another operator whose clock is five minutes ahead (the owner is
-    alive but silent past the lease: a long GC pause, a network partition). Returns the
-    owner (to be shut down) and the execution id; the test then lets the step go on."""
-    registry = JobRegistry()
-    registry.register(JobBuilder("eod").step(step).build())
-    owner = JobOperator(SqlJobRepository(database_url), registry, heartbeat=0.2)
+    """Start ``job`` (of one step, named eod) on an owner, wait until its step is
+    ``running``, then recover its execution from another operator whose clock is five
+    minutes ahead (the owner is alive but silent past the lease: a long GC pause, a network
+    partition). Returns the owner (to be shut down) and the execution id; the test then
+    lets the step go on."""
+    owner = operator_for(database_url, job, heartbeat=0.2)
     execution = owner.start_async("eod", {"date": "2026-11-21"})
     assert running.wait(10)
     clock = Clock()
     clock.now += timedelta(minutes=5)
-    rescuer = JobOperator(SqlJobRepository(database_url, clock=clock), JobRegistry())
+    rescuer = operator_for(database_url, clock=clock)
     assert [e.id for e in rescuer.recover(lease=60)] == [execution.id]
     rescuer.shutdown()
     rescuer.repository.dispose()
@@ -184,15 +179,13 @@ def test_a_recovered_execution_is_never_overwritten_by_its_late_owner(
 ) -> None:
     """The owner's next commit is refused and it gives up."""
     running, resume = threading.Event(), threading.Event()
-    step = (
-        StepBuilder("load")
-        .reader(CountingReader(50))
-        .processor(pausing_at(25, running, resume))
-        .writer(JsonLinesLog(tmp_path / "out.jsonl"))
-        .chunk_size(10)
-        .build()
+    job = chunk_job(
+        "eod",
+        CountingReader(50),
+        JsonLinesLog(tmp_path / "out.jsonl"),
+        processor=pausing_at(25, running, resume),
     )
-    owner, execution_id = recovered_while_running(database_url, step, running)
+    owner, execution_id = recovered_while_running(database_url, job, running)
     resume.set()
     ended = owner.wait(execution_id, timeout=10)
     assert ended.status == BatchStatus.FAILED
@@ -207,15 +200,13 @@ def test_a_late_owners_refused_chunk_leaves_no_row_of_its_sql_writer(database_ur
     create_target_table(database_url)
     running, resume = threading.Event(), threading.Event()
     items = [{"id": i, "name": f"n{i}", "amount": str(i)} for i in range(1, 51)]
-    step = (
-        StepBuilder("load")
-        .reader(ListItemReader(items))
-        .processor(pausing_at(25, running, resume))
-        .writer(SqlItemWriter(database_url, target_table()))
-        .chunk_size(10)
-        .build()
+    job = chunk_job(
+        "eod",
+        ListItemReader(items),
+        SqlItemWriter(database_url, target_table()),
+        processor=pausing_at(25, running, resume),
     )
-    owner, execution_id = recovered_while_running(database_url, step, running)
+    owner, execution_id = recovered_while_running(database_url, job, running)
     resume.set()
     ended = owner.wait(execution_id, timeout=10)
     owner.shutdown()
@@ -241,8 +232,8 @@ def test_a_late_owner_does_not_end_a_recovered_tasklet_step(database_url: str) -
             running.set()
             resume.wait(10)
 
-    step = StepBuilder("work").tasklet(tasklet).build()
-    owner, execution_id = recovered_while_running(database_url, step, running)
+    job = tasklet_job("eod", tasklet, step="work")
+    owner, execution_id = recovered_while_running(database_url, job, running)
     resume.set()
     ended = owner.wait(execution_id, timeout=10)
     assert ended.status == BatchStatus.FAILED
@@ -258,14 +249,10 @@ def test_a_late_owner_does_not_end_a_recovered_tasklet_step(database_url: str) -
 def test_recover_leaves_this_operators_own_running_execution_alone(database_url: str) -> None:
     """Its heartbeat is late (the heartbeat thread was starved), the run is not."""
     running, release = threading.Event(), threading.Event()
-    registry = JobRegistry()
-    registry.register(
-        JobBuilder("eod")
-        .step(StepBuilder("s").tasklet(blocking_tasklet(running, release)).build())
-        .build()
-    )
     # A 20 s heartbeat: none beats during the test, the aged heartbeat stays aged.
-    operator = JobOperator(SqlJobRepository(database_url), registry, heartbeat=20)
+    operator = operator_for(
+        database_url, tasklet_job("eod", blocking_tasklet(running, release)), heartbeat=20
+    )
     try:
         execution = operator.start_async("eod", {"date": "2026-11-21"})
         assert running.wait(10)
@@ -296,7 +283,7 @@ def test_a_pid_is_only_checked_on_its_own_host(database_url: str) -> None:
         owner=Owner(host="some-other-host", pid=pid),
         decide=lambda last: None,
     )
-    operator = JobOperator(repository, JobRegistry(), heartbeat=5)
+    operator = JobOperator(repository, heartbeat=5)
     assert operator.recover(lease=60) == []
     assert repository.require_execution(execution.id).status == BatchStatus.STARTING
     operator.shutdown()
@@ -313,9 +300,7 @@ def test_a_stop_during_a_tasklet_is_kept_when_the_run_begins_late(database_url: 
         ran.append(str(ctx.params))
         release.wait(10)
 
-    registry = JobRegistry()
-    registry.register(JobBuilder("eod").step(StepBuilder("s").tasklet(hold).build()).build())
-    operator = JobOperator(SqlJobRepository(database_url), registry, max_concurrent_jobs=1)
+    operator = operator_for(database_url, tasklet_job("eod", hold), max_concurrent_jobs=1)
     first = operator.start_async("eod", {"date": "1"})
     queued = operator.start_async("eod", {"date": "2"})
     assert [e.id for e in operator.stop(queued.id)] == [queued.id]

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
 from batchd.repository import Owner
-from tests.support.jobs import blocking_tasklet
+from tests.support.jobs import blocking_tasklet, tasklet_job
 
 
 def changes(repository: SqlJobRepository, execution_id: int) -> list[tuple[str | None, str]]:
@@ -56,11 +56,7 @@ def test_a_stop_and_a_recovery_are_in_the_history(
     repository: SqlJobRepository, registry: JobRegistry
 ) -> None:
     started, release = threading.Event(), threading.Event()
-    registry.register(
-        JobBuilder("slow")
-        .step(StepBuilder("wait").tasklet(blocking_tasklet(started, release)).build())
-        .build()
-    )
+    registry.register(tasklet_job("slow", blocking_tasklet(started, release), step="wait"))
     operator = JobOperator(repository, registry, heartbeat=0.2)
     try:
         execution = operator.start_async("slow", {})
@@ -103,9 +99,7 @@ def test_a_stop_and_a_recovery_are_in_the_history(
 def test_purge_deletes_the_history_with_its_executions(
     operator: JobOperator, registry: JobRegistry
 ) -> None:
-    registry.register(
-        JobBuilder("once").step(StepBuilder("s").tasklet(lambda c: None).build()).build()
-    )
+    registry.register(tasklet_job("once", lambda c: None))
     done = operator.start("once", {})
     repository = operator.repository
     assert len(repository.status_history(done.id)) == 5
