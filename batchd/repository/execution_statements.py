@@ -1,4 +1,4 @@
-"""The SQL of the executions and instances part of the job repository, in named constants.
+"""The SQL of the executions part of the job repository, in named constants.
 
 Every statement a run uses is built once with bound parameters: constructing a Core statement
 and its cache key cost more than executing it on SQLite. An UPDATE's SET clause comes from the
@@ -7,26 +7,14 @@ parameters' column names.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import bindparam, insert, select, update
 
 from batchd.repository.tables import (
     job_execution,
     job_execution_context,
-    job_instance,
     step_execution,
 )
 
-LOCK_INSTANCE = (
-    update(job_instance)
-    .where(job_instance.c.id == bindparam("b_id"))
-    .values(version=job_instance.c.version + 1)
-)
-INSERT_INSTANCE: dict[str, Any] = {}  # by dialect name
-INSTANCE_ID = select(job_instance.c.id).where(
-    job_instance.c.job_name == bindparam("b_name"), job_instance.c.job_key == bindparam("b_key")
-)
 INSERT_EXECUTION = insert(job_execution)
 INSERT_JOB_CONTEXT = insert(job_execution_context)
 EXECUTION_BY_ID = select(job_execution).where(job_execution.c.id == bindparam("b_id"))

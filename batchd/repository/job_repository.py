@@ -11,10 +11,10 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -22,7 +22,6 @@ from batchd.errors import (
     ExecutionLost,
     JobExecutionAlreadyRunning,
     JobInstanceAlreadyComplete,
-    NoSuchJobExecution,
     RepositoryError,
 )
 from batchd.model import (
@@ -30,44 +29,31 @@ from batchd.model import (
     RUNNING_STATUSES,
     BatchStatus,
     JobExecution,
-    JobInstance,
-    StepExecution,
     canonical_json,
     database_identity,
 )
 from batchd.repository import migrate
-from batchd.repository.base import (
-    RUNNING,
-    Clock,
-    dialect_insert,
-    inserted_id,
-    utc_now,
-)
+from batchd.repository.base import RUNNING, Clock, inserted_id, utc_now
 from batchd.repository.connect import create_database_engine, parse_database_url
 from batchd.repository.execution_statements import (
-    EXECUTION_BY_ID,
     INSERT_EXECUTION,
-    INSERT_INSTANCE,
     INSERT_JOB_CONTEXT,
-    INSTANCE_ID,
-    LAST_OF_INSTANCE,
-    LOAD_JOB_CONTEXT,
-    LOCK_INSTANCE,
-    SAVE_JOB_CONTEXT,
-    STEPS_OF_EXECUTIONS,
     UPDATE_IF_UNCHANGED,
 )
+from batchd.repository.executions import (
+    ExecutionQueries,
+    last_of_instance,
+    load_job_context,
+    save_job_context,
+)
 from batchd.repository.history import HistoryQueries, JobSummary, PurgeResult
+from batchd.repository.instances import InstanceQueries, find_or_create_instance
 from batchd.repository.liveness import Liveness
 from batchd.repository.mysql import is_duplicate_of
-from batchd.repository.rows import to_instance, to_job_execution, to_step_execution
+from batchd.repository.rows import to_job_execution
 from batchd.repository.status_history import record_changes
 from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
-from batchd.repository.tables import (
-    job_execution,
-    job_instance,
-    step_execution,
-)
+from batchd.repository.tables import job_execution, step_execution
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +80,7 @@ class Owner:
     pid: int
 
 
-class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
+class SqlJobRepository(ExecutionQueries, InstanceQueries, StepRecords, HistoryQueries, Liveness):
     """A job repository in SQLite or PostgreSQL, created or upgraded on open.
 
     ``SqlJobRepository("sqlite:///batchd.db")`` or
@@ -147,7 +133,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
     def __repr__(self) -> str:
         return f"SqlJobRepository({self.url.render_as_string(hide_password=True)!r})"
 
-    # ------------------------------------------------------------------ instances
+    # ------------------------------------------------------------------ creating
 
     def create_execution(
         self,
@@ -167,22 +153,36 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
         happens in Python. Returns the new execution and the previous one (None if first).
         """
         now = self.clock()
+        params_json = canonical_json(params)
         try:
             with self.engine.begin() as conn:
-                instance_id = self._find_or_create_instance(
+                instance_id, new = find_or_create_instance(
                     conn, job_name, job_key, identifying_params, now
                 )
-                # Lock the instance row: concurrent creators for one instance queue here.
-                conn.execute(LOCK_INSTANCE, {"b_id": instance_id})
-                last = self._last_execution_of_instance(conn, instance_id)
+                last = None if new else last_of_instance(conn, instance_id)
                 decide(last)
-                execution_id = inserted_id(
+                execution = JobExecution(
+                    id=0,
+                    instance_id=instance_id,
+                    job_name=job_name,
+                    # As a read gives them back: parameters from their JSON, times in UTC.
+                    params=json.loads(params_json),
+                    status=BatchStatus.STARTING,
+                    create_time=now.astimezone(UTC),
+                    last_updated=now.astimezone(UTC),
+                    owner_host=owner.host,
+                    owner_pid=owner.pid,
+                    heartbeat=now.astimezone(UTC),
+                    exit_status=BatchStatus.STARTING.value,
+                    attempt=(last.attempt if last is not None else 0) + 1,
+                )
+                execution.id = inserted_id(
                     conn.execute(
                         INSERT_EXECUTION,
                         {
                             "instance_id": instance_id,
                             "job_name": job_name,
-                            "params": canonical_json(params),
+                            "params": params_json,
                             "status": BatchStatus.STARTING.value,
                             "create_time": now,
                             "last_updated": now,
@@ -190,18 +190,18 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                             "owner_pid": owner.pid,
                             "heartbeat": now,
                             "version": 0,
-                            "attempt": (last.attempt if last is not None else 0) + 1,
+                            "attempt": execution.attempt,
                         },
                     )
                 )
                 record_changes(
-                    conn, [(execution_id, None, None, BatchStatus.STARTING)], at=now, node=self.node
+                    conn, [(execution.id, None, None, BatchStatus.STARTING)], at=now, node=self.node
                 )
                 # A restart continues with the job context its previous execution saved.
-                previous_context = self._load_job_context(conn, last.id) if last is not None else {}
+                previous_context = load_job_context(conn, last.id) if last is not None else {}
                 conn.execute(
                     INSERT_JOB_CONTEXT,
-                    {"job_execution_id": execution_id, "context": canonical_json(previous_context)},
+                    {"job_execution_id": execution.id, "context": canonical_json(previous_context)},
                 )
         except IntegrityError as exc:
             if _is_second_running_execution(exc):
@@ -210,142 +210,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                     f"{canonical_json(identifying_params)}"
                 ) from None
             raise
-        execution = self.get_execution(execution_id)
-        assert execution is not None
         return execution, last
-
-    def _find_or_create_instance(
-        self,
-        conn: Connection,
-        job_name: str,
-        job_key: str,
-        identifying_params: dict[str, Any],
-        now: datetime,
-    ) -> int:
-        conn.execute(
-            self._insert_ignoring_conflict(conn),
-            {
-                "job_name": job_name,
-                "job_key": job_key,
-                "params": canonical_json(identifying_params),
-                "create_time": now,
-                "version": 0,
-            },
-        )
-        instance_id: int = conn.execute(
-            INSTANCE_ID, {"b_name": job_name, "b_key": job_key}
-        ).scalar_one()
-        return instance_id
-
-    @staticmethod
-    def _insert_ignoring_conflict(conn: Connection) -> Any:
-        stmt = INSERT_INSTANCE.get(conn.dialect.name)
-        if stmt is None:
-            stmt = dialect_insert(conn)(job_instance).on_conflict_do_nothing(
-                index_elements=["job_name", "job_key"]
-            )
-            INSERT_INSTANCE[conn.dialect.name] = stmt
-        return stmt
-
-    def get_instance(self, instance_id: int) -> JobInstance | None:
-        with self.reading() as conn:
-            row = (
-                conn.execute(select(job_instance).where(job_instance.c.id == instance_id))
-                .mappings()
-                .first()
-            )
-        return to_instance(row) if row is not None else None
-
-    def find_instance(self, job_name: str, job_key: str) -> JobInstance | None:
-        with self.reading() as conn:
-            row = (
-                conn.execute(
-                    select(job_instance).where(
-                        job_instance.c.job_name == job_name, job_instance.c.job_key == job_key
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return to_instance(row) if row is not None else None
-
-    def job_names(self) -> list[str]:
-        """Every job name the repository has an instance of."""
-        with self.reading() as conn:
-            return list(conn.execute(select(job_instance.c.job_name).distinct()).scalars())
-
-    # ----------------------------------------------------------------- executions
-
-    def get_execution(self, execution_id: int) -> JobExecution | None:
-        with self.reading() as conn:
-            rows = conn.execute(EXECUTION_BY_ID, {"b_id": execution_id}).mappings().all()
-            found = self._with_steps(conn, rows)
-        return found[0] if found else None
-
-    def require_execution(self, execution_id: int) -> JobExecution:
-        execution = self.get_execution(execution_id)
-        if execution is None:
-            raise NoSuchJobExecution(f"no job execution with id {execution_id}")
-        return execution
-
-    def list_executions(
-        self,
-        job_name: str | None = None,
-        status: BatchStatus | str | None = None,
-        limit: int = 50,
-        *,
-        instance_id: int | None = None,
-    ) -> list[JobExecution]:
-        """Executions, newest first."""
-        conditions = []
-        if job_name is not None:
-            conditions.append(job_execution.c.job_name == job_name)
-        if status is not None:
-            conditions.append(job_execution.c.status == BatchStatus(status).value)
-        if instance_id is not None:
-            conditions.append(job_execution.c.instance_id == instance_id)
-        with self.reading() as conn:
-            return self._executions(conn, and_(True, *conditions), limit=limit)
-
-    def running_executions(self) -> list[JobExecution]:
-        with self.reading() as conn:
-            return self._executions(conn, job_execution.c.status.in_(RUNNING), limit=None)
-
-    def newest_execution_of_job(self, job_name: str) -> JobExecution | None:
-        found = self.list_executions(job_name=job_name, limit=1)
-        return found[0] if found else None
-
-    def last_execution_of_instance(self, instance_id: int) -> JobExecution | None:
-        with self.reading() as conn:
-            return self._last_execution_of_instance(conn, instance_id)
-
-    def _last_execution_of_instance(
-        self, conn: Connection, instance_id: int
-    ) -> JobExecution | None:
-        rows = conn.execute(LAST_OF_INSTANCE, {"b_instance": instance_id}).mappings().all()
-        found = self._with_steps(conn, rows)
-        return found[0] if found else None
-
-    def _executions(
-        self, conn: Connection, condition: Any, limit: int | None
-    ) -> list[JobExecution]:
-        query = select(job_execution).where(condition).order_by(job_execution.c.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        return self._with_steps(conn, conn.execute(query).mappings().all())
-
-    @staticmethod
-    def _with_steps(conn: Connection, rows: Sequence[Any]) -> list[JobExecution]:
-        """The executions of ``rows`` with their step executions (one more query)."""
-        if not rows:
-            return []
-        steps_by_execution: dict[int, list[StepExecution]] = {row["id"]: [] for row in rows}
-        step_rows = conn.execute(
-            STEPS_OF_EXECUTIONS, {"b_ids": list(steps_by_execution)}
-        ).mappings()
-        for step_row in step_rows:
-            steps_by_execution[step_row["job_execution_id"]].append(to_step_execution(step_row))
-        return [to_job_execution(row, steps_by_execution[row["id"]]) for row in rows]
 
     # ------------------------------------------------- owner's writes (compare-and-set)
 
@@ -394,15 +259,8 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
         abandon elsewhere does."""
         now = self.clock()
         with self.engine.begin() as conn:
-            while not _update_if_unchanged(
-                conn,
-                execution,
-                RUNNING,
-                status=status.value,
-                exit_status=exit_status or status.value,
-                exit_message=exit_message,
-                end_time=now,
-                last_updated=now,
+            while not _end_if_unchanged(
+                conn, execution, status, exit_message, now, exit_status=exit_status or status.value
             ):
                 execution.version = self._reload_owned(conn, execution).version
             record_changes(
@@ -412,7 +270,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                 node=self.node,
                 message=exit_message,
             )
-            self._save_job_context(conn, execution.id, job_context)
+            save_job_context(conn, execution.id, job_context)
         execution.status, execution.exit_message, execution.end_time = status, exit_message, now
         execution.exit_status = exit_status or status.value
         execution.version += 1
@@ -435,23 +293,6 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
                 "this process gives up its run"
             )
         return current
-
-    def save_job_context(self, execution_id: int, job_context: dict[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            self._save_job_context(conn, execution_id, job_context)
-
-    @staticmethod
-    def _save_job_context(conn: Connection, execution_id: int, context: dict[str, Any]) -> None:
-        conn.execute(SAVE_JOB_CONTEXT, {"b_id": execution_id, "context": canonical_json(context)})
-
-    def load_job_context(self, execution_id: int) -> dict[str, Any]:
-        with self.reading() as conn:
-            return self._load_job_context(conn, execution_id)
-
-    @staticmethod
-    def _load_job_context(conn: Connection, execution_id: int) -> dict[str, Any]:
-        text_value = conn.execute(LOAD_JOB_CONTEXT, {"b_id": execution_id}).scalar_one_or_none()
-        return json.loads(text_value) if text_value else {}
 
     # ------------------------------------------------------ requests from anyone
 
@@ -524,15 +365,7 @@ class SqlJobRepository(StepRecords, HistoryQueries, Liveness):
         the way ``execution`` saw it. False when it changed meanwhile."""
         now = self.clock()
         with self.engine.begin() as conn:
-            if not _update_if_unchanged(
-                conn,
-                execution,
-                RUNNING,
-                status=BatchStatus.FAILED.value,
-                exit_message=reason,
-                end_time=now,
-                last_updated=now,
-            ):
+            if not _end_if_unchanged(conn, execution, BatchStatus.FAILED, reason, now):
                 return False
             running_steps = conn.execute(
                 select(step_execution.c.id, step_execution.c.step_name).where(
@@ -575,6 +408,27 @@ def _update_if_unchanged(
         },
     ).rowcount
     return bool(changed == 1)
+
+
+def _end_if_unchanged(
+    conn: Connection,
+    execution: JobExecution,
+    status: BatchStatus,
+    message: str | None,
+    now: datetime,
+    **more: Any,
+) -> bool:
+    """Compare-and-set a running execution's end."""
+    return _update_if_unchanged(
+        conn,
+        execution,
+        RUNNING,
+        status=status.value,
+        exit_message=message,
+        end_time=now,
+        last_updated=now,
+        **more,
+    )
 
 
 def _is_second_running_execution(error: IntegrityError) -> bool:
