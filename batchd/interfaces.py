@@ -320,6 +320,20 @@ class ControlListener(Protocol):
         return None
 
 
+def item_method(component: Any, name: str) -> Any:
+    """What the engine calls for ``component``'s ``name`` (``read``, ``process``, ``write``):
+    its method of that name, or the component itself when it is a plain function (None for
+    no component)."""
+    if component is None:
+        return None
+    method = getattr(component, name, None)
+    if callable(method):
+        return method
+    if callable(component):
+        return component
+    raise TypeError(f"{component!r} has no {name}() method and is not callable")
+
+
 def hooks(protocol: type) -> tuple[str, ...]:
     """The hook names a listener or observer Protocol declares, in order."""
     return tuple(name for name in vars(protocol) if not name.startswith("_"))

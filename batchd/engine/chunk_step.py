@@ -16,7 +16,14 @@ from batchd.engine.faults import FaultPolicy, SkipLimitExceeded
 from batchd.engine.listeners import Listeners
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import ExecutionLost, JobStopped
-from batchd.interfaces import ProcessFunction, Processor, Reader, WriteFunction, Writer
+from batchd.interfaces import (
+    ProcessFunction,
+    Processor,
+    Reader,
+    WriteFunction,
+    Writer,
+    item_method,
+)
 from batchd.model import (
     BatchStatus,
     ChunkContext,
@@ -105,17 +112,6 @@ def _copy(component: Any) -> Any:
     return copy.copy(component) if component is not None else None
 
 
-def _method(component: Any, name: str) -> Any:
-    if component is None:
-        return None
-    method = getattr(component, name, None)
-    if callable(method):
-        return method
-    if callable(component):
-        return component
-    raise TypeError(f"{component!r} has no {name}() method and is not callable")
-
-
 class _ChunkRun:
     """The state of one chunk step execution."""
 
@@ -129,9 +125,9 @@ class _ChunkRun:
         self.reader = _copy(step.reader)
         self.processor = _copy(step.processor)
         self.writer = _copy(step.writer)
-        self.read = _method(self.reader, "read")
-        self.process = _method(self.processor, "process")
-        self.write = _method(self.writer, "write")
+        self.read = item_method(self.reader, "read")
+        self.process = item_method(self.processor, "process")
+        self.write = item_method(self.writer, "write")
         self.streams = [
             part
             for part in (self.reader, self.processor, self.writer)

@@ -12,18 +12,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Self
 
+from batchd.interfaces import item_method
 from batchd.model import ExecutionContext
 
 log = logging.getLogger(__name__)
-
-
-def _call(component: Any, method: str) -> Any:
-    bound = getattr(component, method, None)
-    if callable(bound):
-        return bound
-    if callable(component):
-        return component
-    raise TypeError(f"{component!r} has no {method}() method and is not callable")
 
 
 class _Composite:
@@ -34,7 +26,7 @@ class _Composite:
         self.components = list(components)
         if not self.components:
             raise ValueError(f"a composite {what} needs at least one {what}")
-        self._calls = [_call(component, method) for component in self.components]
+        self._calls = [item_method(component, method) for component in self.components]
         self._method = method
 
     def __copy__(self) -> Self:
@@ -43,7 +35,7 @@ class _Composite:
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.components = [copy.copy(component) for component in self.components]
-        clone._calls = [_call(component, self._method) for component in clone.components]
+        clone._calls = [item_method(component, self._method) for component in clone.components]
         return clone
 
     def __getstate__(self) -> dict[str, Any]:
@@ -51,7 +43,7 @@ class _Composite:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._calls = [_call(component, self._method) for component in self.components]
+        self._calls = [item_method(component, self._method) for component in self.components]
 
     def _streams(self, method: str) -> list[Any]:
         return [
