@@ -90,20 +90,16 @@ def _ask(engine: Engine) -> str:
 
 
 def _postgresql_identity(cursor: Any, engine: Engine, unique: str) -> str:
-    try:
-        cursor.execute(
-            "SELECT system_identifier::text, current_database(), current_user"
-            " FROM pg_control_system()"
-        )
-        system_id, database, user = cursor.fetchone()
-    except engine.dialect.loaded_dbapi.Error as error:
-        log.warning(
-            "database %s does not tell its system identifier (%s): writers join its chunk "
-            "transactions only through this Engine",
-            engine.url.render_as_string(hide_password=True),
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
-        )
+    row = _answer(
+        cursor,
+        engine,
+        "SELECT system_identifier::text, current_database(), current_user"
+        " FROM pg_control_system()",
+        "its system identifier",
+    )
+    if row is None:
         return unique
+    system_id, database, user = row
     # The role too: a writer given other credentials must not write with the repository's.
     return f"postgresql:{system_id}/{database}/{user}"
 
@@ -116,20 +112,35 @@ def _mysql_identity(cursor: Any, engine: Engine, unique: str) -> str:
         if not getattr(engine.dialect, "is_mariadb", False)
         else ("CONCAT(@@hostname, ':', @@port, ':', @@datadir)")
     )
-    try:
-        cursor.execute(f"SELECT {server}, DATABASE(), CURRENT_USER()")
-        server_id, database, user = cursor.fetchone()
-    except engine.dialect.loaded_dbapi.Error as error:
-        log.warning(
-            "database %s does not tell which server it is (%s): writers join its chunk "
-            "transactions only through this Engine",
-            engine.url.render_as_string(hide_password=True),
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
-        )
+    row = _answer(
+        cursor,
+        engine,
+        f"SELECT {server}, DATABASE(), CURRENT_USER()",
+        "which server it is",
+    )
+    if row is None:
         return unique
+    server_id, database, user = row
     if database is None:  # no current database: table names go wherever the writer says
         return unique
     return f"mysql:{server_id}/{database}/{user}"
+
+
+def _answer(cursor: Any, engine: Engine, query: str, what: str) -> Any:
+    """The row ``query`` returns, or None (with a warning) when the server refuses it."""
+    try:
+        cursor.execute(query)
+        return cursor.fetchone()
+    except engine.dialect.loaded_dbapi.Error as error:
+        text = str(error).strip()
+        log.warning(
+            "database %s does not tell %s (%s): writers join its chunk transactions only "
+            "through this Engine",
+            engine.url.render_as_string(hide_password=True),
+            what,
+            text.splitlines()[0] if text else type(error).__name__,
+        )
+        return None
 
 
 def _sqlite_identity(cursor: Any, unique: str) -> str:
