@@ -8,22 +8,24 @@ import json
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemon.test_daemon import ROOT, DaemonProcess, wait_until
+from tests.daemon.test_daemon import ROOT, DaemonProcess, Daemons, daemons, wait_until
 
 __all__ = [
     "ROOT",
     "Control",
     "ControlError",
     "DaemonProcess",
+    "Daemons",
     "Launched",
     "control_config",
+    "daemons",
     "launch",
     "table_counts",
     "wait_until",
@@ -159,24 +161,20 @@ Launch = Callable[..., Launched]
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
+def launch(tmp_path: Path, daemons: Daemons) -> Launch:
     """Start the real daemon with a config from :func:`control_config` and wait for READY=1;
-    every daemon (and connection) is cleaned up at the end of the test."""
-    started: list[DaemonProcess] = []
+    every daemon is stopped at the end of the test."""
 
     def start(
         config: str | None = None, env: dict[str, str] | None = None, **options: Any
     ) -> Launched:
         text = config if config is not None else control_config(tmp_path, **options)
-        daemon = DaemonProcess(tmp_path, text, env)
-        started.append(daemon)
+        daemon = daemons.start(tmp_path, text, env)
         daemon.notify.wait_for("READY=1")
         socket_path = options.get("socket_path") or tmp_path / "control.sock"
         return Launched(daemon, Path(socket_path), tmp_path / "batchd.db")
 
-    yield start
-    for daemon in started:
-        daemon.stop()
+    return start
 
 
 def table_counts(database: Path) -> dict[str, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from batchd import BatchStatus, SqlJobRepository
 from batchd.repository import TriggerStore
 from tests.daemon.support import Control, Launch, control_config, wait_until
 from tests.daemon.test_ctl import ctl, ok
-from tests.daemon.test_daemon import DaemonProcess
+from tests.daemon.test_daemon import DaemonProcess, Daemons
 from tests.daemon.test_dependencies import JOBS, NEVER, executions, fires
 from tests.daemon.test_nodes import executions_of, node_config
 
@@ -193,22 +193,16 @@ params = {{ date = "{{business_date}}" }}
 
 
 @pytest.fixture
-def eod_nodes(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
+def eod_nodes(tmp_path: Path, pg_url: str, daemons: Daemons) -> Callable[..., DaemonProcess]:
     def start(name: str, extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
         workdir = tmp_path / name
         workdir.mkdir()
         config = node_config(tmp_path, pg_url, name, extra).replace(
             '"tests.daemon.node_jobs", "tests.daemon.daemon_jobs"', JOBS.strip("[]")
         )
-        daemon = DaemonProcess(workdir, config, env)
-        started.append(daemon)
-        return daemon
+        return daemons.start(workdir, config, env)
 
-    yield start
-    for daemon in started:
-        daemon.stop()
+    return start
 
 
 @pytest.mark.postgres

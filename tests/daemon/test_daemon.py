@@ -3,6 +3,7 @@ recovery at start-up."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -98,18 +99,30 @@ class DaemonProcess:
         self.notify.close()
 
 
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
+class Daemons:
+    """The daemons one test starts; the ``daemons`` fixture stops each at the test's end."""
 
-    def start(config: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        daemon = DaemonProcess(tmp_path, config, env)
-        started.append(daemon)
+    def __init__(self) -> None:
+        self.started: list[DaemonProcess] = []
+
+    def start(self, tmp: Path, config: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        """``batchd run`` with ``config``, in ``tmp`` (its config, log and working directory)."""
+        daemon = DaemonProcess(tmp, config, env)
+        self.started.append(daemon)
         return daemon
 
-    yield start
-    for daemon in started:
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    running = Daemons()
+    yield running
+    for daemon in running.started:
         daemon.stop()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, daemons: Daemons) -> Callable[..., DaemonProcess]:
+    return functools.partial(daemons.start, tmp_path)
 
 
 def config(tmp: Path, extra: str = "", **settings: str) -> str:

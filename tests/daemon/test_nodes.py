@@ -7,7 +7,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from batchd.model import JobExecution
 from tests.daemon.daemon_jobs import seen
 from tests.daemon.node_jobs import ticks
 from tests.daemon.support import Control
-from tests.daemon.test_daemon import DaemonProcess, drop, wait_until, watch
+from tests.daemon.test_daemon import DaemonProcess, Daemons, drop, wait_until, watch
 
 pytestmark = pytest.mark.postgres
 
@@ -42,24 +42,16 @@ def node_config(tmp: Path, url: str, name: str, extra: str = "") -> str:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., DaemonProcess]]:
+def start_node(tmp_path: Path, pg_url: str, daemons: Daemons) -> Callable[..., DaemonProcess]:
     """Starts a node (a real ``batchd run``) in a directory of its own."""
-    started: list[DaemonProcess] = []
 
     def start(name: str, extra: str = "", env: dict[str, str] | None = None) -> DaemonProcess:
         workdir = tmp_path / name
         workdir.mkdir()
-        daemon = DaemonProcess(
-            workdir,
-            node_config(tmp_path, pg_url, name, extra),
-            {"BATCHD_TEST_NODE": name, **(env or {})},
-        )
-        started.append(daemon)
-        return daemon
+        config = node_config(tmp_path, pg_url, name, extra)
+        return daemons.start(workdir, config, {"BATCHD_TEST_NODE": name, **(env or {})})
 
-    yield start
-    for daemon in started:
-        daemon.stop()
+    return start
 
 
 def executions_of(url: str, job: str) -> list[JobExecution]:

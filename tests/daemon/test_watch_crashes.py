@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, select, text
 
 from batchd import BatchStatus, SqlJobRepository
 from batchd.repository.tables import trigger_file
-from tests.daemon.test_daemon import DaemonProcess, config, drop, wait_until
+from tests.daemon.test_daemon import DaemonProcess, Daemons, config, drop, wait_until
 
 NUMBERS = range(1, 21)
 
@@ -32,21 +32,20 @@ def numbers_watch(inbox: Path, job: str = "count_file", params: str = '{ file = 
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
+def inbox(tmp_path: Path) -> Path:
+    """The directory the test's watch watches."""
+    directory = tmp_path / "inbox"
+    directory.mkdir()
+    return directory
 
 
 def start(
-    started: list[DaemonProcess], workdir: Path, text: str, failpoint: str | None = None
+    daemons: Daemons, workdir: Path, text: str, failpoint: str | None = None
 ) -> DaemonProcess:
     """``batchd run`` in ``workdir``, READY; killed at ``failpoint`` if one is named."""
     workdir.mkdir(exist_ok=True)
     env = {"BATCHD_FAILPOINTS": f"{failpoint}=kill"} if failpoint else {}
-    daemon = DaemonProcess(workdir, text, env)
-    started.append(daemon)
+    daemon = daemons.start(workdir, text, env)
     try:
         daemon.notify.wait_for("READY=1", timeout=30)
     except AssertionError as error:
@@ -110,29 +109,39 @@ def assert_taken_once(url: str, inbox: Path, node: str | None = None) -> None:
 # ---------------------------------------------------------- one node, restarted (SQLite)
 
 
+@dataclass
+class OneNode:
+    """The node of ``workdir/batchd.db`` (the ``sqlite_url`` fixture's), its config with
+    ``watch``: started killed at a failpoint, then started again (the same node, restarted)."""
+
+    daemons: Daemons
+    workdir: Path
+    watch: str
+
+    def start(self, failpoint: str | None = None) -> DaemonProcess:
+        return start(self.daemons, self.workdir, config(self.workdir, self.watch), failpoint)
+
+
 @pytest.mark.parametrize(
     "failpoint", ["watcher.after_claim", "watcher.after_move", "watcher.after_start"]
 )
 def test_a_file_is_taken_once_after_a_kill_in_any_window_of_its_take(
-    tmp_path: Path, daemons: list[DaemonProcess], failpoint: str
+    tmp_path: Path, daemons: Daemons, inbox: Path, sqlite_url: str, failpoint: str
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    url = f"sqlite:///{tmp_path / 'batchd.db'}"
-    text_ = config(tmp_path, numbers_watch(inbox))
-    first = start(daemons, tmp_path, text_, failpoint)
+    node = OneNode(daemons, tmp_path, numbers_watch(inbox))
+    first = node.start(failpoint)
     drop(inbox, "a.txt", NUMBERS)
     killed(first)
-    assert len(claims(url)) == 1 and claims(url)[0]["state"] == "claimed"
+    assert len(claims(sqlite_url)) == 1 and claims(sqlite_url)[0]["state"] == "claimed"
 
-    start(daemons, tmp_path, text_)  # the same node, restarted
+    node.start()  # the same node, restarted
 
     def settled() -> bool:
-        found = executions(url, "count_file")
+        found = executions(sqlite_url, "count_file")
         return len(found) == 1 and not found[0].status.is_running
 
     wait_until(settled, 30, "the file's job to end")
-    assert_taken_once(url, inbox)
+    assert_taken_once(sqlite_url, inbox)
 
 
 def refused_watch(inbox: Path) -> str:
@@ -143,46 +152,44 @@ def refused_watch(inbox: Path) -> str:
 
 @pytest.mark.parametrize("failpoint", ["watcher.after_refusal", "watcher.after_rejected_move"])
 def test_a_refused_file_is_rejected_once_after_a_kill_while_rejecting_it(
-    tmp_path: Path, daemons: list[DaemonProcess], failpoint: str
+    tmp_path: Path, daemons: Daemons, inbox: Path, sqlite_url: str, failpoint: str
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    url = f"sqlite:///{tmp_path / 'batchd.db'}"
-    text_ = config(tmp_path, refused_watch(inbox))
-    first = start(daemons, tmp_path, text_, failpoint)
+    node = OneNode(daemons, tmp_path, refused_watch(inbox))
+    first = node.start(failpoint)
     drop(inbox, "a.txt", range(1, 3))
-    wait_until(lambda: [e.status for e in executions(url, "dated")] == [BatchStatus.COMPLETED])
+    wait_until(
+        lambda: [e.status for e in executions(sqlite_url, "dated")] == [BatchStatus.COMPLETED]
+    )
     drop(inbox, "b.txt", range(1, 3))  # refused: the instance is COMPLETED
     killed(first)
 
-    start(daemons, tmp_path, text_)
-    wait_until(lambda: [c["state"] for c in claims(url)] == ["started", "rejected"], 30)
-    assert len(executions(url, "dated")) == 1
+    node.start()
+    wait_until(lambda: [c["state"] for c in claims(sqlite_url)] == ["started", "rejected"], 30)
+    assert len(executions(sqlite_url, "dated")) == 1
     assert listing(inbox / "processed") == ["a.txt"]
     assert listing(inbox / "rejected") == ["b.txt", "b.txt.reason"]
     reason = (inbox / "rejected" / "b.txt.reason").read_text()
     assert "already COMPLETED" in reason and reason.count("\n") == 1
-    assert claims(url)[1]["reason"] == reason.strip()
+    assert claims(sqlite_url)[1]["reason"] == reason.strip()
 
 
 def test_a_rejected_file_is_rejected_once_after_a_kill_between_its_reason_and_its_move(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: Daemons, inbox: Path, sqlite_url: str
 ) -> None:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
     # "{stem}" is no date: the file is rejected before it is claimed.
-    text_ = config(tmp_path, numbers_watch(inbox, job="dated", params='{ date = "{stem}" }'))
-    first = start(daemons, tmp_path, text_, "watcher.after_reason")
+    watch = numbers_watch(inbox, job="dated", params='{ date = "{stem}" }')
+    node = OneNode(daemons, tmp_path, watch)
+    first = node.start("watcher.after_reason")
     drop(inbox, "later.txt", range(1, 3))
     killed(first)
     assert listing(inbox / "rejected") == ["later.txt.reason"]  # the file not beside it yet
 
-    start(daemons, tmp_path, text_)
+    node.start()
     wait_until(lambda: listing(inbox / "rejected") == ["later.txt", "later.txt.reason"], 30)
     assert "invalid parameters for job 'dated'" in (inbox / "rejected/later.txt.reason").read_text()
     assert [p.name for p in inbox.iterdir() if not p.is_dir()] == []
     assert listing(inbox / "processed") == []
-    assert executions(f"sqlite:///{tmp_path / 'batchd.db'}", "dated") == []
+    assert executions(sqlite_url, "dated") == []
 
 
 # ------------------------------------------------- another node, after the lease (PostgreSQL)
@@ -201,10 +208,9 @@ def node_config(workdir: Path, url: str, node: str, inbox: Path) -> str:
     "failpoint", ["watcher.after_claim", "watcher.after_move", "watcher.after_start"]
 )
 def test_another_node_finishes_the_claim_of_a_node_that_died_after_the_lease(
-    tmp_path: Path, pg_url: str, daemons: list[DaemonProcess], failpoint: str
+    tmp_path: Path, pg_url: str, daemons: Daemons, inbox: Path, failpoint: str
 ) -> None:
-    inbox = tmp_path / "inbox"  # a directory both nodes watch
-    inbox.mkdir()
+    # The inbox is a directory both nodes watch.
     first = start(
         daemons, tmp_path / "a", node_config(tmp_path / "a", pg_url, "a", inbox), failpoint
     )
