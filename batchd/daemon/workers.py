@@ -29,6 +29,8 @@ from typing import Any
 
 from batchd.daemon.durations import format_duration
 from batchd.daemon.settings import JobLimits, Settings
+from batchd.daemon.workers_cgroup import oom_killed
+from batchd.daemon.workers_cgroup import remove as remove_cgroup
 from batchd.daemon.workers_pool import Worker, WorkerPool
 from batchd.daemon.workers_zygote import EXIT_MEMORY, Assignment
 from batchd.engine import JobOperator, JobRegistry
@@ -59,10 +61,13 @@ def log_path(log_dir: Path, job: str, execution_id: int) -> Path:
     return log_dir / job.replace(os.sep, "_") / f"{execution_id}.log"
 
 
-def exit_cause(worker: Worker, limits: JobLimits) -> str:
-    """Why a worker ended without recording its execution's end, as exit_message says it."""
+def exit_cause(worker: Worker, limits: JobLimits, *, oom_killed: bool = False) -> str:
+    """Why a worker ended without recording its execution's end, as exit_message says it
+    (``oom_killed``: its cgroup says the kernel killed it for its memory limit)."""
     if worker.kill_reason is not None:
         return f"worker process {worker.pid} killed: {worker.kill_reason}"
+    if oom_killed and limits.memory_max is not None:
+        return f"memory limit {format_memory(limits.memory_max)} exceeded"
     if worker.status is None:
         return f"worker process {worker.pid} ended with its warm process"
     code = os.waitstatus_to_exitcode(worker.status)
@@ -158,14 +163,16 @@ class ProcessOperator(JobOperator):
             worker = self._workers[execution.id]
         settings = self.settings()
         limits = settings.limits.of(job.name)
+        cgroup = None
         try:
+            if limits.memory_max is not None:
+                cgroup = self.pool.memory.place(worker.pid, limits.memory_max)
             # The parameters go as the execution records them: the worker types them with
             # its own job (a reload re-imports the modules, so the daemon's classes may no
-            # longer be the ones a worker has).
+            # longer be the ones a worker has). No rlimit where the cgroup limits it.
+            rlimit = None if cgroup is not None else limits.memory_max
             payload = pickle.dumps(
-                Assignment(
-                    execution, limits.memory_max, self.heartbeat_interval, input_directories()
-                )
+                Assignment(execution, rlimit, self.heartbeat_interval, input_directories())
             )
             worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
             log.info(
@@ -175,7 +182,8 @@ class ProcessOperator(JobOperator):
                 worker.pid,
             )
             cause = self._supervise(worker, execution, limits, settings.stop_grace)
-            self._fail_if_running(execution.id, cause or exit_cause(worker, limits))
+            oom = cgroup is not None and oom_killed(cgroup)
+            self._fail_if_running(execution.id, cause or exit_cause(worker, limits, oom_killed=oom))
             worker.output_closed.wait(OUTPUT_DRAIN_SECONDS)
         except BaseException as error:
             log.exception(
@@ -187,6 +195,8 @@ class ProcessOperator(JobOperator):
             raise
         finally:
             worker.release()
+            if cgroup is not None:
+                remove_cgroup(cgroup)
             with self._lock:
                 self._handles.pop(execution.id, None)
                 self._workers.pop(execution.id, None)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from batchd.daemon.workers_cgroup import MemoryLimits, memory_limits
 from batchd.errors import WorkersUnavailable
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._closing = False
         self._starting: _Zygote | None = None
+        self.memory = MemoryLimits(None, "not started")
         self._thread = threading.Thread(target=self._loop, name="batchd-workers", daemon=True)
 
     # ---------------------------------------------------------------- from other threads
@@ -169,6 +171,10 @@ class WorkerPool:
     def start(self) -> None:
         """Start the warm process; :meth:`wait_ready` waits for its imports (meanwhile the
         daemon goes on starting up: the two overlap)."""
+        # Before the warm process starts: the daemon may move itself to another cgroup.
+        self.memory = memory_limits()
+        way = "cgroup" if self.memory.cgroup is not None else "rlimit"
+        log.info("memory_max by %s: %s", way, self.memory.why)
         self._thread.start()
         made: queue.SimpleQueue[_Zygote | None] = queue.SimpleQueue()
         self._call(lambda: made.put(self._spawn()))

@@ -30,7 +30,7 @@ timeout = "1s"
 """
 
 
-def _config(tmp: Path) -> str:
+def worker_config(tmp: Path) -> str:
     return control_config(
         tmp,
         LIMITS,
@@ -56,7 +56,7 @@ STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 def test_a_crashing_job_fails_with_its_cause_and_the_rest_carries_on(
     launch: Callable[..., Launched], tmp_path: Path, job: str, cause: str
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     healthy = control.call("start", job="healthy", params={"run": 1, "seconds": 3})["id"]
     bad = control.call("start", job=job, params={"run": 1})["id"]
@@ -77,7 +77,7 @@ def test_a_crashing_job_fails_with_its_cause_and_the_rest_carries_on(
 def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     first = control.call("start", job="healthy", params={"run": 1, "seconds": 0.1})["id"]
     second = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
@@ -118,7 +118,7 @@ def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
     marker = tmp_path / "crashed"
     out = tmp_path / "items.jsonl"
     env = {"WORKER_JOBS_CRASH_MARKER": str(marker), "WORKER_JOBS_OUT": str(out)}
-    launched = launch(_config(tmp_path), env=env)
+    launched = launch(worker_config(tmp_path), env=env)
     control = launched.connect()
     crashed = control.call("start", job="items")["id"]
     failed = control.wait_for_status(crashed, "FAILED", "COMPLETED")
@@ -136,7 +136,7 @@ def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
 def test_sigterm_stops_the_workers_and_leaves_no_process(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     stoppable = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
     stubborn = control.call("start", job="ignores_stops", params={"run": 1})["id"]
@@ -161,7 +161,7 @@ def test_sigterm_stops_the_workers_and_leaves_no_process(
 def test_a_sigkilled_daemon_leaves_no_process(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     running = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
     control.wait_for_status(running, "STARTED")
@@ -175,7 +175,7 @@ def test_a_sigkilled_daemon_leaves_no_process(
 def test_sighup_remakes_the_warm_process_without_touching_running_workers(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     running = control.call("start", job="healthy", params={"run": 1, "seconds": 2})["id"]
     control.wait_for_status(running, "STARTED")
@@ -202,7 +202,7 @@ def _open_fds(pid: int) -> int:
 def test_reloads_leave_the_daemon_no_more_open_files(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     daemon = launched.daemon
 
     def reload() -> None:
@@ -251,7 +251,7 @@ def _ctl(launched: Launched, *args: str) -> subprocess.CompletedProcess[str]:
 def test_ctl_log_prints_an_executions_log_and_follows_it_to_its_end(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     running = control.call("start", job="healthy", params={"run": 7, "seconds": 1})["id"]
     followed = _ctl(launched, "log", str(running), "--follow", "--interval", "0.1")
@@ -273,7 +273,7 @@ def test_ctl_log_prints_an_executions_log_and_follows_it_to_its_end(
 def test_purge_deletes_the_logs_of_what_it_deletes(
     launch: Callable[..., Launched], tmp_path: Path
 ) -> None:
-    launched = launch(_config(tmp_path))
+    launched = launch(worker_config(tmp_path))
     control = launched.connect()
     old, recent = (
         control.call("start", job="healthy", params={"run": run, "seconds": 0.1})["id"]
