@@ -27,15 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from sqlalchemy import create_engine, text
 
-from batchd import (
-    BatchStatus,
-    JobBuilder,
-    JobOperator,
-    JobRegistry,
-    SqlJobRepository,
-    StepBuilder,
-    StepContext,
-)
+from batchd import BatchStatus, JobOperator, JobRegistry, SqlJobRepository, StepContext
 from batchd.ctl import ControlClient, ControlError
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import ScheduleSettings
@@ -44,6 +36,7 @@ from batchd.repository.nodes import DatabaseClock, NodeStore
 from tests.conftest import running_postgres_server
 from tests.daemon.test_daemon import ROOT, DaemonProcess, NotifySocket, wait_until
 from tests.pgserver import PostgresServer
+from tests.support.jobs import registry_of, tasklet_job
 
 JOBS = '["tests.daemon.daemon_jobs", "tests.daemon.node_fault_jobs"]'
 
@@ -309,14 +302,9 @@ class Gates:
             while not gate.wait(0.02):
                 ctx.check_stop()
 
-        registry = JobRegistry()
-        registry.register(
-            JobBuilder("long")
-            .params_model(RunParams)
-            .step(StepBuilder("wait").tasklet(wait_for_release).build())
-            .build()
+        return registry_of(
+            tasklet_job("long", wait_for_release, step="wait", params_model=RunParams)
         )
-        return registry
 
 
 def an_hour_behind() -> dt.datetime:
@@ -593,14 +581,7 @@ class DateParams(BaseModel):
 
 
 def dated_registry() -> JobRegistry:
-    registry = JobRegistry()
-    registry.register(
-        JobBuilder("daily")
-        .params_model(DateParams)
-        .step(StepBuilder("run").tasklet(lambda ctx: None).build())
-        .build()
-    )
-    return registry
+    return registry_of(tasklet_job("daily", lambda ctx: None, step="run", params_model=DateParams))
 
 
 @pytest.mark.timeout(60)
