@@ -53,11 +53,28 @@ def rows(start: int, stop: int) -> list[dict[str, Any]]:
 CHUNKS = [rows(0, 3), rows(3, 6), rows(6, 9), rows(9, 10)]
 
 
-def uninterrupted(kind: str, directory: Path) -> bytes:
+def uninterrupted(kind: str, directory: Path, chunks: list[list[dict[str, Any]]] = CHUNKS) -> bytes:
     directory.mkdir()
     path = directory / "out.dat"
-    run_writer(WRITERS[kind](path), CHUNKS)
+    run_writer(WRITERS[kind](path), chunks)
     return path.read_bytes()
+
+
+def died_after(template: Any, committed: int, written: int) -> dict[str, Any]:
+    """A first run of a copy of ``template`` that commits the first ``committed`` chunks,
+    writes up to chunk ``written`` and dies before its next commit (no update, no close);
+    what it had written reaches the file. Returns the checkpoint of its last commit."""
+    first = copy.copy(template)
+    ctx = make_ctx()
+    first.open(ctx)
+    for chunk in CHUNKS[:committed]:
+        first.write(chunk)
+        first.update(ctx)
+    checkpoint = persisted(ctx)
+    for chunk in CHUNKS[committed:written]:
+        first.write(chunk)
+    first._output._file.flush()
+    return checkpoint
 
 
 @pytest.fixture(params=sorted(WRITERS))
@@ -94,19 +111,8 @@ def test_restart_after_crash_is_byte_identical(kind: str, tmp_path: Path) -> Non
     expected = uninterrupted(kind, tmp_path / "reference")
     path = tmp_path / "out.dat"
     template = WRITERS[kind](path)
-
-    # First run: two chunks commit, the third is written but the process dies before
-    # its commit (no update, no close).
-    first = copy.copy(template)
-    ctx = make_ctx()
-    first.open(ctx)
-    for chunk in CHUNKS[:2]:
-        first.write(chunk)
-        first.update(ctx)
-    checkpoint = persisted(ctx)
-    first.write(CHUNKS[2])
-    first._output._file.flush()  # what the dead process had written reaches the file
-
+    # First run: two chunks commit, the third is written but the process dies.
+    checkpoint = died_after(template, committed=2, written=3)
     # Restart: a fresh copy resumes from the checkpoint and writes the rest.
     run_writer(template, CHUNKS[2:], checkpoint)
     assert path.read_bytes() == expected
@@ -120,24 +126,14 @@ def test_restart_cuts_off_a_dead_runs_tail_longer_than_what_it_writes(
     filters the items that made it fail): the stale bytes past the checkpoint must go, not
     be overwritten in part."""
     shorter = [rows(6, 7)]
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    run_writer(WRITERS[kind](reference / "out.dat"), [*CHUNKS[:2], *shorter])
+    expected = uninterrupted(kind, tmp_path / "reference", [*CHUNKS[:2], *shorter])
     path = tmp_path / "out.dat"
     template = WRITERS[kind](path)
-    first = copy.copy(template)
-    ctx = make_ctx()
-    first.open(ctx)
-    for chunk in CHUNKS[:2]:
-        first.write(chunk)
-        first.update(ctx)
-    checkpoint = persisted(ctx)
-    for chunk in CHUNKS[2:]:  # written, never committed: the process died
-        first.write(chunk)
-    first._output._file.flush()
+    # Two chunks commit, the other two are written, never committed: the process died.
+    checkpoint = died_after(template, committed=2, written=len(CHUNKS))
 
     run_writer(template, shorter, checkpoint)
-    assert path.read_bytes() == (reference / "out.dat").read_bytes()
+    assert path.read_bytes() == expected
 
 
 def test_restart_after_crash_between_publish_and_step_end(kind: str, tmp_path: Path) -> None:
