@@ -15,6 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, func, 
 
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
 from batchd.items import (
+    CompositeItemWriter,
     CsvItemReader,
     CsvItemWriter,
     FixedWidthItemWriter,
@@ -87,18 +88,16 @@ def run_job(
         .reader(CsvItemReader(str(root / "in" / "payments_{date:%Y%m%d}.csv"), model=Payment))
         .processor(processor)
         .writer(
-            _Tee(
-                [
-                    CsvItemWriter(
-                        str(root / "out" / "report_{date:%Y%m%d}.csv"), fields=fields, checksum=True
-                    ),
-                    JsonLinesItemWriter(str(root / "out" / "report_{date:%Y%m%d}.jsonl")),
-                    FixedWidthItemWriter(
-                        str(root / "out" / "report_{date:%Y%m%d}.txt"),
-                        [("id", 4, int), ("payer", 10), ("amount", 8, Decimal)],
-                    ),
-                    SqlItemWriter(database_url, table),
-                ]
+            CompositeItemWriter(
+                CsvItemWriter(
+                    str(root / "out" / "report_{date:%Y%m%d}.csv"), fields=fields, checksum=True
+                ),
+                JsonLinesItemWriter(str(root / "out" / "report_{date:%Y%m%d}.jsonl")),
+                FixedWidthItemWriter(
+                    str(root / "out" / "report_{date:%Y%m%d}.txt"),
+                    [("id", 4, int), ("payer", 10), ("amount", 8, Decimal)],
+                ),
+                SqlItemWriter(database_url, table),
             )
         )
         .chunk_size(7)
@@ -126,38 +125,6 @@ def run_job(
         rows = [tuple(r) for r in conn.execute(select(table).order_by(table.c.id))]
         assert conn.execute(select(func.count()).select_from(table)).scalar_one() == len(rows)
     return files, rows, statuses
-
-
-class _Tee:
-    """One writer that writes to several (the engine sees one writer with every hook)."""
-
-    def __init__(self, writers: list[Any]) -> None:
-        self.writers = writers
-
-    def __copy__(self) -> _Tee:
-        import copy
-
-        return _Tee([copy.copy(w) for w in self.writers])
-
-    def open(self, ctx: Any) -> None:
-        for w in self.writers:
-            w.open(ctx)
-
-    def write(self, items: list[Any]) -> None:
-        for w in self.writers:
-            w.write(items)
-
-    def update(self, ctx: Any) -> None:
-        for w in self.writers:
-            w.update(ctx)
-
-    def complete(self, ctx: Any) -> None:
-        for w in self.writers:
-            w.complete(ctx)
-
-    def close(self) -> None:
-        for w in self.writers:
-            w.close()
 
 
 def test_restart_output_equals_uninterrupted_run(

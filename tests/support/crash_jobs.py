@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from batchd import JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
 from batchd.items import (
+    CompositeItemWriter,
     CsvItemReader,
     CsvItemWriter,
     FileAggregator,
@@ -23,7 +23,6 @@ from batchd.items import (
     JsonLinesItemWriter,
     SqlItemWriter,
 )
-from batchd.model import ExecutionContext
 from tests.support.jobs import target_table
 
 ROWS = 400
@@ -32,33 +31,6 @@ OUTPUTS = {
     "partitioned": ("merged.csv",),
     "flagged": ("flagged.csv", "flagged.csv.md5", "flagged.csv.sha512", "flagged.csv.ok"),
 }
-
-
-class BothWriters:
-    """Writes each chunk to two writers (a file and a table, say), as one writer."""
-
-    def __init__(self, first: Any, second: Any) -> None:
-        self.writers = (first, second)
-
-    def open(self, ctx: ExecutionContext) -> None:
-        for writer in self.writers:
-            writer.open(ctx)
-
-    def write(self, items: list[Any]) -> None:
-        for writer in self.writers:
-            writer.write(items)
-
-    def update(self, ctx: ExecutionContext) -> None:
-        for writer in self.writers:
-            writer.update(ctx)
-
-    def complete(self, ctx: ExecutionContext) -> None:
-        for writer in self.writers:
-            writer.complete(ctx)
-
-    def close(self) -> None:
-        for writer in self.writers:
-            writer.close()
 
 
 def crash_registry(url: str, workdir: Path) -> JobRegistry:
@@ -70,7 +42,9 @@ def crash_registry(url: str, workdir: Path) -> JobRegistry:
             StepBuilder("load")
             .reader(CsvItemReader(source))
             .writer(
-                BothWriters(CsvItemWriter(workdir / "out.csv"), SqlItemWriter(url, target_table()))
+                CompositeItemWriter(
+                    CsvItemWriter(workdir / "out.csv"), SqlItemWriter(url, target_table())
+                )
             )
             .chunk_size(50)
             .build()
