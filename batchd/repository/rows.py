@@ -3,58 +3,54 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import RowMapping
+from sqlalchemy import RowMapping, Table
 
-from batchd.model import STEP_COUNTERS, BatchStatus, JobExecution, JobInstance, StepExecution
+from batchd.model import BatchStatus, JobExecution, JobInstance, StepExecution
+from batchd.repository.tables import job_execution, job_instance, step_execution
+
+
+def shared_columns(record: type, table: Table, *special: str) -> tuple[str, ...]:
+    """The columns of ``table`` that the dataclass ``record`` has fields of the same name
+    for, except the ``special`` ones, which are converted."""
+    return tuple(f.name for f in fields(record) if f.name in table.c and f.name not in special)
+
+
+_EXECUTION_COLUMNS = shared_columns(JobExecution, job_execution, "params", "status", "exit_status")
+_STEP_COLUMNS = shared_columns(
+    StepExecution, step_execution, "status", "execution_context", "exit_status"
+)
+
+
+def same_named(row: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The values of ``row``'s columns ``names``, for the record fields of the same names."""
+    return {name: row[name] for name in names}
 
 
 def to_instance(row: RowMapping) -> JobInstance:
     return JobInstance(
-        id=row["id"],
-        job_name=row["job_name"],
-        job_key=row["job_key"],
         params=json.loads(row["params"]),
-        create_time=row["create_time"],
+        **same_named(row, shared_columns(JobInstance, job_instance, "params")),
     )
 
 
 def to_job_execution(row: RowMapping, steps: list[StepExecution] | None = None) -> JobExecution:
     return JobExecution(
-        id=row["id"],
-        instance_id=row["instance_id"],
-        job_name=row["job_name"],
         params=json.loads(row["params"]),
         status=BatchStatus(row["status"]),
-        exit_message=row["exit_message"],
-        create_time=row["create_time"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        last_updated=row["last_updated"],
         step_executions=steps or [],
-        owner_host=row["owner_host"],
-        owner_pid=row["owner_pid"],
-        heartbeat=row["heartbeat"],
-        version=row["version"],
         exit_status=row["exit_status"] or row["status"],
-        attempt=row["attempt"],
+        **same_named(row, _EXECUTION_COLUMNS),
     )
 
 
 def to_step_execution(row: RowMapping) -> StepExecution:
-    counters: dict[str, Any] = {name: row[name] for name in STEP_COUNTERS}
     return StepExecution(
-        id=row["id"],
-        job_execution_id=row["job_execution_id"],
-        step_name=row["step_name"],
         status=BatchStatus(row["status"]),
-        exit_message=row["exit_message"],
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        last_updated=row["last_updated"],
         execution_context=json.loads(row["execution_context"]),
-        version=row["version"],
         exit_status=row["exit_status"] or row["status"],
-        **counters,
+        **same_named(row, _STEP_COLUMNS),
     )

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, insert, select
 
 from batchd.model import BatchStatus
 from batchd.repository.base import RepositoryBase
+from batchd.repository.rows import same_named, shared_columns
 from batchd.repository.tables import status_history
 
 
@@ -28,6 +29,9 @@ class StatusChange:
     node: str | None
     message: str | None
 
+
+# The columns that StatusChange's fields of the same name take as they are.
+_SAME_NAMED = shared_columns(StatusChange, status_history, "status")
 
 # Built once: constructing a Core statement costs more than executing it on SQLite.
 _INSERT = insert(status_history)
@@ -78,13 +82,9 @@ class StatusHistory(RepositoryBase):
             ).mappings()
             return [
                 StatusChange(
-                    job_execution_id=row["job_execution_id"],
-                    step_execution_id=row["step_execution_id"],
-                    step_name=row["step_name"],
                     status=BatchStatus(row["status"]),
                     time=row["recorded_at"],
-                    node=row["node"],
-                    message=row["message"],
+                    **same_named(row, _SAME_NAMED),
                 )
                 for row in rows
             ]

@@ -88,12 +88,25 @@ def mysql_table_options(bind: Connection) -> dict[str, Any]:
     name = bind.dialect.name
     return {f"{name}_charset": "utf8mb4", f"{name}_collate": collation}
 
+
+def _id() -> Column[int]:
+    return Column("id", Id, primary_key=True, autoincrement=True)
+
+
+def _reference(
+    name: str, target: str, constraint: str, *, primary_key: bool = False
+) -> Column[int]:
+    """A NOT NULL column that refers to ``target`` (table.id) by a named foreign key."""
+    fk = ForeignKey(target, name=constraint)
+    return Column(name, Id, fk, primary_key=primary_key, nullable=False)
+
+
 metadata = MetaData()
 
 job_instance = Table(
     "batch_job_instance",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("job_name", String(200), nullable=False),
     Column("job_key", String(64), nullable=False),
     Column("params", Text, nullable=False),
@@ -106,13 +119,8 @@ job_instance = Table(
 job_execution = Table(
     "batch_job_execution",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column(
-        "instance_id",
-        Id,
-        ForeignKey("batch_job_instance.id", name="fk_job_execution_instance"),
-        nullable=False,
-    ),
+    _id(),
+    _reference("instance_id", "batch_job_instance.id", "fk_job_execution_instance"),
     Column("job_name", String(200), nullable=False),
     Column("params", Text, nullable=False),
     Column("status", String(16), nullable=False),
@@ -143,11 +151,8 @@ job_execution = Table(
 job_execution_context = Table(
     "batch_job_execution_context",
     metadata,
-    Column(
-        "job_execution_id",
-        Id,
-        ForeignKey("batch_job_execution.id", name="fk_job_context_execution"),
-        primary_key=True,
+    _reference(
+        "job_execution_id", "batch_job_execution.id", "fk_job_context_execution", primary_key=True
     ),
     Column("context", Text, nullable=False),
 )
@@ -155,13 +160,8 @@ job_execution_context = Table(
 step_execution = Table(
     "batch_step_execution",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column(
-        "job_execution_id",
-        Id,
-        ForeignKey("batch_job_execution.id", name="fk_step_execution_job_execution"),
-        nullable=False,
-    ),
+    _id(),
+    _reference("job_execution_id", "batch_job_execution.id", "fk_step_execution_job_execution"),
     Column("step_name", String(200), nullable=False),
     Column("status", String(16), nullable=False),
     Column("read_count", BigInteger, nullable=False, server_default="0"),
@@ -185,11 +185,8 @@ step_execution = Table(
 step_context = Table(
     "batch_step_context",
     metadata,
-    Column(
-        "instance_id",
-        Id,
-        ForeignKey("batch_job_instance.id", name="fk_step_context_instance"),
-        primary_key=True,
+    _reference(
+        "instance_id", "batch_job_instance.id", "fk_step_context_instance", primary_key=True
     ),
     Column("step_name", String(200), primary_key=True),
     Column("context", Text, nullable=False),
@@ -200,7 +197,7 @@ step_context = Table(
 status_history = Table(
     "batch_status_history",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("job_execution_id", Id, nullable=False),
     Column("step_execution_id", Id),
     Column("step_name", String(200)),
@@ -216,7 +213,7 @@ status_history = Table(
 schedule_fire = Table(
     "batch_schedule_fire",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("schedule_name", String(200), nullable=False),
     Column("fire_time", UTCDateTime, nullable=False),
     Column("outcome", String(32), nullable=False),
@@ -241,7 +238,7 @@ schedule_fire = Table(
 trigger_file = Table(
     "batch_trigger_file",
     metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
+    _id(),
     Column("watch_name", String(200), nullable=False),
     Column("file_name", String(1000), nullable=False),
     Column("sha256", String(64), nullable=False),

@@ -8,15 +8,17 @@ repository.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, literal, select, update
+from sqlalchemy import ColumnElement, RowMapping, Select, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchd.model.params import canonical_json
 from batchd.repository.job_repository import SqlJobRepository
+from batchd.repository.rows import same_named, shared_columns
 from batchd.repository.tables import job_execution, job_instance, schedule_fire, trigger_file
 
 # The newest execution id when a claim is made: executions of its job instance above it
@@ -55,15 +57,10 @@ class FileClaim:
             id=int(row["id"]),
             watch=row["watch_name"],
             name=row["file_name"],
-            sha256=row["sha256"],
-            state=row["state"],
-            node=row["node"],
             claimed_at=claimed_at,
             execution_id=row["job_execution_id"],
-            reason=row["reason"],
-            destination=row["destination"],
             params=json.loads(row["params"]) if row["params"] is not None else None,
-            execution_floor=row["execution_floor"],
+            **same_named(row, _CLAIM_COLUMNS),
         )
 
 
@@ -88,15 +85,10 @@ class RecordedFire:
     def of(cls, row: Any) -> RecordedFire:
         return cls(
             schedule=row["schedule_name"],
-            fire_time=row["fire_time"],
-            outcome=row["outcome"],
-            business_date=row["business_date"],
             params=json.loads(row["params"]) if row["params"] is not None else None,
             waits_for=json.loads(row["waits_for"]) if row["waits_for"] is not None else [],
-            wait_until=row["wait_until"],
-            deadline_at=row["deadline_at"],
-            deadline_state=row["deadline_state"],
             execution_id=row["job_execution_id"],
+            **same_named(row, _FIRE_COLUMNS),
         )
 
     def view(self) -> dict[str, Any]:
@@ -108,6 +100,11 @@ class RecordedFire:
             "waits_for": self.waits_for,
             "wait_until": self.wait_until.isoformat() if self.wait_until else None,
         }
+
+
+# The columns that FileClaim's and RecordedFire's fields of the same name take as they are.
+_CLAIM_COLUMNS = shared_columns(FileClaim, trigger_file, "id", "claimed_at", "params")
+_FIRE_COLUMNS = shared_columns(RecordedFire, schedule_fire, "params", "waits_for")
 
 
 def _like_escaped(text: str) -> str:
@@ -187,16 +184,16 @@ class TriggerStore:
             found = row.mappings().first()
         return RecordedFire.of(found) if found is not None else None
 
+    def _rows(self, query: Select[Any]) -> Sequence[RowMapping]:
+        with self.repository.reading() as conn:
+            return conn.execute(query).mappings().all()
+
     def waiting_fires(self) -> list[RecordedFire]:
         """Every fire still waiting for its dependencies, oldest first (an indexed query:
         every node runs it about once a second)."""
-        with self.repository.reading() as conn:
-            rows = conn.execute(
-                select(schedule_fire)
-                .where(schedule_fire.c.outcome == "waiting")
-                .order_by(schedule_fire.c.fire_time)
-            ).mappings()
-            return [RecordedFire.of(row) for row in rows]
+        query = select(schedule_fire).where(schedule_fire.c.outcome == "waiting")
+        rows = self._rows(query.order_by(schedule_fire.c.fire_time))
+        return [RecordedFire.of(row) for row in rows]
 
     def end_waiting_fire(self, schedule: str, fire_time: datetime, outcome: str) -> bool:
         """Move a waiting fire on, if it still waits (compare-and-set): to ``claimed`` by
@@ -233,13 +230,10 @@ class TriggerStore:
     def open_deadlines(self) -> list[RecordedFire]:
         """Fires whose deadline is ``pending`` (not yet known to be met) or ``missed`` (and
         their job not completed since)."""
-        with self.repository.reading() as conn:
-            rows = conn.execute(
-                select(schedule_fire).where(
-                    schedule_fire.c.deadline_state.in_(("pending", "missed"))
-                )
-            ).mappings()
-            return [RecordedFire.of(row) for row in rows]
+        query = select(schedule_fire).where(
+            schedule_fire.c.deadline_state.in_(("pending", "missed"))
+        )
+        return [RecordedFire.of(row) for row in self._rows(query)]
 
     def set_deadline_state(self, fire: RecordedFire, state: str) -> bool:
         """Compare-and-set the deadline state: True for exactly one node that tries."""
@@ -292,13 +286,8 @@ class TriggerStore:
 
     def fires(self, schedule: str) -> list[dict[str, Any]]:
         """Every recorded fire of ``schedule``, oldest first."""
-        with self.repository.reading() as conn:
-            rows = conn.execute(
-                select(schedule_fire)
-                .where(schedule_fire.c.schedule_name == schedule)
-                .order_by(schedule_fire.c.fire_time)
-            ).mappings()
-            return [dict(row) for row in rows]
+        query = select(schedule_fire).where(schedule_fire.c.schedule_name == schedule)
+        return [dict(row) for row in self._rows(query.order_by(schedule_fire.c.fire_time))]
 
     # ------------------------------------------------------------------ files
 
@@ -362,13 +351,12 @@ class TriggerStore:
 
     def unfinished_file_claims(self) -> list[FileClaim]:
         """Every claim still ``claimed``: being taken, or left by a taker that died."""
-        with self.repository.reading() as conn:
-            rows = conn.execute(
-                select(trigger_file)
-                .where(trigger_file.c.state == "claimed")
-                .order_by(trigger_file.c.id)
-            ).mappings()
-            return [FileClaim.of(dict(row)) for row in rows]
+        query = (
+            select(trigger_file)
+            .where(trigger_file.c.state == "claimed")
+            .order_by(trigger_file.c.id)
+        )
+        return [FileClaim.of(dict(row)) for row in self._rows(query)]
 
     def take_file_claim(
         self,

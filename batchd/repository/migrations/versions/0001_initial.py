@@ -18,6 +18,14 @@ revision = "0001"
 down_revision = None
 
 
+def _reference(
+    name: str, target: str, constraint: str, *, primary_key: bool = False
+) -> sa.Column[int]:
+    """A NOT NULL column that refers to ``target`` (table.id) by a named foreign key."""
+    fk = sa.ForeignKey(target, name=constraint)
+    return sa.Column(name, Id, fk, primary_key=primary_key, nullable=False)
+
+
 def _counter(name: str) -> sa.Column[int]:
     return sa.Column(name, sa.BigInteger, nullable=False, server_default="0")
 
@@ -36,12 +44,7 @@ def upgrade() -> None:
     op.create_table(
         "batch_job_execution",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column(
-            "instance_id",
-            Id,
-            sa.ForeignKey("batch_job_instance.id", name="fk_job_execution_instance"),
-            nullable=False,
-        ),
+        _reference("instance_id", "batch_job_instance.id", "fk_job_execution_instance"),
         sa.Column("job_name", sa.String(200), nullable=False),
         sa.Column("params", sa.Text, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -87,10 +90,10 @@ def upgrade() -> None:
         )
     op.create_table(
         "batch_job_execution_context",
-        sa.Column(
+        _reference(
             "job_execution_id",
-            Id,
-            sa.ForeignKey("batch_job_execution.id", name="fk_job_context_execution"),
+            "batch_job_execution.id",
+            "fk_job_context_execution",
             primary_key=True,
         ),
         sa.Column("context", sa.Text, nullable=False),
@@ -98,12 +101,7 @@ def upgrade() -> None:
     op.create_table(
         "batch_step_execution",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column(
-            "job_execution_id",
-            Id,
-            sa.ForeignKey("batch_job_execution.id", name="fk_step_execution_job_execution"),
-            nullable=False,
-        ),
+        _reference("job_execution_id", "batch_job_execution.id", "fk_step_execution_job_execution"),
         sa.Column("step_name", sa.String(200), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         _counter("read_count"),
@@ -126,11 +124,8 @@ def upgrade() -> None:
     )
     op.create_table(
         "batch_step_context",
-        sa.Column(
-            "instance_id",
-            Id,
-            sa.ForeignKey("batch_job_instance.id", name="fk_step_context_instance"),
-            primary_key=True,
+        _reference(
+            "instance_id", "batch_job_instance.id", "fk_step_context_instance", primary_key=True
         ),
         sa.Column("step_name", sa.String(200), primary_key=True),
         sa.Column("context", sa.Text, nullable=False),
