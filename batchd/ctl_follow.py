@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 
 from batchd.ctl import RUNNING, ControlClient, backfill_exit, follow, outcome_exit
 from batchd.ctl_render import (
@@ -23,37 +23,23 @@ from batchd.ctl_render import (
 )
 
 
-class Follower:
-    """Shows an execution as ``--follow`` polls it: a live progress bar on a terminal,
-    else a plain line with the time whenever what it says has changed."""
+class _LiveLine:
+    """A live progress bar (of ``columns``) on a terminal, else a plain line with the time
+    whenever the line has changed."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *columns: ProgressColumn, **fields: Any) -> None:
         self.console = console
         self.last = ""
         self.bar: Progress | None = None
         if console.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[detail]}"),
-                console=console,
-            )
-            self.task = self.bar.add_task("", total=None, detail="")
+            self.bar = Progress(*columns, console=console)
+            self.task = self.bar.add_task("", total=None, **fields)
             self.bar.start()
 
-    def show(self, execution: Mapping[str, Any]) -> None:
-        status = str(execution.get("status"))
-        detail = progress(execution) or status
-        line = f"execution {execution['id']} of {execution['job']} {status}: {detail}"
+    def _show(self, line: str, **bar: Any) -> None:
+        """Show ``line``: on the bar as ``bar`` (its task's fields), else printed."""
         if self.bar is not None:
-            known = reader_total(
-                [step for step in execution.get("steps", []) if step.get("status") in RUNNING]
-            )
-            total, done = (known[2], known[1]) if known else (None, 0)
-            description = f"{execution['id']} {execution['job']} {status}"
-            self.bar.update(
-                self.task, description=description, total=total, completed=done, detail=detail
-            )
+            self.bar.update(self.task, **bar)
         elif line != self.last:
             self.console.print(f"{datetime.now().astimezone():%H:%M:%S} {line}", highlight=False)
         self.last = line
@@ -61,6 +47,29 @@ class Follower:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+class Follower(_LiveLine):
+    """Shows an execution as ``--follow`` polls it."""
+
+    def __init__(self, console: Console) -> None:
+        columns = TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}")
+        super().__init__(console, *columns, detail="")
+
+    def show(self, execution: Mapping[str, Any]) -> None:
+        status = str(execution.get("status"))
+        detail = progress(execution) or status
+        known = reader_total(
+            [step for step in execution.get("steps", []) if step.get("status") in RUNNING]
+        )
+        total, done = (known[2], known[1]) if known else (None, 0)
+        self._show(
+            f"execution {execution['id']} of {execution['job']} {status}: {detail}",
+            description=f"{execution['id']} {execution['job']} {status}",
+            total=total,
+            completed=done,
+            detail=detail,
+        )
 
 
 def render_ended(console: Console, execution: Mapping[str, Any]) -> None:
@@ -78,34 +87,22 @@ def render_ended(console: Console, execution: Mapping[str, Any]) -> None:
     console.print(line + (f" ({why})" if why else ""), highlight=False)
 
 
-class BackfillFollower:
-    """Shows a backfill as ``backfill --follow`` polls it: a bar of its dates on a
-    terminal, else a line whenever its counts change."""
+class BackfillFollower(_LiveLine):
+    """Shows a backfill as ``backfill --follow`` polls it: a bar of its dates."""
 
     def __init__(self, console: Console) -> None:
-        self.console = console
-        self.last = ""
-        self.bar: Progress | None = None
-        if console.is_terminal:
-            self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
-            )
-            self.task = self.bar.add_task("", total=None)
-            self.bar.start()
+        super().__init__(
+            console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
+        )
 
     def show(self, view: Mapping[str, Any]) -> None:
         line = backfill_line(view)
-        if self.bar is not None:
-            ended = len(view.get("done", [])) + len(view.get("not_started", []))
-            total = ended + len(view.get("running", [])) + len(view.get("left", []))
-            self.bar.update(self.task, description=line, total=total, completed=ended)
-        elif line != self.last:
-            self.console.print(f"{datetime.now().astimezone():%H:%M:%S} {line}", highlight=False)
-        self.last = line
+        ended = len(view.get("done", [])) + len(view.get("not_started", []))
+        total = ended + len(view.get("running", [])) + len(view.get("left", []))
+        self._show(line, description=line, total=total, completed=ended)
 
     def close(self, view: Mapping[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.stop()
         render_backfills(self.console, {"backfills": [view]})
 
 

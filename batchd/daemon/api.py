@@ -3,7 +3,8 @@
 The control server (:mod:`batchd.daemon.control`) and its operations
 (:mod:`batchd.daemon.handlers`) see the daemon only through this interface, never its
 operator, scheduler, membership or settings, so the daemon can be restructured freely as
-long as it keeps these methods. :class:`~batchd.daemon.service.Daemon` implements it.
+long as it keeps these methods. :class:`~batchd.daemon.facade.DaemonFacade` implements it
+over the daemon's components.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
     from batchd.daemon.backfill import Backfills
     from batchd.daemon.calendars import Calendar
     from batchd.daemon.scheduler import FireResult
-    from batchd.daemon.settings import ControlSettings
     from batchd.model import BatchStatus, JobExecution
     from batchd.repository.history import PurgeResult
     from batchd.repository.nodes import NodeRecord
@@ -26,11 +26,6 @@ class DaemonControl(Protocol):
     """The running daemon as the control socket sees it. Errors are raised as
     :class:`~batchd.errors.BatchError` subclasses (their class name is the error type the
     client sees); anything else is answered as an internal error."""
-
-    def control_settings(self) -> ControlSettings:
-        """The ``[control]`` section the daemon started with: the socket's path and mode,
-        and the users and groups allowed to use it."""
-        ...
 
     def node_name(self) -> str:
         """This node's name (``node`` in the config)."""

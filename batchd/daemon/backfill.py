@@ -49,27 +49,33 @@ class BackfillDate:
     not_started: str | None = None  # why it was never started
 
 
+@dataclass(frozen=True)
+class Span:
+    """What a backfill covers: ``job`` run once for each date from ``first`` to ``last``,
+    the date (ISO) in its parameter ``param``, beside the fixed ``params``."""
+
+    job: str
+    first: date
+    last: date
+    param: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Plan:
     """Which dates of a span run (with their parameters), and which are skipped."""
 
+    span: Span
     to_run: list[BackfillDate]
     skipped: list[dict[str, Any]]
 
 
-def plan_backfill(
-    operator: JobOperator,
-    job: str,
-    first: date,
-    last: date,
-    param: str,
-    params: dict[str, Any],
-    calendar: Calendar | None = None,
-) -> Plan:
-    """The dates from ``first`` to ``last`` whose instance has not COMPLETED, was not
-    ABANDONED and is not running; with a ``calendar``, its business days only (the others
-    are skipped with status ``CLOSED`` and the reason). InvalidJobParameters (nothing runs)
-    for a bad date value."""
+def plan_backfill(operator: JobOperator, span: Span, calendar: Calendar | None = None) -> Plan:
+    """The dates of ``span`` whose instance has not COMPLETED, was not ABANDONED and is not
+    running; with a ``calendar``, its business days only (the others are skipped with
+    status ``CLOSED`` and the reason). InvalidJobParameters (nothing runs) for a bad date
+    value."""
+    job, first, last, param, params = span.job, span.first, span.last, span.param, span.params
     repository = operator.repository
     definition = operator.registry.get(job)
     to_run: list[BackfillDate] = []
@@ -94,7 +100,7 @@ def plan_backfill(
             skipped.append({"date": day, "status": status, "execution_id": previous.id})
         else:
             to_run.append(BackfillDate(day, values))
-    return Plan(to_run, skipped)
+    return Plan(span, to_run, skipped)
 
 
 @dataclass
@@ -239,13 +245,18 @@ class Backfills:
         self._backfills: OrderedDict[int, Backfill] = OrderedDict()
         operator.add_observer(self)
 
-    def start(
-        self, job: str, first: date, last: date, param: str, plan: Plan, max_concurrent: int
-    ) -> Backfill:
+    def start(self, plan: Plan, max_concurrent: int) -> Backfill:
         """Run the planned dates on a thread of their own; returns at once."""
+        span = plan.span
         with self._lock:
             backfill = Backfill(
-                next(self._ids), job, param, first, last, max_concurrent, plan.to_run
+                next(self._ids),
+                span.job,
+                span.param,
+                span.first,
+                span.last,
+                max_concurrent,
+                plan.to_run,
             )
             self._backfills[backfill.id] = backfill
             ended = [b for b in self._backfills.values() if b.state != RUNNING]
@@ -259,17 +270,9 @@ class Backfills:
         ).start()
         return backfill
 
-    def plan(
-        self,
-        job: str,
-        first: date,
-        last: date,
-        param: str,
-        params: dict[str, Any],
-        calendar: Calendar | None = None,
-    ) -> Plan:
+    def plan(self, span: Span, calendar: Calendar | None = None) -> Plan:
         """:func:`plan_backfill` on this daemon's operator."""
-        return plan_backfill(self.operator, job, first, last, param, params, calendar)
+        return plan_backfill(self.operator, span, calendar)
 
     def get(self, backfill_id: int) -> Backfill:
         with self._lock:
@@ -310,4 +313,12 @@ class Backfills:
             backfill.halt(INTERRUPTED, "the daemon shut down")
 
 
-__all__ = ["Backfill", "BackfillDate", "Backfills", "NoSuchBackfill", "Plan", "plan_backfill"]
+__all__ = [
+    "Backfill",
+    "BackfillDate",
+    "Backfills",
+    "NoSuchBackfill",
+    "Plan",
+    "Span",
+    "plan_backfill",
+]

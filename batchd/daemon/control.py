@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchd.daemon.api import DaemonControl
 from batchd.daemon.handlers import Handlers
@@ -51,6 +51,9 @@ from batchd.daemon.protocol import (
 from batchd.engine.listeners import notify
 from batchd.errors import BatchError
 
+if TYPE_CHECKING:
+    from batchd.daemon.settings import ControlSettings
+
 log = logging.getLogger(__name__)
 
 _MAX_SUN_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
@@ -66,19 +69,19 @@ class ControlServer:
 
     def __init__(
         self,
-        daemon: DaemonControl,
+        control: ControlSettings,
         listener: object | None = None,
         *,
         read_timeout: float = 5.0,
         idle_timeout: float = 60.0,
         max_connections: int = 64,
     ) -> None:
-        self.handlers = Handlers(daemon)
+        self.handlers: Handlers | None = None  # from serve() on
+        self.started_at = time.monotonic()  # the daemon's uptime counts from here
         self.listener = listener
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        control = daemon.control_settings()
         self.path = Path(control.socket)
         self.mode = int(control.mode, 8)
         self.allowed_users = list(control.allowed_users)
@@ -93,11 +96,12 @@ class ControlServer:
 
     # ------------------------------------------------------------------ socket
 
-    def start(self) -> None:
-        """Create the socket (mode ``control.mode``) and serve it on a background thread.
-        OSError if it cannot be created or another process already listens on it."""
+    def start(self, daemon: DaemonControl) -> None:
+        """Create the socket (mode ``control.mode``) and serve ``daemon`` on it from a
+        background thread. OSError if it cannot be created or another process already
+        listens on it."""
         self.bind()
-        self.serve()
+        self.serve(daemon)
 
     def bind(self) -> None:
         """Create the socket (OSError as for :meth:`start`); clients that connect wait in
@@ -106,8 +110,10 @@ class ControlServer:
         if self._sock is None:
             self._sock = self._listen()
 
-    def serve(self) -> None:
-        """Answer on the bound socket from a background thread (binding it if need be)."""
+    def serve(self, daemon: DaemonControl) -> None:
+        """Answer for ``daemon`` on the bound socket from a background thread (binding it
+        if need be)."""
+        self.handlers = Handlers(daemon, started_at=self.started_at)
         self.bind()
         self._thread = threading.Thread(
             target=self._accept_loop, name="batchd-control", daemon=True
@@ -382,6 +388,7 @@ class ControlServer:
             op = request.op
             if not OPERATIONS[op].read_only:
                 log.info("control: %s from %s %s", op, peer, _summary(request.args))
+            assert self.handlers is not None  # requests are read from serve() on
             response = ok(getattr(self.handlers, op)(**request.args))
         except ProtocolError as problem:
             op = problem.op or op

@@ -14,6 +14,7 @@ from typing import Any
 
 from batchd import __version__
 from batchd.daemon.api import DaemonControl
+from batchd.daemon.backfill import Span
 from batchd.daemon.protocol import (
     BAD_REQUEST,
     DEFAULT_CALENDAR_DAYS,
@@ -24,6 +25,7 @@ from batchd.daemon.protocol import (
     ProtocolError,
     execution_view,
     iso,
+    node_view,
     status_change_view,
 )
 from batchd.model import BatchStatus, JobExecution
@@ -32,9 +34,10 @@ from batchd.model import BatchStatus, JobExecution
 class Handlers:
     """The operations of the control socket, carried out on ``daemon``."""
 
-    def __init__(self, daemon: DaemonControl) -> None:
+    def __init__(self, daemon: DaemonControl, *, started_at: float | None = None) -> None:
         self.daemon = daemon
-        self.started_at = time.monotonic()
+        # The monotonic time uptime counts from (the control socket's bind, in the daemon).
+        self.started_at = time.monotonic() if started_at is None else started_at
         missing = [op for op in OPERATIONS if not callable(getattr(self, op, None))]
         if missing:  # the table and this class are out of step: a bug, found at start-up
             raise TypeError(f"no handler for the control operations {missing}")
@@ -55,19 +58,7 @@ class Handlers:
         this = self.daemon.node_name()
         return {
             "lease_seconds": self.daemon.lease().total_seconds(),
-            "nodes": [
-                {
-                    "name": node.name,
-                    "host": node.host,
-                    "pid": node.pid,
-                    "started_at": iso(node.started_at),
-                    "heartbeat": iso(node.heartbeat),
-                    "live": live,
-                    "clock_skew_seconds": node.clock_offset,
-                    "this": node.name == this,
-                }
-                for node, live in self.daemon.nodes()
-            ],
+            "nodes": [node_view(node, live=live, this=this) for node, live in self.daemon.nodes()],
         }
 
     def jobs(self) -> dict[str, Any]:
@@ -188,10 +179,10 @@ class Handlers:
         _check_range(first, last, MAX_BACKFILL_DAYS, "one backfill runs")
         business_days = self.daemon.calendar(calendar) if calendar is not None else None
         backfills = self.daemon.backfills
-        plan = backfills.plan(job, first, last, param, params, business_days)
+        plan = backfills.plan(Span(job, first, last, param, params), business_days)
         backfill = None
         if plan.to_run and not dry_run:
-            backfill = backfills.start(job, first, last, param, plan, max_concurrent)
+            backfill = backfills.start(plan, max_concurrent)
         return {
             "backfill": backfill.id if backfill is not None else None,
             "job": job,

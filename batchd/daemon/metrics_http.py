@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from batchd.daemon.addresses import parse_listen
+from batchd.daemon.addresses import HttpService, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -34,45 +34,31 @@ class MetricsListener:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.port: int | None = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpService("metrics listener", "batchd-metrics")
+
+    @property
+    def port(self) -> int | None:
+        """The port bound to, once started (``listen`` may give port 0)."""
+        return self._http.port
 
     def start(self, listen: str) -> None:
         """Serve ``/metrics`` on ``listen`` ("host:port", "[::1]:9464"; port 0 picks a free
         port, then in ``.port``) from a daemon thread. OSError if it cannot bind."""
-        if self._server is not None:
-            raise RuntimeError("the metrics listener is already started")
-        host, port = parse_listen(listen)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = _Server6 if family == socket.AF_INET6 else _Server
-        server = make_server(host, port, make_wsgi_app(self.registry), server_class, _QuietHandler)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="batchd-metrics"
-        )
-        thread.daemon = True
-        thread.start()
-        self._server, self._thread = server, thread
-        self.port = server.server_port
-        log.info("metrics on http://%s/metrics", _url_host(host, self.port))
+        app = make_wsgi_app(self.registry)
+
+        def make(address: tuple[str, int], family: int) -> WSGIServer:
+            server_class = _Server6 if family == socket.AF_INET6 else _Server
+            return make_server(*address, app, server_class, _QuietHandler)
+
+        log.info("metrics on %s/metrics", self._http.start(listen, make))
 
     def stop(self) -> None:
         """Stop serving (the registry keeps its values)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
+        self._http.stop()
 
     def threads(self) -> list[threading.Thread]:
         """The serving thread, while started."""
-        return [self._thread] if self._thread is not None else []
-
-
-def _url_host(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self._http.threads()
 
 
 __all__ = ["MetricsListener", "parse_listen"]

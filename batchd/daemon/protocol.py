@@ -28,6 +28,7 @@ from batchd.model.status import BatchStatus
 
 if TYPE_CHECKING:
     from batchd.model import JobExecution, StepExecution
+    from batchd.repository.nodes import NodeRecord
     from batchd.repository.status_history import StatusChange
 
 PROTOCOL_VERSION = 1
@@ -432,6 +433,20 @@ def status_change_view(change: StatusChange) -> dict[str, Any]:
         "status": change.status.value,
         "node": change.node,
         "message": change.message,
+    }
+
+
+def node_view(node: NodeRecord, *, live: bool, this: str) -> dict[str, Any]:
+    """A node of the repository as ``nodes`` sends it (``this``: the answering node's name)."""
+    return {
+        "name": node.name,
+        "host": node.host,
+        "pid": node.pid,
+        "started_at": iso(node.started_at),
+        "heartbeat": iso(node.heartbeat),
+        "live": live,
+        "clock_skew_seconds": node.clock_offset,
+        "this": node.name == this,
     }
 
 

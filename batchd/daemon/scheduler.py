@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -25,19 +23,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from batchd import failpoints
 from batchd.daemon.calendars import Calendar, NoSuchCalendar, build_calendar
 from batchd.daemon.dependencies import FireWatch
+from batchd.daemon.fires import Fires
 from batchd.daemon.schedule_entries import (
     CATCH_UP_LIMIT,
     OUTCOMES,
     SCHEDULE_VARIABLES,
     FireResult,
     ScheduleEntry,
-    fire_plan,
     iso,
-    log_result,
     make_entry,
     missed_fire_times,
     nominal_time,
-    render,
 )
 from batchd.daemon.schedule_triggers import (
     FireExecutor,
@@ -46,14 +42,7 @@ from batchd.daemon.schedule_triggers import (
     validate_schedule,
 )
 from batchd.daemon.settings import CalendarSettings, ScheduleSettings
-from batchd.daemon.templates import TemplateError
 from batchd.engine import JobOperator
-from batchd.engine.listeners import notify
-from batchd.errors import (
-    InvalidJobParameters,
-    JobExecutionAlreadyRunning,
-    JobInstanceAlreadyComplete,
-)
 from batchd.errors import NoSuchSchedule as NoSuchSchedule
 from batchd.repository import TriggerStore, utc_now
 from batchd.repository.triggers import RecordedFire
@@ -67,17 +56,6 @@ _TICK = timedelta(microseconds=1)
 # the job itself runs on the operator's pool).
 _FIRE_THREADS = 4
 
-AFTER_FIRE_RECORD = failpoints.declare(
-    "scheduler.after_fire_record",
-    "a fire is claimed but its job not started; the claim goes stale a lease later and a "
-    "recovering node takes it over and starts the job once (catch-up starts after it)",
-)
-AFTER_JOB_START = failpoints.declare(
-    "scheduler.after_job_start",
-    "a fire's execution exists but the fire's row does not name it; recovery FAILs the "
-    "execution (its process is gone), then the stale claim is taken over and the instance "
-    "restarted from it",
-)
 AFTER_CATCH_UP_FIRE = failpoints.declare(
     "scheduler.after_catch_up_fire",
     "a caught-up fire is recorded and started, the next missed one not yet claimed; the "
@@ -95,10 +73,11 @@ class Scheduler:
     fire (``catch_up``: ``none``, only the ``latest``, or ``all`` of them in order, each its
     own instance), then hands the schedules to an APScheduler ``BackgroundScheduler`` (one
     job each; ``misfire_grace``, coalescing, one run at a time). A fire is claimed in the
-    ``store`` before anything starts: a fire time that was claimed before starts nothing
-    and is ``"elsewhere"`` (another node sharing the repository claimed it) or a
-    ``"duplicate"``. A fire never raises: a job whose instance already
-    completed or is running, bad parameters and unexpected errors are logged and counted.
+    ``store`` before anything starts (:class:`~batchd.daemon.fires.Fires`): a fire time
+    that was claimed before starts nothing and is ``"elsewhere"`` (another node sharing the
+    repository claimed it) or a ``"duplicate"``. A fire never raises: a job whose instance
+    already completed or is running, bad parameters and unexpected errors are logged and
+    counted.
 
     ``clock`` is the time catch-up and :meth:`fire` use (APScheduler itself runs on wall
     time). ``listener``, if it has ``on_schedule_fire(name, outcome)``, hears every fire.
@@ -115,20 +94,18 @@ class Scheduler:
         listener: object | None = None,
         calendars: Iterable[CalendarSettings] = (),
     ) -> None:
-        self.operator = operator
         self.store = store
         self.timezone = timezone
         self.clock = clock
-        self.listener = listener
         self._lock = threading.RLock()
         self._calendars = {c.name: build_calendar(c) for c in calendars}
         self._entries = self._build_entries(schedules, self._calendars)
         # Waiting fires and deadlines; woken by completions this operator sees.
         self.watch = FireWatch(store, self, clock, listener)
         operator.add_observer(self.watch)
+        # Claiming, starting, recording and counting each fire.
+        self.fires = Fires(operator, store, wake_waiting=self.watch.wake, listener=listener)
         self._paused = {name for name, entry in self._entries.items() if entry.settings.paused}
-        self._last: dict[str, FireResult] = {}
-        self._counts: Counter[tuple[str, str]] = Counter()
         self._aps: Any = None  # the BackgroundScheduler while started
 
     def _build_entries(
@@ -278,12 +255,7 @@ class Scheduler:
         """Start the job of a fire already claimed in the repository (taken over from a
         node that died between claiming it and starting its job, or a waiting fire this
         node claimed), with the parameters recorded with the fire when there are some."""
-        entry = self._require(name)
-        if params is None:
-            recorded = self.store.recorded_fire(name, fire_time)
-            params = recorded.params if recorded is not None else None
-        local = fire_time.astimezone(entry.timezone)
-        return self._finish(self._launch(entry, local, params), recorded=True)
+        return self.fires.launch_claimed(self._require(name), fire_time, params)
 
     def calendar(self, name: str) -> Calendar:
         """The configured calendar ``name``; NoSuchCalendar if there is none."""
@@ -309,15 +281,10 @@ class Scheduler:
         self.launch_claimed(fire.schedule, fire.fire_time, fire.params)
 
     def taken_elsewhere(self, fire: RecordedFire) -> None:
-        taken = self._taken(fire.schedule, fire.fire_time)
-        message = f"what it waited for has completed; {taken.message}"
-        self._finish(replace(taken, params=fire.params, message=message), recorded=False)
+        self.fires.taken_elsewhere(fire)
 
     def give_up(self, fire: RecordedFire, message: str) -> None:
-        result = FireResult(
-            fire.schedule, fire.fire_time, "dependency_timeout", fire.params, message=message
-        )
-        self._finish(result, recorded=True)
+        self.fires.give_up(fire, message)
 
     def _require(self, name: str) -> ScheduleEntry:
         return self._named(self._entries, name, NoSuchSchedule, "schedule")
@@ -405,123 +372,23 @@ class Scheduler:
             event.job_id,
             iso(event.scheduled_run_time),
         )
-        self._count(event.job_id, "missed")
+        self.fires.count(event.job_id, "missed")
 
     def _fire(
         self, entry: ScheduleEntry, fire_time: datetime, *, requested: bool = False
     ) -> FireResult:
-        """Claim the fire, start the job (or record it waiting for its ``after`` jobs),
-        record the outcome. Never raises. A fire on a closing day of the schedule's
-        calendar runs nothing, unless an operator ``requested`` it."""
-        fire_time = fire_time.astimezone(entry.timezone)
-        closed = entry.closed_because(fire_time)
-        day = entry.business_date(fire_time).isoformat()
-        if closed is not None and not requested:
-            message = (
-                f"{day} is not a business day of calendar {entry.settings.calendar} ({closed})"
-            )
-            return self._finish(
-                FireResult(entry.name, fire_time, "closed", message=message), recorded=False
-            )
-        # Said in the log, in the fire's outcome and in the answer to ``ctl fire``.
-        note = None
-        if closed is not None:
-            note = (
-                f"{day} is not a business day of calendar {entry.settings.calendar} "
-                f"({closed}): run as asked"
-            )
-            log.warning("schedule %s fired by request: %s", entry.name, note)
-        plan = fire_plan(entry, fire_time)
-        try:
-            claimed = self.store.record_fire(entry.name, fire_time, business_date=day, **plan)
-        except Exception as error:
-            return self._finish(
-                FireResult(entry.name, fire_time, "error", message=str(error), error=error),
-                recorded=False,
-            )
-        if not claimed:
-            result = self._taken(entry.name, fire_time)
-            return self._finish(result, recorded=False)
-        if plan.get("waits_for"):
-            # Not "claimed": whichever node sees its dependencies complete claims it.
-            self.watch.wake()
-            waiting = FireResult(entry.name, fire_time, "waiting", plan["params"], message=note)
-            return self._finish(waiting, recorded=False)
-        failpoints.failpoint(AFTER_FIRE_RECORD)
-        launched = self._launch(entry, fire_time, plan["params"])
-        if note is not None:
-            message = note if launched.message is None else f"{note}; {launched.message}"
-            launched = replace(launched, message=message)
-        return self._finish(launched, recorded=True)
-
-    def _taken(self, name: str, fire_time: datetime) -> FireResult:
-        """A fire recorded before: by another node sharing the repository (``elsewhere``),
-        or by this one (``duplicate``)."""
-        try:
-            node = self.store.fire_node(name, fire_time)
-        except Exception:
-            node = None
-        if node is not None and node != self.store.node:
-            return FireResult(name, fire_time, "elsewhere", message=f"taken by node {node}")
-        return FireResult(name, fire_time, "duplicate", message="fired before")
-
-    def _launch(
-        self, entry: ScheduleEntry, fire_time: datetime, params: dict[str, Any] | None = None
-    ) -> FireResult:
-        """Start the job with ``params`` (rendered here when None); the outcome, whatever
-        happens."""
-        name = entry.name
-        try:
-            if params is None:
-                params = render(entry, entry.settings.params, fire_time)
-            execution = self.operator.start_async(entry.settings.job, params)
-        except (TemplateError, InvalidJobParameters) as error:
-            return FireResult(name, fire_time, "invalid", params, message=str(error))
-        except JobInstanceAlreadyComplete as error:
-            return FireResult(name, fire_time, "complete", params, message=str(error))
-        except JobExecutionAlreadyRunning as error:
-            return FireResult(name, fire_time, "running", params, message=str(error))
-        except Exception as error:
-            message = f"{type(error).__name__}: {error}"
-            return FireResult(name, fire_time, "error", params, message=message, error=error)
-        failpoints.failpoint(AFTER_JOB_START)
-        return FireResult(name, fire_time, "started", params, execution_id=execution.id)
-
-    def _finish(self, result: FireResult, *, recorded: bool) -> FireResult:
-        if recorded:
-            try:
-                self.store.set_fire_outcome(
-                    result.schedule,
-                    result.fire_time,
-                    result.outcome,
-                    result.execution_id,
-                    result.message,
-                )
-            except Exception:
-                log.exception("schedule %s: cannot record the fire's outcome", result.schedule)
-        log_result(result)
-        with self._lock:
-            self._last[result.schedule] = result
-        self._count(result.schedule, result.outcome)
-        return result
-
-    def _count(self, name: str, outcome: str) -> None:
-        with self._lock:
-            self._counts[(name, outcome)] += 1
-        notify(self.listener, "on_schedule_fire", name, outcome)
+        return self.fires.fire(entry, fire_time, requested=requested)
 
     # ---------------------------------------------------------------------- inspecting
 
     def fire_counts(self) -> dict[tuple[str, str], int]:
         """Fires by (schedule, outcome) since this scheduler was created."""
-        with self._lock:
-            return dict(self._counts)
+        return self.fires.counts()
 
     def last_result(self, name: str) -> FireResult | None:
         """The newest fire of ``name`` in this process, or None."""
         self._require(name)
-        with self._lock:
-            return self._last.get(name)
+        return self.fires.last().get(name)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -558,7 +425,7 @@ class Scheduler:
         with self._lock:
             entries = list(self._entries.values())
             paused = set(self._paused)
-            last = dict(self._last)
+        last = self.fires.last()
         return [
             {
                 "name": entry.name,

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -39,6 +38,7 @@ from batchd import failpoints
 from batchd.daemon.backfill import Backfills
 from batchd.daemon.config import EX_CONFIG, ConfigError, load_config
 from batchd.daemon.control import ControlServer
+from batchd.daemon.facade import DaemonFacade
 from batchd.daemon.lifecycle import (
     Lifecycle,
     Part,
@@ -54,22 +54,16 @@ from batchd.daemon.retries import Retrier, policies_from
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import Settings
 from batchd.daemon.watcher import Watcher
-from batchd.daemon.workers import ProcessOperator, purge_logs, read_log
+from batchd.daemon.workers import ProcessOperator
 from batchd.daemon.workers_pool import WorkerPool
 from batchd.engine import JobOperator, JobRegistry
 from batchd.errors import RepositoryError, WorkersUnavailable
 from batchd.model import JobExecution
 from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict
-from batchd.repository.status_history import StatusChange
 
 if TYPE_CHECKING:
-    from batchd.daemon.calendars import Calendar
-    from batchd.daemon.scheduler import FireResult
-    from batchd.daemon.settings import ControlSettings
-    from batchd.model import BatchStatus
-    from batchd.repository.history import PurgeResult
-    from batchd.repository.nodes import NodeRecord
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +95,8 @@ class StartupFailed(Exception):
 
 
 class Daemon:
-    """One run of the service, from start-up to exit status; also what the control socket
-    talks to (:class:`~batchd.daemon.api.DaemonControl`)."""
+    """One run of the service, from start-up to exit status. The control socket talks to
+    its components through a :class:`~batchd.daemon.facade.DaemonFacade`."""
 
     settings: Settings
     membership: Membership
@@ -157,7 +151,7 @@ class Daemon:
         settings = self.settings
         # The control socket is taken first: a second daemon configured with this one's
         # socket is refused here, before it touches the repository or fires anything.
-        self.control = ControlServer(self)
+        self.control = ControlServer(settings.control)
         self._open(lifecycle, Part("control socket", self.control.bind, self.control.close))
         if settings.isolation == "process":
             # Started now, its imports overlap the repository's start (waited for below).
@@ -236,10 +230,18 @@ class Daemon:
             repository.url.render_as_string(hide_password=True),
         )
         self.control.listener = self.metrics
-        # Closed first on shutdown, as before (closing again at the end does nothing).
-        control = Part(
-            "control server", self.control.serve, self.control.close, self.control.threads
+        facade = DaemonFacade(
+            settings=lambda: self.settings,
+            membership=self.membership,
+            operator=self.operator,
+            scheduler=self.scheduler,
+            backfills=self.backfills,
+            reload=self.reload,
+            recover=self.recover,
         )
+        # Closed first on shutdown, as before (closing again at the end does nothing).
+        serve = partial(self.control.serve, facade)
+        control = Part("control server", serve, self.control.close, self.control.threads)
         self._open(lifecycle, control)
         if settings.metrics.listen:
             listen = partial(self.metrics.start, settings.metrics.listen)
@@ -440,91 +442,6 @@ class Daemon:
         for key in ("database_url", "max_concurrent_jobs", "control", "metrics", "heartbeat"):
             if getattr(new, key) != getattr(self.settings, key):
                 log.warning("%s changed: it takes effect only when batchd restarts", key)
-
-    # ------------------------------------------------------------------ control socket
-    # The DaemonControl interface (batchd.daemon.api), documented there.
-
-    def control_settings(self) -> ControlSettings:
-        return self.settings.control
-
-    def node_name(self) -> str:
-        return self.membership.name
-
-    def database_state(self) -> str:
-        return self.membership.database_state()
-
-    def clock_skew_seconds(self) -> float:
-        return self.membership.clock.skew_seconds
-
-    def lease(self) -> timedelta:
-        return self.membership.lease
-
-    def nodes(self) -> list[tuple[NodeRecord, bool]]:
-        return self.membership.nodes()
-
-    def describe_jobs(self) -> list[dict[str, Any]]:
-        return [job.describe() for job in self.operator.registry.jobs()]
-
-    def describe_schedules(self) -> list[dict[str, Any]]:
-        return self.scheduler.describe()
-
-    def list_executions(
-        self, job: str | None, status: BatchStatus | None, limit: int
-    ) -> list[JobExecution]:
-        return self.operator.list_executions(job_name=job, status=status, limit=limit)
-
-    def get_execution(self, execution_id: int) -> JobExecution:
-        return self.operator.get_execution(execution_id)
-
-    def start_job(self, job: str, params: dict[str, Any] | str) -> int:
-        return self.operator.start_async(job, params).id
-
-    def start_next_job(self, job: str, params: dict[str, Any] | str) -> int:
-        return self.operator.start_next_async(job, params).id
-
-    def execution_log(self, execution_id: int, offset: int) -> dict[str, Any]:
-        execution = self.operator.get_execution(execution_id)
-        writing = isinstance(self.operator, ProcessOperator) and self.operator.log_is_open(
-            execution_id
-        )
-        return read_log(self.settings.log_dir, execution, offset, still_writing=writing)
-
-    def status_history(self, execution_id: int) -> list[StatusChange]:
-        self.operator.get_execution(execution_id)  # NoSuchJobExecution when there is none
-        return self.operator.repository.status_history(execution_id)
-
-    def stop_executions(self, target: str | int) -> list[JobExecution]:
-        return self.operator.stop(target)
-
-    def restart_job(self, target: str | int) -> int:
-        return self.operator.restart_async(target).id
-
-    def abandon_execution(self, execution_id: int) -> JobExecution:
-        return self.operator.abandon(execution_id)
-
-    def pause_schedule(self, schedule: str) -> None:
-        self.scheduler.pause(schedule)
-
-    def resume_schedule(self, schedule: str) -> None:
-        self.scheduler.resume(schedule)
-
-    def fire_schedule(self, schedule: str) -> tuple[str, FireResult | None]:
-        outcome = self.scheduler.fire(schedule)
-        return outcome, self.scheduler.last_result(schedule)
-
-    def calendar(self, name: str) -> Calendar:
-        return self.scheduler.calendar(name)
-
-    def trigger_counts(self) -> tuple[int, int]:
-        return len(self.settings.schedules), len(self.settings.watches)
-
-    def purge_history(self, before_days: int, *, dry_run: bool) -> tuple[datetime, PurgeResult]:
-        repository = self.operator.repository
-        before = repository.clock() - timedelta(days=before_days)
-        purged = repository.purge(before, dry_run=dry_run)
-        if not dry_run:
-            purge_logs(self.settings.log_dir, repository)
-        return before, purged
 
     # ------------------------------------------------------------------ shutdown
 

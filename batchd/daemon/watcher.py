@@ -1,4 +1,4 @@
-"""Watches: a job started for each file dropped into a directory (watchdog lives here only).
+"""Watches: a job started for each file dropped into a directory.
 
 A watch (:class:`~batchd.daemon.settings.WatchSettings`) names a directory, a job, a file
 name filter and parameter templates. :class:`Watcher` observes every watched directory
@@ -50,29 +50,15 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from watchdog.events import (
-    FileClosedEvent,
-    FileClosedNoWriteEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileOpenedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-
 from batchd import failpoints
 from batchd.daemon.file_taker import OUTCOMES, FileTaker, TakenFile
 from batchd.daemon.settings import WatchSettings
+from batchd.daemon.watch_events import FileEvents
 from batchd.daemon.watch_files import MAX_JSON_TRIGGER, PROCESSED, REJECTED
 from batchd.daemon.watch_rules import (
     REASON_SUFFIX,
@@ -108,72 +94,12 @@ RETRY_AFTER: Final = 30.0
 DEFAULT_LEASE: Final = timedelta(seconds=60)
 
 
-@dataclass
-class _Pending:
-    """A file waiting to be taken by the stability check (or for its close-write)."""
-
-    signature: tuple[int, int, int] | None = None  # size, mtime_ns, inode
-    since: float = 0.0  # monotonic time the signature was first seen
-    open_count: int = 0  # opens minus closes seen (close events only)
-    written: bool = False  # written since last closed: wait for the close-write
-    not_before: float = 0.0  # retry time after an error
-
-
-class _DirectoryHandler(FileSystemEventHandler):
-    """Forwards the events of one directory to the watcher (in the observer thread)."""
-
-    def __init__(self, watcher: Watcher, root: Path) -> None:
-        super().__init__()
-        self.watcher = watcher
-        self.root = root
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        try:
-            self.watcher._on_event(self.root, event)
-        except Exception:  # the observer thread must survive anything
-            log.exception("watcher: error handling %r", event)
-
-
-def _as_path(raw: bytes | str) -> Path | None:
-    text = os.fsdecode(raw)
-    return Path(text) if text else None
-
-
-# How long watchdog holds a "moved out" event to pair it with its "moved in" (its default
-# 0.5 s). Every event queued behind one waits too, and each file taken is moved out into
-# processed/, so the next file dropped within 0.5 s would wait for it. The kernel reports
-# both halves of a rename in the same read, so 10 ms is ample.
 COMPONENT_THREAD_DIES = failpoints.declare(
     "daemon.component_thread_dies",
     "the watcher's worker thread dies (action raise) before taking a ready file; the daemon "
     "sees the dead thread, stops sending WATCHDOG=1 and exits 70 for systemd to restart it, "
     "and the restarted daemon's first scan takes the file",
 )
-MOVE_PAIRING_SECONDS = 0.01
-
-
-def _shorten_move_pairing() -> None:
-    try:
-        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-    except ImportError:  # another watchdog layout: keep its default
-        return
-    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
-
-
-def _make_observer(close_events: bool | None) -> tuple[BaseObserver, bool]:
-    """The observer, and whether it reports close-write (inotify, with unmatched moves
-    reported as moves so that a file moved in from elsewhere is taken at once)."""
-    if close_events is not False:
-        try:
-            from watchdog.observers.inotify import InotifyObserver
-
-            _shorten_move_pairing()
-            return InotifyObserver(generate_full_events=True), True
-        except Exception as error:  # not Linux, or no inotify instance left
-            if close_events:
-                raise
-            log.info("watcher: no close-write events (%s); files are taken once stable", error)
-    return Observer(), False
 
 
 # ---------------------------------------------------------------------------- the watcher
@@ -214,21 +140,22 @@ class Watcher:
             lease=lease,
             may_take_over=may_take_over,
         )
-        self._close_events_wanted = close_events
-        self.close_events = False  # whether close-write events are used; known after start()
-        # Lock order: _take_lock, then _lock. _lock guards everything below; _take_lock
-        # makes taking files one at a time, so that a file seen by an event and by a scan
-        # is taken once (the second finds it gone).
+        # What the directories' events say: which files are ready to take.
+        self._files = FileEvents(close_events)
+        # Lock order: _take_lock, then _lock, then the FileEvents' own. _lock guards the
+        # watches, their counts and the worker; _take_lock makes taking files one at a time,
+        # so that a file seen by an event and by a scan is taken once (the second finds it
+        # gone).
         self._take_lock = threading.RLock()
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
         self._states: dict[str, WatchState] = self._build_states(watches, {})
-        self._pending: dict[Path, _Pending] = {}
-        self._ready: dict[Path, None] = {}  # take as soon as possible (ordered set)
-        self._observer: BaseObserver | None = None
-        self._observed: dict[Path, ObservedWatch] = {}
+        self._files.watch(self._states)
         self._worker: threading.Thread | None = None
-        self._stopping = False
+
+    @property
+    def close_events(self) -> bool:
+        """Whether close-write events are used; known after :meth:`start`."""
+        return self._files.close_events
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -239,11 +166,7 @@ class Watcher:
         with self._lock:
             if self._worker is not None:
                 raise RuntimeError("the watcher is already started")
-            self._observer, self.close_events = _make_observer(self._close_events_wanted)
-            self._stopping = False
-            for root in self._roots():
-                self._observe(root)
-            self._observer.start()
+            self._files.start()
             self._worker = threading.Thread(target=self._run, name="batchd-watcher", daemon=True)
             self._worker.start()
         log.info(
@@ -257,25 +180,17 @@ class Watcher:
         """Stop observing and taking files (a file being taken is finished first).
         Files not taken yet are found by the next start's scan."""
         with self._lock:
-            observer, worker = self._observer, self._worker
-            self._observer, self._worker = None, None
-            self._observed.clear()
-            self._pending.clear()
-            self._ready.clear()
-            self._stopping = True
-            self._wake.notify_all()
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout)
+            worker, self._worker = self._worker, None
+        observed = self._files.stop(timeout)
         if worker is not None:
             worker.join(timeout)
-        if observer is not None:
+        if observed:
             log.info("watcher stopped")
 
     def threads(self) -> list[threading.Thread]:
         """The observer and the worker thread, while started."""
         with self._lock:
-            return [thread for thread in (self._observer, self._worker) if thread is not None]
+            return [thread for thread in (self._files.thread, self._worker) if thread is not None]
 
     def reconfigure(self, watches: list[WatchSettings]) -> None:
         """Replace the watches: new ones are observed and scanned, removed ones forgotten,
@@ -290,14 +205,7 @@ class Watcher:
                 name for name in new if name in old and new[name].settings != old[name].settings
             ]
             self._states = new
-            roots = self._roots()
-            for root in [root for root in self._observed if root not in roots]:
-                self._unobserve(root)
-            if self._observer is not None:
-                for root in roots - set(self._observed):
-                    self._observe(root)
-            for path in [path for path in self._pending if path.parent not in roots]:
-                del self._pending[path]
+            self._files.watch(new)
             started = self._worker is not None
         log.info(
             "watches reconfigured: added %s, removed %s, changed %s",
@@ -336,9 +244,7 @@ class Watcher:
                     if result is not None:
                         taken.append(result)
                 else:
-                    with self._lock:
-                        self._pending.setdefault(path, _Pending())
-                        self._wake.notify_all()
+                    self._files.wait_for_stable(path)
         return taken
 
     def _listing(self, state: WatchState) -> list[tuple[Path, os.stat_result]]:
@@ -374,9 +280,9 @@ class Watcher:
                     "pattern": state.settings.pattern or "*",
                     "regex": state.settings.regex,
                     "stable_for": state.settings.stable_for.total_seconds(),
-                    "pending": sum(1 for path in self._pending if self._owner(path) is state),
+                    "pending": self._files.pending(state),
                     "files": dict(state.counts),
-                    "observed": state.root in self._observed,
+                    "observed": self._files.observes(state.root),
                     "close_events": self.close_events,
                 }
                 for state in self._states.values()
@@ -399,135 +305,23 @@ class Watcher:
             allow_input_directory(states[watch.name].root)
         return states
 
-    def _roots(self) -> set[Path]:
-        return {state.root for state in self._states.values()}
-
-    def _observe(self, root: Path) -> None:
-        assert self._observer is not None
-        self._observed[root] = self._observer.schedule(
-            _DirectoryHandler(self, root), str(root), recursive=False
-        )
-
-    def _unobserve(self, root: Path) -> None:
-        watch = self._observed.pop(root)
-        if self._observer is not None:
-            try:
-                self._observer.unschedule(watch)
-            except KeyError:
-                pass  # its emitter already ended (the directory was deleted)
-
-    def _owner(self, path: Path) -> WatchState | None:
-        """The first watch of the file's directory that wants it (None: ignore it)."""
-        for state in self._states.values():
-            if state.root == path.parent and state.groups(path.name) is not None:
-                return state
-        return None
-
-    # ------------------------------------------------------- events (observer thread)
-
-    def _on_event(self, root: Path, event: FileSystemEvent) -> None:
-        """Note what happened to a file; the worker thread does the taking."""
-        if event.is_directory:
-            return
-        src = _as_path(event.src_path)
-        with self._lock:
-            if self._stopping:
-                return
-            if isinstance(event, FileMovedEvent):
-                dest = _as_path(event.dest_path)
-                if src is not None and src.parent == root:
-                    self._pending.pop(src, None)
-                if dest is not None and dest.parent == root and self._owner(dest) is not None:
-                    self._take_soon(dest)  # a rename is atomic: the file is complete
-                return
-            if src is None or src.parent != root or self._owner(src) is None:
-                return
-            if isinstance(event, FileDeletedEvent):
-                self._pending.pop(src, None)
-            elif isinstance(event, FileClosedEvent):
-                if self.close_events:
-                    self._take_soon(src)
-            elif isinstance(event, FileClosedNoWriteEvent):
-                entry = self._pending.get(src)
-                if entry is not None:
-                    entry.open_count = max(0, entry.open_count - 1)
-            elif isinstance(event, FileOpenedEvent):
-                if self.close_events:
-                    self._pending.setdefault(src, _Pending()).open_count += 1
-            elif isinstance(event, FileModifiedEvent):
-                entry = self._pending.setdefault(src, _Pending())
-                if self.close_events:
-                    entry.written = True  # a close-write will follow
-            elif isinstance(event, FileCreatedEvent):
-                self._pending.setdefault(src, _Pending())
-            self._wake.notify_all()
-
-    def _take_soon(self, path: Path) -> None:
-        self._pending.pop(path, None)
-        self._ready[path] = None
-        self._wake.notify_all()
-
     # ------------------------------------------------------------ the worker thread
 
     def _run(self) -> None:
         """Take the files that are ready, and those that have become stable."""
-        while True:
-            with self._lock:
-                if not self._stopping and not self._ready:
-                    self._wake.wait(self._poll_interval())
-                if self._stopping:
+        while (paths := self._files.next_files()) is not None:
+            for path in paths:
+                if self._files.stopping:
                     return
-                ready = list(self._ready)
-                self._ready.clear()
-            for path in ready + self._stable_files():
-                with self._lock:
-                    if self._stopping:
-                        return
                 failpoints.failpoint(COMPONENT_THREAD_DIES)
                 self._take_path(path)
-
-    def _poll_interval(self) -> float:
-        shortest = min(
-            (state.settings.stable_for.total_seconds() for state in self._states.values()),
-            default=1.0,
-        )
-        return min(max(shortest / 5, 0.02), 0.25)
-
-    def _stable_files(self) -> list[Path]:
-        """Pending files whose size and mtime have not changed for their ``stable_for``
-        (or whose mtime is that old); they leave the pending set."""
-        now, wall = time.monotonic(), time.time()
-        stable = []
-        with self._lock:
-            for path, entry in list(self._pending.items()):
-                if now < entry.not_before:
-                    continue
-                if self.close_events and (entry.open_count > 0 or entry.written):
-                    continue  # open or being written: the close-write will take it
-                state = self._owner(path)
-                try:
-                    info = os.lstat(path)
-                except OSError:
-                    state = None
-                if state is None:
-                    del self._pending[path]
-                    continue
-                signature = (info.st_size, info.st_mtime_ns, info.st_ino)
-                if signature != entry.signature:
-                    entry.signature, entry.since = signature, now
-                stable_for = state.settings.stable_for.total_seconds()
-                if now - entry.since >= stable_for or wall - info.st_mtime >= stable_for:
-                    del self._pending[path]
-                    stable.append(path)
-        return stable
 
     # ----------------------------------------------------------------- taking a file
 
     def _take_path(self, path: Path) -> TakenFile | None:
         """Take one file if a watch still wants it and it is still there. Never raises."""
         with self._take_lock:
-            with self._lock:
-                state = self._owner(path)
+            state = self._files.owner(path)
             if state is None:
                 return None
             try:
@@ -536,11 +330,11 @@ class Watcher:
                 log.exception(
                     "watch %s: %s: error, retrying in %gs", state.name, path.name, RETRY_AFTER
                 )
-                self._look_again(path, RETRY_AFTER)
+                self._files.look_again(path, RETRY_AFTER)
                 result = TakenFile(state.name, path.name, "error", reason=str(error))
             if result is not None and result.outcome == "elsewhere":
                 # In case that node dies before moving it (finish_claims also sees to it).
-                self._look_again(path, self._taker.lease.total_seconds())
+                self._files.look_again(path, self._taker.lease.total_seconds())
         if result is not None:
             self._report(state, result)
         return result
@@ -561,12 +355,6 @@ class Watcher:
         for result in results:
             self._report(states[result.watch], result)
         return results
-
-    def _look_again(self, path: Path, after: float) -> None:
-        with self._lock:
-            if not self._stopping:
-                entry = self._pending.setdefault(path, _Pending())
-                entry.not_before = time.monotonic() + after
 
     def _report(self, state: WatchState, result: TakenFile) -> None:
         """The file's log line, counter and listener call."""

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, RowMapping
 
 from batchd.daemon.calendars import build_calendar
-from batchd.daemon.protocol import execution_view, iso
+from batchd.daemon.protocol import execution_view, iso, node_view
 from batchd.daemon.schedule_entries import ScheduleEntry, make_entry
 from batchd.daemon.schedule_triggers import describe_trigger
 from batchd.daemon.settings import ScheduleSettings, Settings
@@ -335,16 +335,7 @@ class Pages:
             "page": "nodes",
             "lease_seconds": settings.lease.total_seconds(),
             "nodes": [
-                {
-                    "name": node.name,
-                    "host": node.host,
-                    "pid": node.pid,
-                    "started_at": iso(node.started_at),
-                    "heartbeat": iso(node.heartbeat),
-                    "live": node.is_live(now, settings.lease),
-                    "clock_skew_seconds": node.clock_offset,
-                    "this": node.name == settings.node,
-                }
+                node_view(node, live=node.is_live(now, settings.lease), this=settings.node)
                 for node in nodes
             ],
             "generated_at": iso(now),

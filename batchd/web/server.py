@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlalchemy.exc import DBAPIError
 
-from batchd.daemon.addresses import parse_listen
+from batchd.daemon.addresses import HttpService
 from batchd.web.pages import DAYS, MAX_DAYS, NotFound, Pages
 
 log = logging.getLogger(__name__)
@@ -183,41 +183,29 @@ class WebConsole:
         self.listen = listen
         self.renderer = Renderer(lambda: pages.settings().timezone)
         self.static = _static_files()
-        self.port: int | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = HttpService("web console", "batchd-web")
+
+    @property
+    def port(self) -> int | None:
+        """The port bound to, once started (``listen`` may give port 0)."""
+        return self._http.port
 
     def start(self) -> None:
         """Bind and serve from a thread of its own. OSError if it cannot bind."""
-        if self._server is not None:
-            raise RuntimeError("the web console is already started")
-        host, port = parse_listen(self.listen)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = _Server6 if family == socket.AF_INET6 else _Server
-        server = server_class((host, port), _Handler)
-        server.console = self
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="batchd-web"
-        )
-        thread.daemon = True
-        thread.start()
-        self._server, self._thread = server, thread
-        self.port = server.server_port
-        shown = f"[{host}]" if ":" in host else host
-        log.info("web console on http://%s:%d/", shown, self.port)
+
+        def make(address: tuple[str, int], family: int) -> _Server:
+            server = (_Server6 if family == socket.AF_INET6 else _Server)(address, _Handler)
+            server.console = self
+            return server
+
+        log.info("web console on %s/", self._http.start(self.listen, make))
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
+        self._http.stop()
         self.pages.store.dispose()
 
     def threads(self) -> list[threading.Thread]:
-        return [self._thread] if self._thread is not None else []
+        return self._http.threads()
 
     # ---------------------------------------------------------------- requests
 

@@ -22,10 +22,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
+    ColumnElement,
     Connection,
     Engine,
     RowMapping,
     String,
+    Table,
     cast,
     create_engine,
     event,
@@ -296,14 +299,8 @@ class ReadOnlyStore:
     def recent_fires(conn: Connection, schedule: str, limit: int) -> list[RowMapping]:
         """The schedule's newest fires (its unique key's range), with the status of the
         execution each started."""
-        query = (
-            select(schedule_fire, job_execution.c.status.label("execution_status"))
-            .outerjoin(job_execution, job_execution.c.id == schedule_fire.c.job_execution_id)
-            .where(schedule_fire.c.schedule_name == schedule)
-            .order_by(schedule_fire.c.fire_time.desc())
-            .limit(limit)
-        )
-        return list(conn.execute(query).mappings())
+        by_schedule = schedule_fire.c.schedule_name == schedule
+        return _recent(conn, schedule_fire, by_schedule, schedule_fire.c.fire_time, limit)
 
     @staticmethod
     def waiting_fires(conn: Connection) -> list[RowMapping]:
@@ -316,14 +313,9 @@ class ReadOnlyStore:
 
     @staticmethod
     def recent_files(conn: Connection, watch: str, limit: int) -> list[RowMapping]:
-        query = (
-            select(trigger_file, job_execution.c.status.label("execution_status"))
-            .outerjoin(job_execution, job_execution.c.id == trigger_file.c.job_execution_id)
-            .where(trigger_file.c.watch_name == watch)
-            .order_by(trigger_file.c.id.desc())
-            .limit(limit)
-        )
-        return list(conn.execute(query).mappings())
+        """The watch's newest files, with the status of the execution each started."""
+        by_watch = trigger_file.c.watch_name == watch
+        return _recent(conn, trigger_file, by_watch, trigger_file.c.id, limit)
 
     @staticmethod
     def nodes(conn: Connection) -> list[NodeRecord]:
@@ -339,6 +331,22 @@ class ReadOnlyStore:
                 rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
                 return [str(row[-1]) for row in rows]
             return [str(row[0]) for row in conn.exec_driver_sql(f"EXPLAIN {compiled}").all()]
+
+
+def _recent(
+    conn: Connection, trigger: Table, where: ColumnElement[bool], newest: Column[Any], limit: int
+) -> list[RowMapping]:
+    """The newest ``limit`` rows of a trigger table (a schedule's fires, a watch's files)
+    that match ``where``, newest first by ``newest``, each with the status of the execution
+    it started (``execution_status``)."""
+    query = (
+        select(trigger, job_execution.c.status.label("execution_status"))
+        .outerjoin(job_execution, job_execution.c.id == trigger.c.job_execution_id)
+        .where(where)
+        .order_by(newest.desc())
+        .limit(limit)
+    )
+    return list(conn.execute(query).mappings())
 
 
 __all__ = ["GRID_PAGE", "GRID_WINDOW", "Cell", "ReadOnlyStore", "read_only_engine"]

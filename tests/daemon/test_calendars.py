@@ -308,11 +308,12 @@ def test_a_bad_closing_date_is_a_config_error_naming_the_key(tmp_path: Path) -> 
 
 
 def test_a_backfill_with_a_calendar_runs_business_dates_only(nodes: Callable[..., Node]) -> None:
-    from batchd.daemon.backfill import plan_backfill
+    from batchd.daemon.backfill import Span, plan_backfill
 
     node = nodes([])
     calendar = build_calendar(target())
-    plan = plan_backfill(node.operator, "daily", D(2026, 4, 1), D(2026, 4, 8), "date", {}, calendar)
+    span = Span("daily", D(2026, 4, 1), D(2026, 4, 8), "date", {})
+    plan = plan_backfill(node.operator, span, calendar)
     assert [item.date for item in plan.to_run] == [
         "2026-04-01",
         "2026-04-02",
@@ -325,7 +326,4 @@ def test_a_backfill_with_a_calendar_runs_business_dates_only(nodes: Callable[...
         ("2026-04-05", "Sunday"),
         ("2026-04-06", "Easter Monday"),
     ]
-    assert (
-        len(plan_backfill(node.operator, "daily", D(2026, 4, 1), D(2026, 4, 8), "date", {}).to_run)
-        == 8
-    )
+    assert len(plan_backfill(node.operator, span).to_run) == 8
