@@ -12,7 +12,7 @@ from pydantic import BaseModel
 import batchd
 from batchd import JobBuilder, JobOperator, JobRegistry, StepBuilder, StepContext
 from batchd.daemon.scheduler import Scheduler
-from batchd.daemon.settings import ScheduleSettings
+from batchd.daemon.settings import CalendarSettings, ScheduleSettings
 from batchd.repository import SqlJobRepository, TriggerStore
 
 WAIT = 15.0
@@ -75,6 +75,7 @@ class Node:
         schedules: list[ScheduleSettings],
         clock: Callable[[], dt.datetime],
         listener: object | None = None,
+        calendars: list[CalendarSettings] | None = None,
     ) -> None:
         self.repository = SqlJobRepository(url)
         self.operator = JobOperator(self.repository, make_registry(), heartbeat=0.2)
@@ -88,6 +89,7 @@ class Node:
             timezone="UTC",
             clock=clock,
             listener=self.listener,
+            calendars=calendars or [],
         )
 
     def started_executions(self, schedule: str) -> list[batchd.JobExecution]:
@@ -117,8 +119,9 @@ def node_factory(
         schedules: list[ScheduleSettings],
         clock: Callable[[], dt.datetime] | None = None,
         listener: object | None = None,
+        calendars: list[CalendarSettings] | None = None,
     ) -> Node:
-        node = Node(url, schedules, clock or default_clock, listener)
+        node = Node(url, schedules, clock or default_clock, listener, calendars)
         made.append(node)
         return node
 

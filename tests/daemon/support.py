@@ -27,6 +27,7 @@ __all__ = [
     "control_config",
     "daemons",
     "launch",
+    "launched",
     "table_counts",
     "wait_until",
 ]
@@ -175,6 +176,12 @@ def launch(tmp_path: Path, daemons: Daemons) -> Launch:
         return Launched(daemon, Path(socket_path), tmp_path / "batchd.db")
 
     return start
+
+
+@pytest.fixture
+def launched(launch: Launch) -> Launched:
+    """The real daemon of the default :func:`control_config`, READY."""
+    return launch()
 
 
 def table_counts(database: Path) -> dict[str, int]:

@@ -17,15 +17,9 @@ from batchd.repository import TriggerStore
 from tests.daemon.support import Control, Launch, control_config, wait_until
 from tests.daemon.test_ctl import ctl, ok
 from tests.daemon.test_daemon import DaemonProcess, Daemons
-from tests.daemon.test_dependencies import JOBS, NEVER, executions, fires
+from tests.daemon.test_dependencies import JOBS, executions, fires, posting_schedule
 from tests.daemon.test_nodes import executions_of, node_config
-
-CALENDARS = """
-[[calendars]]
-name = "target"
-holidays = "ECB"
-file = "{file}"
-"""
+from tests.daemon.toml_text import table
 
 
 def rows(table: str) -> list[str]:
@@ -38,7 +32,8 @@ def rows(table: str) -> list[str]:
 def calendar_config(tmp: Path, extra: str = "") -> str:
     file = tmp / "closing-days.txt"
     file.write_text("# the bank's own closing days\n2026-04-08 Staff outing\n")
-    return control_config(tmp, CALENDARS.format(file=file) + extra, jobs=JOBS)
+    target = table("calendars", name="target", holidays="ECB", file=file)
+    return control_config(tmp, target + extra, jobs=JOBS)
 
 
 def test_ctl_calendar_lists_business_and_closing_days_with_the_holidays_names(
@@ -131,17 +126,7 @@ def test_backfill_with_a_calendar_runs_its_business_dates_only(
 def test_ctl_schedules_shows_the_calendar_and_what_a_waiting_fire_waits_for(
     tmp_path: Path, launch: Launch
 ) -> None:
-    schedule = f"""
-[[schedules]]
-name = "posting"
-job = "posting"
-cron = {NEVER}
-timezone = "UTC"
-calendar = "target"
-params = {{ date = "{{business_date}}" }}
-after = [{{ job = "file_import", params = {{ date = "{{business_date}}" }} }}]
-wait_timeout = "6h"
-"""
+    schedule = posting_schedule(timezone="UTC", calendar="target", wait_timeout="6h")
     socket = str(launch(calendar_config(tmp_path, schedule)).socket)
     fired = json.loads(ok("fire", "posting", "--socket", socket, "--json"))
     assert fired["outcome"] == "waiting"
@@ -163,20 +148,9 @@ def test_ctl_fire_on_a_closing_day_runs_and_says_so(tmp_path: Path, launch: Laun
     # the fire is made, its business date is one of them.
     today = dt.datetime.now(dt.UTC).date()
     closed = [str(today + dt.timedelta(days=offset)) for offset in (-1, 0, 1)]
-    schedule = f"""
-[[calendars]]
-name = "inventory"
-weekdays = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-dates = {json.dumps(closed)}
-
-[[schedules]]
-name = "posting"
-job = "posting"
-cron = {NEVER}
-timezone = "UTC"
-calendar = "inventory"
-params = {{ date = "{{business_date}}" }}
-"""
+    every_day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+    inventory = table("calendars", name="inventory", weekdays=every_day, dates=closed)
+    schedule = inventory + posting_schedule(timezone="UTC", calendar="inventory", after=None)
     launched = launch(control_config(tmp_path, schedule, jobs=JOBS))
     said = ok("fire", "posting", "--socket", str(launched.socket))
     assert "schedule posting fired: started, execution 1" in said
@@ -214,18 +188,9 @@ def test_a_waiting_fire_starts_once_across_two_nodes(
     # import and then, held at the claim by the failpoint, lets node-b see the import
     # complete (by its poll) and claim the fire first.
     at = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).replace(microsecond=0)
-    schedule = f"""
-[[schedules]]
-name = "posting"
-job = "posting"
-interval = "1h"
-start = {at.isoformat()}
-end = {at.isoformat()}
-catch_up = "all"
-timezone = "UTC"
-params = {{ date = "{{business_date}}" }}
-after = [{{ job = "file_import", params = {{ date = "{{business_date}}" }} }}]
-"""
+    schedule = posting_schedule(
+        cron=None, interval="1h", start=at, end=at, catch_up="all", timezone="UTC"
+    )
     a = eod_nodes("node-a", schedule, {"BATCHD_FAILPOINTS": "scheduler.before_wait_claim=sleep(5)"})
     b = eod_nodes("node-b", schedule)
     for daemon in (a, b):

@@ -14,7 +14,6 @@ import pytest
 
 from batchd.daemon.calendars import build_calendar, business_date
 from batchd.daemon.config import ConfigError, check, load_settings
-from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import CalendarSettings, ScheduleSettings
 from tests.daemon.scheduling import Clock, Node, node_factory
 
@@ -146,17 +145,11 @@ def nodes(sqlite_url: str) -> Iterator[Callable[..., Node]]:
     yield from node_factory(sqlite_url, Clock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
 
 
-def with_calendars(node: Node, schedules: list[ScheduleSettings], clock: Clock) -> Scheduler:
-    node.scheduler = Scheduler(
-        schedules,
-        node.operator,
-        node.store,
-        timezone="UTC",
-        clock=clock,
-        listener=node.listener,
-        calendars=[target(dates=["2026-04-01"])],
-    )
-    return node.scheduler
+def with_calendars(
+    nodes: Callable[..., Node], schedules: list[ScheduleSettings], clock: Clock
+) -> Node:
+    """A node whose calendar ``target`` also closes on 1 April 2026."""
+    return nodes(schedules, clock, calendars=[target(dates=["2026-04-01"])])
 
 
 def eod(**overrides: object) -> ScheduleSettings:
@@ -185,9 +178,7 @@ def test_a_never_fired_schedule_catches_up_business_dates_from_start(
     # Now: Wednesday 8 April 2026, 12:00 Berlin. Fires from 27 March 01:30 on; business
     # dates from 26 March; 1 April is an extra closing day, Easter closes 3 and 6 April.
     clock = Clock(dt.datetime(2026, 4, 8, 10, 0, tzinfo=dt.UTC))
-    node = nodes([])
-    scheduler = with_calendars(node, [eod()], clock)
-    results = scheduler.catch_up()
+    results = with_calendars(nodes, [eod()], clock).scheduler.catch_up()
     started = [r for r in results if r.outcome == "started"]
     dates = [r.params["date"] for r in started if r.params]
     assert dates == [
@@ -206,28 +197,28 @@ def test_a_never_fired_schedule_catches_up_business_dates_from_start(
     # The fire on 29 March (a Sunday, and the night clocks went forward) is for 28 March.
     assert all(r.outcome == "started" for r in results)
     # A restart catches up nothing more.
-    assert [r.outcome for r in with_calendars(nodes([]), [eod()], clock).catch_up()] == []
+    assert [r.outcome for r in with_calendars(nodes, [eod()], clock).scheduler.catch_up()] == []
 
 
 def test_catch_up_from_start_is_bounded_by_end_and_only_for_all(
     nodes: Callable[..., Node],
 ) -> None:
     clock = Clock(dt.datetime(2026, 4, 8, 10, 0, tzinfo=dt.UTC))
-    bounded = with_calendars(nodes([]), [eod(end="2026-03-31T12:00:00")], clock).catch_up()
+    bounded = with_calendars(nodes, [eod(end="2026-03-31T12:00:00")], clock).scheduler.catch_up()
     assert [r.params["date"] for r in bounded if r.params] == [
         "2026-03-26",
         "2026-03-27",
         "2026-03-30",
     ]
-    latest = with_calendars(nodes([]), [eod(name="other", catch_up="latest")], clock)
-    assert latest.catch_up() == []
+    latest = with_calendars(nodes, [eod(name="other", catch_up="latest")], clock)
+    assert latest.scheduler.catch_up() == []
 
 
 def test_a_fire_on_a_closing_day_runs_nothing_unless_asked(nodes: Callable[..., Node]) -> None:
     # Saturday 4 April 2026 02:00 Berlin: business date Friday 3 April, Good Friday.
     clock = Clock(dt.datetime(2026, 4, 4, 0, 0, tzinfo=dt.UTC))
-    node = nodes([])
-    scheduler = with_calendars(node, [eod(catch_up="none")], clock)
+    node = with_calendars(nodes, [eod(catch_up="none")], clock)
+    scheduler = node.scheduler
     assert scheduler.fire("eod") == "started"  # an operator asked: it runs anyway
     result = scheduler.last_result("eod")
     assert result is not None and result.params is not None

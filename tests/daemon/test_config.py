@@ -6,7 +6,6 @@ Real files in tmp_path; job modules are real modules written there and imported.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from batchd.daemon.config import (
 )
 from batchd.daemon.settings import Settings
 from batchd.shortcuts import default_registry
+from tests.daemon.toml_text import toml
 
 REPO = Path(__file__).resolve().parents[2]
 _module_counter = itertools.count(1)
@@ -86,17 +86,6 @@ def make_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeJ
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def toml(value: object) -> str:
-    """``value`` as a TOML value: tables and arrays on one line, strings and paths quoted."""
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{key} = {toml(item)}" for key, item in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml(item) for item in value) + "]"
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a TOML basic string
-    return str(value)
 
 
 def config_file(path: Path, **keys: object) -> Path:

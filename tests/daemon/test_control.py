@@ -27,6 +27,7 @@ from sqlalchemy import select
 import batchd
 from batchd import JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder, StepContext
 from batchd.daemon.protocol import MAX_REQUEST_BYTES, OPERATIONS
+from batchd.model import STEP_COUNTERS
 from batchd.repository.job_repository import PurgeResult
 from batchd.repository.tables import step_context
 from tests.daemon.support import (
@@ -38,7 +39,7 @@ from tests.daemon.support import (
     table_counts,
     wait_until,
 )
-from tests.support.processes import dead_owner
+from tests.daemon.test_daemon import orphan_execution
 
 SCHEDULE = (
     '[[schedules]]\nname = "daily"\njob = "dated"\ncron = "0 3 * * *"\n'
@@ -59,23 +60,12 @@ EXECUTION_KEYS = {
     "node",
     "steps",
 }
-STEP_KEYS = {
-    "name",
-    "status",
-    "exit_status",
-    "read_count",
-    "write_count",
-    "filter_count",
-    "commit_count",
-    "rollback_count",
-    "read_skip_count",
-    "process_skip_count",
-    "write_skip_count",
-    "start_time",
-    "end_time",
-    "exit_message",
-    "progress",
-}
+# A step's counters are the repository's, every one.
+STEP_KEYS = {"name", "status", "exit_status", *STEP_COUNTERS}
+STEP_KEYS |= {"start_time", "end_time", "exit_message", "progress"}
+# The history both purge tests make, 100 days ago (but for the last, a recent success):
+# complete, incomplete, abandoned, completed by a restart, failed and completed now.
+PURGE_HISTORY = ["COMPLETED", "FAILED", "ABANDONED", "COMPLETED", "COMPLETED"]
 
 
 def numbers_file(path: Path, count: int) -> Path:
@@ -321,18 +311,9 @@ def test_recover_and_a_stale_socket_file(launch: Launch, tmp_path: Path) -> None
     control = launch().connect()
     assert control.call("recover")["recovered"] == []
 
-    repo = SqlJobRepository(f"sqlite:///{tmp_path / 'batchd.db'}")
-    orphan, _ = repo.create_execution(
-        job_name="dated",
-        job_key="orphan",
-        identifying_params={"date": "2026-11-21"},
-        params={"date": "2026-11-21"},
-        owner=dead_owner(),
-        decide=lambda last: None,
-    )
-    repo.dispose()
+    orphan = orphan_execution(tmp_path)
     [recovered] = control.call("recover")["recovered"]
-    assert recovered["id"] == orphan.id and recovered["status"] == "FAILED"
+    assert recovered["id"] == orphan and recovered["status"] == "FAILED"
     assert "recovered" in recovered["exit_message"]
     assert control.call("recover")["recovered"] == []
 
@@ -362,13 +343,8 @@ def test_purge_keeps_incomplete_instances(launch: Launch, tmp_path: Path) -> Non
     with JobOperator(SqlJobRepository(url), default_registry) as new:
         recent_success = new.restart(old_failure.id)  # the old failure goes, this stays
         recent = new.start("dated", {"date": "2026-01-02"})
-    assert [e.status for e in (complete, incomplete, abandoned, second_try, recent_success)] == [
-        "COMPLETED",
-        "FAILED",
-        "ABANDONED",
-        "COMPLETED",
-        "COMPLETED",
-    ]
+    history = (complete, incomplete, abandoned, second_try, recent_success)
+    assert [e.status for e in history] == PURGE_HISTORY
     purged_ids = {complete.id, abandoned.id, first_try.id, second_try.id, old_failure.id}
     kept_ids = {incomplete.id, recent_success.id, recent.id}
 
@@ -452,13 +428,8 @@ def test_repository_purge(database_url: str) -> None:
     with JobOperator(SqlJobRepository(database_url), registry) as new:
         recent_success = new.restart(old_failure.id)
         recent = new.start("flaky", run("f"))
-    assert [e.status for e in (complete, incomplete, abandoned, second_try, recent_success)] == [
-        "COMPLETED",
-        "FAILED",
-        "ABANDONED",
-        "COMPLETED",
-        "COMPLETED",
-    ]
+    history = (complete, incomplete, abandoned, second_try, recent_success)
+    assert [e.status for e in history] == PURGE_HISTORY
 
     repository = SqlJobRepository(database_url)
     try:

@@ -22,26 +22,26 @@ from batchd import SqlJobRepository
 from batchd.repository import TriggerStore
 from tests.daemon.support import Control, Launched, control_config, launch, wait_until
 from tests.daemon.test_metrics import free_port
+from tests.daemon.toml_text import table
 
 __all__ = ["launch"]
 
 JOBS = '["tests.daemon.daemon_jobs", "tests.daemon.control_jobs", "tests.daemon.calendar_jobs"]'
-NEVER = '"0 0 1 1 *"'  # fires by request only, within the test
+NEVER = "0 0 1 1 *"  # fires by request only, within the test
+BUSINESS_DATE = {"date": "{business_date}"}
 
 
-def eod_config(tmp: Path, extra: str = "", **settings: str) -> str:
-    schedule = f"""
-[[schedules]]
-name = "posting"
-job = "posting"
-cron = {NEVER}
-day_start = "00:00"
-params = {{ date = "{{business_date}}" }}
-after = [{{ job = "file_import", params = {{ date = "{{business_date}}" }} }}]
-{extra}
-"""
-    values = {"jobs": JOBS, "lease": '"2s"', "recover_every": '"0.5s"', **settings}
-    return control_config(tmp, schedule, **values)
+def posting_schedule(**keys: object) -> str:
+    """The ``posting`` schedule: fires by request, for a business date, after the
+    ``file_import`` of that date; ``keys`` add to it or replace (None: leave out)."""
+    after = [{"job": "file_import", "params": BUSINESS_DATE}]
+    values = {"name": "posting", "job": "posting", "cron": NEVER, "params": BUSINESS_DATE}
+    return table("schedules", **{**values, "after": after, **keys})
+
+
+def eod_config(tmp: Path, **schedule: str) -> str:
+    values = {"jobs": JOBS, "lease": '"2s"', "recover_every": '"0.5s"'}
+    return control_config(tmp, posting_schedule(day_start="00:00", **schedule), **values)
 
 
 def fires(database: Path, schedule: str = "posting") -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ def test_posting_waits_for_the_import_across_a_restart_and_starts_once(
 def test_a_fire_is_given_up_after_wait_timeout(
     tmp_path: Path, launch: Callable[..., Launched]
 ) -> None:
-    daemon = launch(eod_config(tmp_path, 'wait_timeout = "1s"'))
+    daemon = launch(eod_config(tmp_path, wait_timeout="1s"))
     control = daemon.connect()
     assert control.call("fire", schedule="posting")["outcome"] == "waiting"
     wait_until(lambda: fires(daemon.database)[0]["outcome"] == "dependency_timeout")
@@ -108,7 +108,7 @@ def test_a_fire_is_given_up_after_wait_timeout(
 def test_a_daemon_killed_after_claiming_a_waiting_fire_leaves_it_to_start_once(
     tmp_path: Path, launch: Callable[..., Launched]
 ) -> None:
-    config = eod_config(tmp_path, 'on_crash = "restart"')
+    config = eod_config(tmp_path, on_crash="restart")
     first = launch(config, env={"BATCHD_FAILPOINTS": "scheduler.after_wait_claim=kill"})
     control = first.connect()
     day = control.call("fire", schedule="posting")["params"]["date"]
@@ -141,20 +141,18 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     }
 
 
+def gated(gate: Path) -> str:
+    """The ``eod`` schedule of the job that works until ``gate`` exists, due within 1s."""
+    params = {**BUSINESS_DATE, "gate": gate}
+    return table("schedules", name="eod", job="gated", cron=NEVER, params=params, deadline="1s")
+
+
 def test_a_slow_job_misses_its_deadline_once_and_is_late_until_it_completes(
     tmp_path: Path, launch: Callable[..., Launched]
 ) -> None:
     port = free_port()
     gate = tmp_path / "gate"
-    schedule = f"""
-[[schedules]]
-name = "eod"
-job = "gated"
-cron = {NEVER}
-params = {{ date = "{{business_date}}", gate = "{gate}" }}
-deadline = "1s"
-"""
-    config = control_config(tmp_path, schedule, jobs=JOBS).replace(
+    config = control_config(tmp_path, gated(gate), jobs=JOBS).replace(
         "listen = ''", f'listen = "127.0.0.1:{port}"'
     )
     daemon = launch(config)
@@ -182,15 +180,7 @@ def test_a_fire_completed_in_time_meets_its_deadline(
 ) -> None:
     gate = tmp_path / "gate"
     gate.touch()
-    schedule = f"""
-[[schedules]]
-name = "eod"
-job = "gated"
-cron = {NEVER}
-params = {{ date = "{{business_date}}", gate = "{gate}" }}
-deadline = "1s"
-"""
-    daemon = launch(control_config(tmp_path, schedule, jobs=JOBS))
+    daemon = launch(control_config(tmp_path, gated(gate), jobs=JOBS))
     control = daemon.connect()
     fired = control.call("fire", schedule="eod")
     control.wait_for_status(fired["execution_id"], "COMPLETED")

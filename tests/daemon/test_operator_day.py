@@ -22,10 +22,8 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", re.MULTILINE)
 
 
 def test_a_refused_reload_exits_non_zero_and_names_the_bad_key(
-    launch: Launch,
-    tmp_path: Path,
+    launched: Launched, tmp_path: Path
 ) -> None:
-    launched = launch()
     sock = str(launched.socket)
     launched.daemon.config_path.write_text(control_config(tmp_path, max_concurrent_jobs='"many"'))
     refused = ctl("reload", "--socket", sock)
@@ -37,10 +35,8 @@ def test_a_refused_reload_exits_non_zero_and_names_the_bad_key(
 
 
 def test_log_lines_carry_their_time_unless_the_journal_adds_it(
-    launch: Launch,
-    tmp_path: Path,
+    launch: Launch, launched: Launched, tmp_path: Path
 ) -> None:
-    launched = launch()
     assert STAMP.search(launched.daemon.output()), launched.daemon.output()[:300]
     launched.daemon.stop()
     # Under systemd, JOURNAL_STREAM names the stream stderr is: the journal stamps lines.
@@ -53,10 +49,8 @@ def test_log_lines_carry_their_time_unless_the_journal_adds_it(
 
 
 def test_failed_runs_show_their_exit_message_in_executions(
-    launch: Launch,
-    tmp_path: Path,
+    launched: Launched, tmp_path: Path
 ) -> None:
-    launched = launch()
     sock = str(launched.socket)
     control = launched.connect()
     missing = tmp_path / "missing.txt"
@@ -68,8 +62,8 @@ def test_failed_runs_show_their_exit_message_in_executions(
     assert "step 'count' FAILED: FileNotFoundError: [Errno 2] No such file or directory" in row
 
 
-def test_a_parameter_the_model_would_drop_is_refused(launch: Launch) -> None:
-    sock = str(launch().socket)
+def test_a_parameter_the_model_would_drop_is_refused(launched: Launched) -> None:
+    sock = str(launched.socket)
     refused = ctl("start", "slow_dated", "--param", "date=2026-11-21", "--param", "colour=red",
                   "--socket", sock)  # fmt: skip
     assert refused.returncode == 1
