@@ -220,13 +220,11 @@ class JobRunner:
                 "after_step listener failed: " + describe_error(error),
             )
             step_execution.exit_status = BatchStatus.FAILED.value
-        self.repository.finish_step(
+        outcome.record(
+            self.repository,
             step_execution,
-            outcome.status,
-            outcome.exit_message,
-            canonical_json(outcome.execution_context),
             instance_id=execution.instance_id,
-            step_context_value=step_context,
+            step_context=step_context,
             exit_status=step_execution.exit_status,
         )
         failpoints.failpoint(AFTER_STEP_END)

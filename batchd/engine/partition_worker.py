@@ -20,7 +20,7 @@ from batchd.engine.chunk_step import ChunkStep
 from batchd.engine.listeners import CHUNK_HOOKS, Listeners
 from batchd.engine.step_run import StepRun
 from batchd.errors import ExecutionLost
-from batchd.model import BatchStatus, StepExecution, canonical_json
+from batchd.model import BatchStatus, StepExecution
 from batchd.repository import SqlJobRepository
 
 # How often a partition in another process asks the database whether its job was stopped.
@@ -70,14 +70,7 @@ def execute_partition(
         stop_requested=stop_requested,
     )
     outcome = task.step.execute(run)
-    repository.finish_step(
-        step_execution,
-        outcome.status,
-        outcome.exit_message,
-        canonical_json(outcome.execution_context),
-        instance_id=task.instance_id,
-        step_context_value=None,
-    )
+    outcome.record(repository, step_execution, instance_id=task.instance_id, step_context=None)
     return step_execution
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchd.engine.listeners import Listeners
-from batchd.model import BatchStatus, JobExecution, StepExecution
+from batchd.model import BatchStatus, JobExecution, StepExecution, canonical_json
 from batchd.repository import SqlJobRepository
 
 
@@ -37,6 +37,27 @@ class StepOutcome:
     exit_status: str | None = None
     # What failed the step (not recorded): the job decides whether it is permanent.
     error: BaseException | None = None
+
+    def record(
+        self,
+        repository: SqlJobRepository,
+        step_execution: StepExecution,
+        *,
+        instance_id: int,
+        step_context: dict[str, Any] | None,
+        exit_status: str | None = None,
+    ) -> None:
+        """Record this as the end of ``step_execution``, with the instance's step context
+        (None: a partition, which has none) and ``exit_status`` (None: the status's name)."""
+        repository.finish_step(
+            step_execution,
+            self.status,
+            self.exit_message,
+            canonical_json(self.execution_context),
+            instance_id=instance_id,
+            step_context_value=step_context,
+            exit_status=exit_status,
+        )
 
 
 def describe_error(error: BaseException) -> str:
