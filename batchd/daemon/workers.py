@@ -3,16 +3,17 @@
 :class:`ProcessOperator` is the engine's :class:`~batchd.engine.JobOperator` with one change:
 where the thread operator runs an execution in one of its pool threads, this one creates the
 execution owned by a spare worker process (:mod:`batchd.daemon.workers_pool`), hands it over,
-and the pool thread only waits for the worker to end. Everything that starts executions
-(start, restart, fires, file drops, backfills, retries) goes through it unchanged.
+and the pool thread only waits for the execution's end (the worker may then take another).
+Everything that starts executions (start, restart, fires, file drops, backfills, retries)
+goes through it unchanged.
 
-When a worker ends, the execution should have ended too; if it is still running in the
-repository, the worker died before recording its end (``os._exit``, a segfault, a kill,
-its memory limit), and it is marked FAILED at once with the cause — by the same
-compare-and-set as crash recovery (:meth:`SqlJobRepository.mark_failed`). ``[limits]``
-``timeout`` is watched here too: when it runs out the execution is marked FAILED
-("timed out after ...") and asked to stop; a worker that has not ended ``stop_grace`` later
-is killed.
+When a worker says its execution is done, or ends, the execution should have ended too; if
+it is still running in the repository, the worker died before recording its end
+(``os._exit``, a segfault, a kill, its memory limit), and it is marked FAILED at once with
+the cause — by the same compare-and-set as crash recovery
+(:meth:`SqlJobRepository.mark_failed`). ``[limits]`` ``timeout`` is watched here too: when
+it runs out the execution is marked FAILED ("timed out after ...") and asked to stop; a
+worker that has not ended ``stop_grace`` later is killed.
 """
 
 from __future__ import annotations
@@ -172,7 +173,15 @@ class ProcessOperator(JobOperator):
             # longer be the ones a worker has). No rlimit where the cgroup limits it.
             rlimit = None if cgroup is not None else limits.memory_max
             payload = pickle.dumps(
-                Assignment(execution, rlimit, self.heartbeat_interval, input_directories())
+                Assignment(
+                    execution,
+                    rlimit,
+                    self.heartbeat_interval,
+                    input_directories(),
+                    # A memory limit stays with the worker (an rlimit cannot be raised, a
+                    # cgroup is removed after it): its last execution.
+                    last=limits.memory_max is not None,
+                )
             )
             worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
             log.info(
@@ -184,6 +193,8 @@ class ProcessOperator(JobOperator):
             cause = self._supervise(worker, execution, limits, settings.stop_grace)
             oom = cgroup is not None and oom_killed(cgroup)
             self._fail_if_running(execution.id, cause or exit_cause(worker, limits, oom_killed=oom))
+            if worker.idle:
+                self.pool.drain(worker)  # its output ends here; the worker lives on
             worker.output_closed.wait(OUTPUT_DRAIN_SECONDS)
         except BaseException as error:
             log.exception(
@@ -194,12 +205,12 @@ class ProcessOperator(JobOperator):
             self._fail_if_running(execution.id, f"not started: {describe_error(error)}")
             raise
         finally:
-            worker.release()
             if cgroup is not None:
                 remove_cgroup(cgroup)
             with self._lock:
                 self._handles.pop(execution.id, None)
                 self._workers.pop(execution.id, None)
+            self.pool.give_back(worker)  # a spare again if it is idle, else it goes
             handle.done.set()
             final = self.repository.get_execution(execution.id) or execution
             self._notify("on_execution_ended", final)
@@ -210,7 +221,7 @@ class ProcessOperator(JobOperator):
         """Wait for the worker's end; past the timeout, fail, stop, then kill it. The
         timeout's cause, or None."""
         timeout = limits.timeout
-        if worker.exited.wait(None if timeout is None else timeout.total_seconds()):
+        if worker.wait_end(None if timeout is None else timeout.total_seconds()):
             return None
         cause = f"timed out after {format_duration(timeout)}" if timeout else "timed out"
         log.warning(
@@ -218,7 +229,7 @@ class ProcessOperator(JobOperator):
         )
         self._fail_if_running(execution.id, cause)
         worker.stop()
-        if not worker.exited.wait(grace.total_seconds()):
+        if not worker.wait_end(grace.total_seconds()):
             worker.kill(f"{cause}, and still running stop_grace {format_duration(grace)} later")
             worker.exited.wait()
         return cause

@@ -9,6 +9,8 @@ daemon's own log.
 
 One worker is kept forked ahead (a spare), so that a start does not wait for a fork: the
 operator takes it, records its pid as the new execution's owner, and hands it the execution.
+A worker that reports its execution ``done`` is a spare again (up to :data:`IDLE_MAX` of
+them), warm: the next start costs neither a fork nor a cold database connection.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import queue
 import re
+import select
 import selectors
 import signal
 import socket
@@ -43,6 +46,8 @@ _MESSAGE_MAX = 1 << 16
 _WORKER_STAMP = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 # How long the start-up or a reload waits for a new warm process to import the jobs.
 READY_TIMEOUT = 120.0
+# Idle workers kept for the next executions; more leave (each holds a database connection).
+IDLE_MAX = 4
 
 
 @dataclass(eq=False)
@@ -56,6 +61,7 @@ class Worker:
     status: int | None = None  # wait status, once exited; None if it died unreported
     execution_id: int | None = None
     kill_reason: str | None = None
+    idle: bool = True  # waiting for an execution (forked, or its last one done)
     exited: threading.Event = field(default_factory=threading.Event)
     output_closed: threading.Event = field(default_factory=threading.Event)
     _log: IO[bytes] | None = None
@@ -67,7 +73,7 @@ class Worker:
         """Open the execution's log (what the worker wrote so far goes first) and send it
         its execution; a worker that died meanwhile is seen by its exit."""
         with self._lock:
-            self.execution_id = execution_id
+            self.execution_id, self.idle = execution_id, False
             if log_path is not None:
                 try:
                     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +91,27 @@ class Worker:
             log.warning(
                 "execution %d: worker %d took no execution: %s", execution_id, self.pid, error
             )
+
+    def wait_end(self, timeout: float | None) -> bool:
+        """Wait for the end of its execution: the worker says ``done`` (and is idle again)
+        or its process ends (then wait for its exit status). False if ``timeout`` seconds
+        pass first."""
+        watched: list[socket.socket | int] = [self.command]
+        if self.pidfd is not None:
+            watched.append(self.pidfd)  # readable once the process has ended
+        ready, _, _ = select.select(watched, [], [], timeout)
+        if not ready:
+            return False
+        if self.command in ready:
+            try:
+                message = self.command.recv(64)
+            except OSError:
+                message = b""
+            if message == b"done":
+                self.idle = True
+                return True
+        self.exited.wait()
+        return True
 
     def stop(self) -> None:
         if self.execution_id is not None:
@@ -122,12 +149,21 @@ class Worker:
         output_log.info("execution %s: %s", self.execution_id, line.decode(errors="replace"))
 
     def _close_output(self) -> None:
+        """The end of its execution's output: the log file closed (later output waits for
+        the next execution's)."""
         with self._lock:
             if self._partial:
                 self._pass_on(self._partial)
+                self._partial = b""
             if self._log is not None:
                 self._log.close()
+                self._log = None
         self.output_closed.set()
+
+    def reset(self) -> None:
+        """Ready for its next execution."""
+        self.execution_id, self.kill_reason = None, None
+        self.output_closed = threading.Event()
 
     def release(self) -> None:
         self.command.close()
@@ -205,18 +241,35 @@ class WorkerPool:
                 if self._forking == 0:
                     self._request_fork()
                 self._cond.wait()
-            worker = self._spares.pop()
-            self._request_fork()
+            worker = self._spares.pop()  # the last one back: a warm one if there is one
+            if len(self._spares) + self._forking < self.spares_wanted:
+                self._request_fork()
         return worker
 
     def give_back(self, worker: Worker) -> None:
-        """A worker taken but given no execution (the start was refused) is a spare again."""
+        """A worker taken and given no execution (its start was refused), or whose execution
+        is done: a spare again if it is idle, from the current warm process (a reload's
+        job modules, not older ones) and wanted; otherwise it is let go and exits."""
         with self._cond:
-            if not worker.exited.is_set() and not self._closing:
+            current = self._current
+            if (
+                worker.idle
+                and not worker.exited.is_set()
+                and not self._closing
+                and current is not None
+                and worker.pid in current.workers
+                and len(self._spares) < IDLE_MAX
+            ):
+                worker.reset()
                 self._spares.append(worker)
                 self._cond.notify_all()
                 return
-        worker.kill("not needed")
+        worker.release()
+
+    def drain(self, worker: Worker) -> None:
+        """Once the worker said ``done``: what it wrote before is in its pipe; copy it to
+        the execution's log and close that (``output_closed``)."""
+        self._call(lambda: self._drain(worker))
 
     def close(self) -> None:
         """Kill every worker, let the warm processes go, and stop the thread."""
@@ -398,6 +451,22 @@ class WorkerPool:
                     zygote.process.returncode,
                 )
                 self._spawn()
+
+    def _drain(self, worker: Worker) -> None:
+        while worker.output in self._readable_outputs(worker):
+            data = os.read(worker.output, _MESSAGE_MAX)
+            if not data:
+                break  # its end: _read_output closes it
+            worker._write(data)
+        worker._close_output()
+
+    def _readable_outputs(self, worker: Worker) -> list[int]:
+        if worker.output_closed.is_set():
+            return []
+        try:
+            return select.select([worker.output], [], [], 0)[0]
+        except (OSError, ValueError):
+            return []  # closed at its end meanwhile
 
     def _read_output(self, worker: Worker) -> None:
         try:

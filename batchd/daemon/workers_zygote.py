@@ -23,6 +23,12 @@ parameters with its own job), runs it with
 the engine's :class:`~batchd.engine.job_runner.JobRunner` as the execution's owner, and
 reads ``stop`` on the same socket meanwhile. Its stdout and stderr (log records included)
 are the output pipe, which the daemon copies to the execution's log file.
+
+Then, as Celery's prefork pool does, it may run another: it sends ``done`` and waits for
+the next assignment, with its database connection and SQLAlchemy's compiled statements
+warm (a fresh worker compiles every repository statement again: most of its start). One
+execution at a time, each owned by the worker's pid; an execution with a memory limit is
+a worker's last, and so is its :data:`EXECUTIONS_MAX`-th.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import json
 import logging
 import os
 import pickle
+import queue
 import resource
 import selectors
 import signal
@@ -54,6 +61,8 @@ from batchd.repository import SqlJobRepository
 # A worker that ran out of its memory limit exits with this status (the daemon reports
 # "memory limit ... exceeded"): sysexits' EX_OSERR is 71, this is batchd's own.
 EXIT_MEMORY = 86
+# Executions one worker runs before it leaves for a fresh one (what a job leaks stays bounded).
+EXECUTIONS_MAX = 100
 
 _PR_SET_PDEATHSIG = 1
 _MESSAGE_MAX = 1 << 16
@@ -70,6 +79,8 @@ class Assignment:
     # The daemon's input directories as they are now (its watches'; the warm process was
     # started before the watcher declared them, and a reload may change them).
     input_directories: list[str]
+    # Exit after this execution instead of taking another (its memory limit stays with it).
+    last: bool = False
 
 
 def die_with_parent(parent: int) -> None:
@@ -187,7 +198,9 @@ def run_worker(
     repository: SqlJobRepository,
     registry: JobRegistry,
 ) -> int:
-    """A worker's life: wait for its execution, run it, return the exit status."""
+    """A worker's life: run the executions it is given, one at a time, each to its end;
+    return the exit status. After each one it tells the daemon ``done`` and waits for the
+    next, unless the assignment was its ``last`` (or it ran :data:`EXECUTIONS_MAX`)."""
     die_with_parent(zygote)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -200,28 +213,51 @@ def run_worker(
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     # The engine's pool came over with the fork: its connections are the warm process's.
     repository.engine.dispose(close=False)
-    command = socket.socket(fileno=command_fd)
-    message = command.recv(_MESSAGE_MAX * 16)
-    if not message:
-        return 0  # a spare the daemon no longer needs
-    assignment: Assignment = pickle.loads(message)
-    execution = assignment.execution
-    os.environ[INPUT_DIRECTORIES_VARIABLE] = os.pathsep.join(assignment.input_directories)
-    if assignment.memory_max is not None:
-        # Counts the heap and every private writable mapping: a job past it gets
-        # MemoryError (or, in C code, a failed allocation) instead of the OOM killer.
-        resource.setrlimit(resource.RLIMIT_DATA, (assignment.memory_max, assignment.memory_max))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
+    command = socket.socket(fileno=command_fd)
+    commands = _Commands(command)
+    for count in range(1, EXECUTIONS_MAX + 1):
+        message = commands.assignments.get()
+        if message is None:
+            break  # the daemon needs this worker no more
+        assignment: Assignment = pickle.loads(message)
+        status = _run_assignment(assignment, commands, repository, registry)
+        if status is not None:
+            return status
+        if assignment.last or count == EXECUTIONS_MAX:
+            break
+        # Its output is in the pipe before the daemon hears it is done.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        command.send(b"done")
+    logging.shutdown()
+    return 0
+
+
+def _run_assignment(
+    assignment: Assignment,
+    commands: _Commands,
+    repository: SqlJobRepository,
+    registry: JobRegistry,
+) -> int | None:
+    """Run one execution to its end: None, or the status to exit with at once."""
+    execution = assignment.execution
+    os.environ[INPUT_DIRECTORIES_VARIABLE] = os.pathsep.join(assignment.input_directories)
+    if assignment.memory_max is not None:
+        # Counts the heap and every private writable mapping: a job past it gets
+        # MemoryError (or, in C code, a failed allocation) instead of the OOM killer.
+        resource.setrlimit(resource.RLIMIT_DATA, (assignment.memory_max, assignment.memory_max))
     job = registry.get(execution.job_name)
     if assignment.memory_max is not None:
         job = dataclasses.replace(job, listeners=job.listeners + Listeners([MemoryGuard()]))
-    handle = ExecutionHandle(execution.id)
-    threading.Thread(target=_read_stops, args=(command, handle), daemon=True).start()
+    handle = commands.handle = ExecutionHandle(execution.id)
+    if commands.stop_asked:  # before its handle was there
+        handle.stop_event.set()
     heartbeat = Heartbeat(repository, lambda: [handle], assignment.heartbeat)
     heartbeat.ensure_running()
     try:
@@ -231,20 +267,35 @@ def run_worker(
         return EXIT_MEMORY
     handle.done.set()
     heartbeat.stop()
-    logging.shutdown()
-    return 0
+    return None
 
 
-def _read_stops(command: socket.socket, handle: ExecutionHandle) -> None:
-    while True:
-        try:
-            message = command.recv(_MESSAGE_MAX)
-        except OSError:
-            return
-        if not message:
-            return  # the daemon is gone; PR_SET_PDEATHSIG does the rest
-        if message == b"stop":
-            handle.stop_event.set()
+class _Commands:
+    """Reads the command socket: assignments queued for the worker's main thread (None at
+    the end), ``stop`` passed at once to the execution running."""
+
+    def __init__(self, command: socket.socket) -> None:
+        self.command = command
+        self.assignments: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.handle: ExecutionHandle | None = None
+        self.stop_asked = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.command.recv(_MESSAGE_MAX * 16)
+            except OSError:
+                message = b""
+            if message == b"stop":
+                self.stop_asked = True
+                if self.handle is not None:
+                    self.handle.stop_event.set()
+            else:
+                self.handle, self.stop_asked = None, False
+                self.assignments.put(message or None)
+            if not message:
+                return  # the daemon is done with us (or gone: PR_SET_PDEATHSIG does the rest)
 
 
 class MemoryGuard:

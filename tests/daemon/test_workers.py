@@ -30,10 +30,10 @@ timeout = "1s"
 """
 
 
-def worker_config(tmp: Path) -> str:
+def worker_config(tmp: Path, limits: str = LIMITS) -> str:
     return control_config(
         tmp,
-        LIMITS,
+        limits,
         jobs='["tests.daemon.worker_jobs"]',
         isolation='"process"',
         log_dir=f'"{tmp / "logs"}"',
@@ -112,6 +112,26 @@ def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
     assert len(re.findall(STAMP, line)) == 1, line
 
 
+@pytest.mark.parametrize(("limits", "reused"), [("", True), (LIMITS, False)])
+def test_a_worker_runs_the_next_execution_once_its_own_has_ended_unless_memory_limited(
+    launch: Callable[..., Launched], tmp_path: Path, limits: str, reused: bool
+) -> None:
+    launched = launch(worker_config(tmp_path, limits))
+    control = launched.connect()
+    logs = {}
+    for run in (1, 2, 3):
+        ran = control.call("start", job="healthy", params={"run": run, "seconds": 0.1})["id"]
+        control.wait_for_status(ran, "COMPLETED")
+        wait_until(lambda ran=ran: control.call("log", id=ran)["ended"])
+        logs[run] = (tmp_path / "logs" / "healthy" / f"{ran}.log").read_text()
+    pids = [int(text.split("healthy starts in process ")[1].split()[0]) for text in logs.values()]
+    # A warm worker took a later execution (one at a time); one with a memory limit never
+    # does (an rlimit cannot be raised again).
+    assert (len(set(pids)) < 3) is reused, pids
+    for run, text in logs.items():  # each log file holds its own execution's output only
+        assert text.count("healthy starts in process") == 1 and f"run {run} working" in text
+
+
 def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
     tmp_path: Path, launch: Callable[..., Launched]
 ) -> None:
@@ -141,6 +161,11 @@ def test_sigterm_stops_the_workers_and_leaves_no_process(
     stoppable = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
     stubborn = control.call("start", job="ignores_stops", params={"run": 1})["id"]
     control.wait_for_status(stoppable, "STARTED")
+    # Its step under way (a stop that came before would end it STOPPED without running it).
+    wait_until(
+        lambda: [s["status"] for s in control.call("execution", id=stubborn)["steps"]]
+        == ["STARTED"]
+    )
     daemon = launched.daemon.proc.pid
     below = descendants(daemon)
     assert len(below) >= 3  # the warm process and two workers (and a spare)

@@ -5,6 +5,7 @@ execution's owner pid is the worker's, not the daemon's), and it completes exact
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sqlite3
 from pathlib import Path
@@ -37,18 +38,22 @@ def _executions(launched: Launched) -> list[dict[str, Any]]:
         return [
             dict(row)
             for row in conn.execute(
-                "SELECT id, job_name, status, owner_pid, instance_id"
+                "SELECT id, job_name, status, owner_pid, instance_id, start_time, end_time"
                 " FROM batch_job_execution ORDER BY id"
             )
         ]
 
 
 def _ran_in_its_own_worker(launched: Launched, executions: list[dict[str, Any]]) -> None:
-    """Owned by a process that is not the daemon, one per execution, each with the log
-    file only a worker's output makes."""
+    """Owned by a process that is not the daemon, one execution at a time (a worker may
+    take another once its execution has ended), each with the log file only a worker's
+    output makes."""
     owners = [e["owner_pid"] for e in executions]
     assert launched.daemon.proc.pid not in owners
-    assert len(set(owners)) == len(owners)
+    for owner in set(owners):
+        mine = [e for e in executions if e["owner_pid"] == owner]
+        runs = sorted((e["start_time"], e["end_time"]) for e in mine)
+        assert all(ended <= start for (_, ended), (start, _) in itertools.pairwise(runs)), runs
     for execution in executions:
         log = launched.socket.parent / "logs" / execution["job_name"] / f"{execution['id']}.log"
         assert log.exists(), log
