@@ -230,15 +230,7 @@ class Daemon:
             repository.url.render_as_string(hide_password=True),
         )
         self.control.listener = self.metrics
-        facade = DaemonFacade(
-            settings=lambda: self.settings,
-            membership=self.membership,
-            operator=self.operator,
-            scheduler=self.scheduler,
-            backfills=self.backfills,
-            reload=self.reload,
-            recover=self.recover,
-        )
+        facade = DaemonFacade(self, self.membership, self.operator, self.scheduler, self.backfills)
         # Closed first on shutdown, as before (closing again at the end does nothing).
         serve = partial(self.control.serve, facade)
         control = Part("control server", serve, self.control.close, self.control.threads)
