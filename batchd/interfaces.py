@@ -313,7 +313,7 @@ class WatchListener(Protocol):
 
 @runtime_checkable
 class ControlListener(Protocol):
-    """Watches the control socket (``ControlServer(daemon, listener=obj)``)."""
+    """Watches the control socket (``ControlServer(control, listener=obj)``)."""
 
     def on_control_request(self, op: str, outcome: str) -> None:
         """Called after each request, with its operation and ``"ok"`` or ``"error"``."""

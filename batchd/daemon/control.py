@@ -62,9 +62,12 @@ _MAX_SUN_PATH = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating
 class ControlServer:
     """Serves the control socket of a running daemon.
 
-    ``listener``, if it has ``on_control_request(op, outcome)``, hears every request
-    (``outcome`` ``"ok"`` or ``"error"``; ``op`` is ``"invalid"`` for a request that names no
-    known operation or cannot be read, ``"denied"`` for a refused peer).
+    ``control`` is the ``[control]`` section: the socket's path and mode, and the users and
+    groups allowed to use it. :meth:`bind` takes the socket; :meth:`serve` answers for the
+    daemon (a :class:`~batchd.daemon.api.DaemonControl`) from then on. ``listener``, if it
+    has ``on_control_request(op, outcome)``, hears every request (``outcome`` ``"ok"`` or
+    ``"error"``; ``op`` is ``"invalid"`` for a request that names no known operation or
+    cannot be read, ``"denied"`` for a refused peer).
     """
 
     def __init__(
