@@ -27,14 +27,14 @@ class TaskletStep:
 
     def execute(self, run: StepRun) -> StepOutcome:
         execution_context = ExecutionContext(
-            run.step_execution.execution_context, params=run.params
+            run.step_execution.execution_context,
+            params=run.params,
+            job_context=run.job_context,
+            step_context=run.step_context,
         )
         ctx = StepContext(
-            params=run.params,
             step_execution=run.step_execution,
             execution_context=execution_context,
-            step_context=run.step_context,
-            job_context=run.job_context,
             stop_check=run.stop_requested,
         )
         try:

@@ -67,7 +67,24 @@ def _rebuild_execution_context(
     )
 
 
-class StepContext:
+class _OfTheStep:
+    """``job_context`` and ``step_context``: the step's, as its execution context holds them
+    (the job context kept with the execution, the step context per instance and step, at
+    step end)."""
+
+    execution_context: ExecutionContext
+
+    @property
+    def job_context(self) -> dict[str, Any]:
+        return self.execution_context.job_context
+
+    @property
+    def step_context(self) -> dict[str, Any]:
+        return self.execution_context.step_context
+
+
+@dataclass(eq=False, kw_only=True)
+class StepContext(_OfTheStep):
     """What a tasklet receives.
 
     - ``params``: the job parameters (dict, or the validated pydantic model);
@@ -79,48 +96,31 @@ class StepContext:
       status, which a job flow routes on (Spring's ``contribution.setExitStatus``).
     """
 
-    def __init__(
-        self,
-        *,
-        params: Any,
-        step_execution: StepExecution,
-        execution_context: ExecutionContext,
-        step_context: dict[str, Any],
-        job_context: dict[str, Any],
-        stop_check: Callable[[], bool],
-    ) -> None:
-        self.params = params
-        self.step_execution = step_execution
-        self.execution_context = execution_context
-        self.step_context = step_context
-        self.job_context = job_context
-        self.exit_status: str | None = None
-        self._stop_check = stop_check
+    step_execution: StepExecution
+    execution_context: ExecutionContext
+    # The engine's answer to "was a stop requested?", asked at each call.
+    stop_check: Callable[[], bool]
+    exit_status: str | None = None
+
+    @property
+    def params(self) -> Any:
+        return self.execution_context.params
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_check()
+        return self.stop_check()
 
     def check_stop(self) -> None:
         """Raise :class:`JobStopped` if a stop was requested; the step then ends STOPPED."""
-        if self._stop_check():
+        if self.stop_check():
             raise JobStopped(f"stop requested for step {self.step_execution.step_name!r}")
 
 
 @dataclass
-class ChunkContext:
-    """What chunk listeners receive. ``job_context`` and ``step_context`` are the step's,
-    kept as a tasklet's are (the job context with the execution, the step context per
-    instance and step, at step end)."""
+class ChunkContext(_OfTheStep):
+    """What chunk listeners receive, with the step's ``job_context`` and ``step_context``
+    (kept as a tasklet's are)."""
 
     step_execution: StepExecution
     execution_context: ExecutionContext
     items: list[Any]
-
-    @property
-    def job_context(self) -> dict[str, Any]:
-        return self.execution_context.job_context
-
-    @property
-    def step_context(self) -> dict[str, Any]:
-        return self.execution_context.step_context
