@@ -68,14 +68,14 @@ batchd.register(
 
 
 class IsolatedDaemon(Daemon):
-    """The benchmarks' daemon with ``isolation`` set and its logs in its directory."""
+    """The benchmarks' daemon with ``isolation`` set and the jobs above (its per-execution
+    logs in its directory, as ``Daemon`` configures them)."""
 
     def __init__(self, tmp: Path, isolation: str, schedules: int) -> None:
         super().__init__(tmp, schedules=schedules)
         with open(tmp / "bench_jobs.py", "a", encoding="utf-8") as jobs:
             jobs.write(JOBS)
-        top = f'isolation = "{isolation}"\nlog_dir = "{tmp / "logs"}"\n'
-        self.config.write_text(top + self.config.read_text())
+        self.config.write_text(f'isolation = "{isolation}"\n' + self.config.read_text())
 
 
 def pings(client: Client, n: int) -> float:
