@@ -11,7 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import batchd
-from batchd import JobBuilder, StepBuilder, StepContext
+from batchd import StepContext
+from tests.support.jobs import tasklet_job
 
 
 class DateParams(BaseModel):
@@ -34,15 +35,5 @@ def wait_for_gate(ctx: StepContext) -> None:
 
 
 for name in ("file_import", "posting"):
-    batchd.register(
-        JobBuilder(name)
-        .params_model(DateParams)
-        .step(StepBuilder("run").tasklet(done).build())
-        .build()
-    )
-batchd.register(
-    JobBuilder("gated")
-    .params_model(GatedParams)
-    .step(StepBuilder("work").tasklet(wait_for_gate).build())
-    .build()
-)
+    batchd.register(tasklet_job(name, done, step="run", params_model=DateParams))
+batchd.register(tasklet_job("gated", wait_for_gate, step="work", params_model=GatedParams))

@@ -13,7 +13,8 @@ import time
 from pydantic import BaseModel
 
 import batchd
-from batchd import JobBuilder, StepBuilder, StepContext
+from batchd import StepContext
+from tests.support.jobs import tasklet_job
 
 
 class SlowDateParams(BaseModel):
@@ -28,9 +29,4 @@ def work_a_while(ctx: StepContext) -> None:
         time.sleep(0.01)
 
 
-batchd.register(
-    JobBuilder("slow_dated")
-    .params_model(SlowDateParams)
-    .step(StepBuilder("work").tasklet(work_a_while).build())
-    .build()
-)
+batchd.register(tasklet_job("slow_dated", work_a_while, step="work", params_model=SlowDateParams))

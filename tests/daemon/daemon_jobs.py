@@ -17,6 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 import batchd
 from batchd import ExecutionContext, JobBuilder, StepBuilder, StepContext
 from batchd.model import current_chunk_transaction
+from tests.support.jobs import tasklet_job
 
 DELAY = float(os.environ.get("BATCHD_TEST_DELAY", "0.01"))
 
@@ -86,15 +87,5 @@ batchd.register(
     .step(StepBuilder("count").reader(NumbersReader()).writer(SeenWriter()).chunk_size(5).build())
     .build()
 )
-batchd.register(
-    JobBuilder("dated")
-    .params_model(DateParams)
-    .step(StepBuilder("note").tasklet(note_date).build())
-    .build()
-)
-batchd.register(
-    JobBuilder("stubborn")
-    .params_model(FileParams)
-    .step(StepBuilder("sleep").tasklet(ignore_stop).build())
-    .build()
-)
+batchd.register(tasklet_job("dated", note_date, step="note", params_model=DateParams))
+batchd.register(tasklet_job("stubborn", ignore_stop, step="sleep", params_model=FileParams))

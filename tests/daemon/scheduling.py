@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 from pydantic import BaseModel
 
 import batchd
-from batchd import JobBuilder, JobOperator, JobRegistry, StepBuilder, StepContext
+from batchd import JobOperator, JobRegistry, StepContext
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import CalendarSettings, ScheduleSettings
 from batchd.repository import SqlJobRepository, TriggerStore
+from tests.support.jobs import registry_of, tasklet_job
 
 WAIT = 15.0
 
@@ -24,19 +25,12 @@ class DailyParams(BaseModel):
 
 def make_registry() -> JobRegistry:
     """``daily`` takes a typed date; ``plain`` takes anything."""
-    registry = JobRegistry()
 
     def noop(ctx: StepContext) -> None:
         pass
 
-    registry.register(
-        JobBuilder("daily")
-        .params_model(DailyParams)
-        .step(StepBuilder("run").tasklet(noop).build())
-        .build()
-    )
-    registry.register(JobBuilder("plain").step(StepBuilder("run").tasklet(noop).build()).build())
-    return registry
+    daily = tasklet_job("daily", noop, step="run", params_model=DailyParams)
+    return registry_of(daily, tasklet_job("plain", noop, step="run"))
 
 
 class Clock:
