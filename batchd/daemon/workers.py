@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import signal
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -108,7 +107,6 @@ class ProcessOperator(JobOperator):
         self._heartbeat = Heartbeat(repository, self._live_workers, heartbeat)
         self.settings = settings  # read at each start: a reload changes limits
         self._workers: dict[int, Worker] = {}
-        self._taking = threading.local()
 
     def _live_workers(self) -> list[ExecutionHandle]:
         """Handles for the heartbeat, one per execution whose worker is alive; marked done,
@@ -123,31 +121,18 @@ class ProcessOperator(JobOperator):
 
     # ------------------------------------------------------------ creating, running
 
-    def _owner_of_new_execution(self) -> Owner:
-        worker: Worker = self._taking.worker
-        return Owner(host=self.owner.host, pid=worker.pid)
-
-    def _create(
-        self,
-        job: Job,
-        job_params: JobParameters,
-        job_key: str,
-        identifying: dict[str, Any],
-        decide: Callable[[JobExecution | None], None],
-    ) -> JobExecution:
+    def _claim_owner(self) -> tuple[Owner, Callable[[JobExecution | None], None]]:
         # The worker is chosen first: the execution is created owned by its pid.
         worker = self.pool.take()
-        self._taking.worker = worker
-        try:
-            execution = super()._create(job, job_params, job_key, identifying, decide)
-        except BaseException:
-            self.pool.give_back(worker)
-            raise
-        finally:
-            del self._taking.worker
-        with self._lock:
-            self._workers[execution.id] = worker
-        return execution
+
+        def settle(execution: JobExecution | None) -> None:
+            if execution is None:
+                self.pool.give_back(worker)
+                return
+            with self._lock:
+                self._workers[execution.id] = worker
+
+        return Owner(host=self.owner.host, pid=worker.pid), settle
 
     def _fail_unstarted(self, job: Job, execution: JobExecution, reason: str) -> None:
         with self._lock:

@@ -153,14 +153,20 @@ class JobOperator:
         identifying: dict[str, Any],
         decide: Callable[[JobExecution | None], None],
     ) -> JobExecution:
-        execution, previous = self.repository.create_execution(
-            job_name=job.name,
-            job_key=job_key,
-            identifying_params=identifying,
-            params=job_params.values,
-            owner=self._owner_of_new_execution(),
-            decide=decide,
-        )
+        owner, settle = self._claim_owner()
+        try:
+            execution, previous = self.repository.create_execution(
+                job_name=job.name,
+                job_key=job_key,
+                identifying_params=identifying,
+                params=job_params.values,
+                owner=owner,
+                decide=decide,
+            )
+        except BaseException:
+            settle(None)
+            raise
+        settle(execution)
         log.info(
             "job execution %d (%s %s) created%s",
             execution.id,
@@ -170,10 +176,11 @@ class JobOperator:
         )
         return execution
 
-    def _owner_of_new_execution(self) -> Owner:
-        """The owner recorded on a new execution: this process (the daemon's worker
-        processes record theirs)."""
-        return self.owner
+    def _claim_owner(self) -> tuple[Owner, Callable[[JobExecution | None], None]]:
+        """The owner to record on a new execution, this process, and what to call once the
+        execution is created (with None if it was not). The daemon's worker processes own
+        theirs: a worker is taken here and kept for the execution, or given back."""
+        return self.owner, lambda execution: None
 
     def _hand_over(
         self, job: Job, execution: JobExecution, job_params: JobParameters, *, wait: bool
