@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.process_tree import alive, descendants
-from tests.daemon.support import Launched, control_config, launch, wait_until
+from tests.daemon.support import Control, Launch, Launched, control_config, launch, wait_until
 
 __all__ = ["launch"]
 
@@ -153,14 +153,18 @@ def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
     assert done["steps"][0]["read_count"] == 40
 
 
-def test_sigterm_stops_the_workers_and_leaves_no_process(
-    launch: Callable[..., Launched], tmp_path: Path
-) -> None:
+def _running(launch: Launch, tmp_path: Path, seconds: float) -> tuple[Launched, Control, int]:
+    """A daemon with the worker jobs, and a ``healthy`` execution of ``seconds`` STARTED."""
     launched = launch(worker_config(tmp_path))
     control = launched.connect()
-    stoppable = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
+    running = control.call("start", job="healthy", params={"run": 1, "seconds": seconds})["id"]
+    control.wait_for_status(running, "STARTED")
+    return launched, control, running
+
+
+def test_sigterm_stops_the_workers_and_leaves_no_process(launch: Launch, tmp_path: Path) -> None:
+    launched, control, stoppable = _running(launch, tmp_path, 60)
     stubborn = control.call("start", job="ignores_stops", params={"run": 1})["id"]
-    control.wait_for_status(stoppable, "STARTED")
     # Its step under way (a stop that came before would end it STOPPED without running it).
     wait_until(
         lambda: [s["status"] for s in control.call("execution", id=stubborn)["steps"]]
@@ -183,13 +187,8 @@ def test_sigterm_stops_the_workers_and_leaves_no_process(
     assert statuses[stubborn] == "FAILED"  # its timeout of 1s, or killed at the grace's end
 
 
-def test_a_sigkilled_daemon_leaves_no_process(
-    launch: Callable[..., Launched], tmp_path: Path
-) -> None:
-    launched = launch(worker_config(tmp_path))
-    control = launched.connect()
-    running = control.call("start", job="healthy", params={"run": 1, "seconds": 60})["id"]
-    control.wait_for_status(running, "STARTED")
+def test_a_sigkilled_daemon_leaves_no_process(launch: Launch, tmp_path: Path) -> None:
+    launched, _, _ = _running(launch, tmp_path, 60)
     below = descendants(launched.daemon.proc.pid)
     assert below
     launched.daemon.signal(signal.SIGKILL)
@@ -198,12 +197,9 @@ def test_a_sigkilled_daemon_leaves_no_process(
 
 
 def test_sighup_remakes_the_warm_process_without_touching_running_workers(
-    launch: Callable[..., Launched], tmp_path: Path
+    launch: Launch, tmp_path: Path
 ) -> None:
-    launched = launch(worker_config(tmp_path))
-    control = launched.connect()
-    running = control.call("start", job="healthy", params={"run": 1, "seconds": 2})["id"]
-    control.wait_for_status(running, "STARTED")
+    launched, control, running = _running(launch, tmp_path, 2)
     launched.daemon.signal(signal.SIGHUP)
     launched.daemon.notify.wait_for("RELOADING=1")
     later = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
