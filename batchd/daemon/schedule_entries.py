@@ -174,8 +174,8 @@ def _catch_up_start(entry: ScheduleEntry) -> datetime | None:
 def nominal_time(entry: ScheduleEntry, scheduled: datetime) -> datetime:
     """The un-jittered fire time (UTC) of a run APScheduler delayed by up to ``jitter``:
     the latest nominal fire time not after it, so a fire is named the same whatever its
-    random delay. (APScheduler 3 adds an interval's jitter to the next interval too, so
-    interval runs drift off their grid: they look back a whole interval.)"""
+    random delay. (The search starts the jitter and a whole interval back: more than
+    enough, as the triggers keep every run within its jitter of its grid time.)"""
     jitter = entry.settings.jitter
     if not jitter:
         return scheduled

@@ -10,13 +10,13 @@ clocks go back are equal to Python, whatever their ``fold``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from batchd.daemon.cron import CronExpression
 from batchd.daemon.durations import format_duration
@@ -29,18 +29,26 @@ Trigger = BaseTrigger
 _TICK = timedelta(microseconds=1)
 
 
-class _CronTrigger(BaseTrigger):  # type: ignore[misc]
-    """A crontab expression (:mod:`batchd.daemon.cron`) as an APScheduler trigger."""
+class _GridTrigger(BaseTrigger):  # type: ignore[misc]
+    """Fire times on a grid — a crontab expression's (:mod:`batchd.daemon.cron`) or an
+    interval's — from ``start`` to ``end``, each delayed by up to ``jitter`` seconds.
+
+    The next grid time is the first after the previous fire, which is its own grid time
+    plus less than the jitter, so delays never add up; ``end`` is checked on the grid time,
+    before the jitter. (APScheduler 3's IntervalTrigger adds each delay to the next fire
+    time and checks ``end`` after jittering: its fires drift off the grid and the last one
+    is lost.)
+    """
 
     def __init__(
         self,
-        expression: CronExpression,
-        timezone: ZoneInfo,
+        following: Callable[[datetime], datetime | None],
+        text: str,
         start: datetime | None,
         end: datetime | None,
         jitter: int | None,
     ) -> None:
-        self.expression, self.timezone, self.jitter = expression, timezone, jitter
+        self.following, self.text, self.jitter = following, text, jitter
         self.start = start.astimezone(UTC) if start is not None else None
         self.end = end.astimezone(UTC) if end is not None else None
 
@@ -51,14 +59,14 @@ class _CronTrigger(BaseTrigger):  # type: ignore[misc]
         after = (previous_fire_time or now - _TICK).astimezone(UTC)
         if self.start is not None:
             after = max(after, self.start - _TICK)
-        following = self.expression.next_fire(after, self.timezone)
+        following = self.following(after)
         if following is None or (self.end is not None and following > self.end):
             return None
         jittered: datetime = self._apply_jitter(following, self.jitter, now)
         return jittered
 
     def __str__(self) -> str:
-        return f"cron[{self.expression.text}, {self.timezone}]"
+        return self.text
 
 
 def build_trigger(schedule: ScheduleSettings, default_timezone: str) -> BaseTrigger:
@@ -82,20 +90,27 @@ def build_trigger(schedule: ScheduleSettings, default_timezone: str) -> BaseTrig
             expression = CronExpression.parse(schedule.cron)
         except ValueError as error:
             raise ValueError(f"bad cron expression {schedule.cron!r}: {error}") from None
-        return _CronTrigger(expression, timezone, start, end, jitter)
-    assert schedule.interval is not None
-    if schedule.interval.total_seconds() <= 0:
+        return _GridTrigger(
+            functools.partial(expression.next_fire, zone=timezone),
+            f"cron[{expression.text}, {timezone}]",
+            start,
+            end,
+            jitter,
+        )
+    interval = schedule.interval
+    assert interval is not None
+    if interval.total_seconds() <= 0:
         raise ValueError("interval must be positive")
     # Every node must fire the same instants, so the grid is counted from a fixed time,
     # never from when this daemon started: ``start``, or 1970-01-01 in the time zone.
-    anchor = start or datetime(1970, 1, 1, tzinfo=timezone)
-    return IntervalTrigger(
-        seconds=schedule.interval.total_seconds(),
-        start_date=anchor.replace(microsecond=0).astimezone(UTC),
-        end_date=end.astimezone(UTC) if end is not None else None,
-        timezone=UTC,
-        jitter=jitter,
-    )
+    anchor = (start or datetime(1970, 1, 1, tzinfo=timezone)).replace(microsecond=0)
+    anchor = anchor.astimezone(UTC)  # UTC: the grid is in elapsed time, never wall time
+
+    def following(after: datetime) -> datetime:
+        """The first grid time after ``after``."""
+        return anchor + max(0, (after - anchor) // interval + 1) * interval
+
+    return _GridTrigger(following, f"interval[{interval}]", start, end, jitter)
 
 
 def _in_zone(value: datetime | None, timezone: ZoneInfo) -> datetime | None:
