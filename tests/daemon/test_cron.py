@@ -112,6 +112,7 @@ def local(times: list[dt.datetime], zone: str, form: str = "%m-%d %H:%M%z") -> l
         ),
         ("0 0 13 * */1", ["Tue 01-13 00:00", "Fri 02-13 00:00", "Fri 03-13 00:00"]),
     ],
+    ids=["1st-on-every-2nd-weekday", "13th-on-every-weekday"],
 )
 def test_a_step_in_the_day_of_week_keeps_the_day_of_month_restricting(
     expression: str, fires: list[str]
