@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,17 +313,27 @@ def test_a_reader_that_cannot_be_pickled_fails_a_process_step_by_name(
     assert list(steps_by_name(execution)) == ["copy"]  # no partition was started
 
 
-def test_a_worker_process_that_dies_fails_its_partition_and_restart_completes(
+@pytest.fixture
+def start_killing_at_1234(
     operator: JobOperator, registry: JobRegistry, database_url: str, tmp_path: Path
-) -> None:
-    fill_source(database_url, ROWS)
-    registry.register(
-        partitioned_job(
-            database_url, "processes", processor=DieOnce(1234, tmp_path / "died"), partitions=4
-        )
-    )
+) -> Callable[..., JobExecution]:
+    """Starts the partitioned job over ROWS rows on ``executor``: processing row 1234 (in
+    the third partition) kills its worker, the first time or, with ``always``, every time.
+    ``tmp_path / "died"`` exists once it did."""
 
-    first = operator.start("partitioned", {"run": 1})
+    def start(executor: Any, *, always: bool = False) -> JobExecution:
+        fill_source(database_url, ROWS)
+        dies = DieOnce(1234, tmp_path / "died", always=always)
+        registry.register(partitioned_job(database_url, executor, processor=dies, partitions=4))
+        return operator.start("partitioned", {"run": 1})
+
+    return start
+
+
+def test_a_worker_process_that_dies_fails_its_partition_and_restart_completes(
+    operator: JobOperator, database_url: str, start_killing_at_1234: Callable[..., JobExecution]
+) -> None:
+    first = start_killing_at_1234("processes")
 
     assert first.status == BatchStatus.FAILED
     steps = steps_by_name(first)
@@ -341,18 +351,12 @@ def test_a_worker_process_that_dies_fails_its_partition_and_restart_completes(
 
 
 def test_a_lost_dask_worker_is_replaced_and_the_partition_resumes(
-    operator: JobOperator,
-    registry: JobRegistry,
+    start_killing_at_1234: Callable[..., JobExecution],
     database_url: str,
     tmp_path: Path,
     dask_client: Any,
 ) -> None:
-    fill_source(database_url, ROWS)
-    registry.register(
-        partitioned_job(database_url, dask_client, processor=DieOnce(1234, tmp_path / "died"))
-    )
-
-    execution = operator.start("partitioned", {"run": 1})
+    execution = start_killing_at_1234(dask_client)
 
     # Dask ran the lost worker's task again in another process, which resumed at the
     # partition's last commit: 1001..1200 were written by the worker that died.
@@ -366,20 +370,9 @@ def test_a_lost_dask_worker_is_replaced_and_the_partition_resumes(
 
 
 def test_a_partition_that_keeps_killing_dask_workers_fails_with_its_cause(
-    operator: JobOperator,
-    registry: JobRegistry,
-    database_url: str,
-    tmp_path: Path,
-    dask_client: Any,
+    start_killing_at_1234: Callable[..., JobExecution], dask_client: Any
 ) -> None:
-    fill_source(database_url, ROWS)
-    registry.register(
-        partitioned_job(
-            database_url, dask_client, processor=DieOnce(1234, tmp_path / "died", always=True)
-        )
-    )
-
-    execution = operator.start("partitioned", {"run": 1})
+    execution = start_killing_at_1234(dask_client, always=True)
 
     assert execution.status == BatchStatus.FAILED
     partition = steps_by_name(execution)["copy:0002"]
