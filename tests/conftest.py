@@ -2,8 +2,9 @@
 
 ``database_url`` runs a test once on SQLite and once on PostgreSQL (marked ``postgres``), and
 the tests of :data:`ON_MARIADB` once more on MariaDB (marked ``mariadb``). Each server starts
-lazily, once per session, only when a test asks for it. Outside CI a machine without the
-server skips those tests; in CI (``CI=true``) that is a failure.
+lazily, once per session (under pytest-xdist: once per worker, each in a directory and on a
+port of its own), only when a test asks for it. Outside CI a machine without the server skips
+those tests; in CI (``CI=true``) that is a failure.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from batchd import JobOperator, JobRegistry, SqlJobRepository
-from tests.mysqlserver import MariaDBNotFound, MariaDBServer
-from tests.pgserver import PostgresNotFound, PostgresServer
+from tests.dbserver import DatabaseServer, ServerNotFound
+from tests.mysqlserver import MariaDBServer
+from tests.pgserver import PostgresServer
 
 TEMPLATE_DB = "batchd_template"
+Server = TypeVar("Server", bound=DatabaseServer)
 _db_counter = itertools.count(1)
 
 
@@ -90,86 +94,90 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in dropped]
 
 
-def running_postgres_server() -> Iterator[PostgresServer]:
-    """A started PostgreSQL server in a temp dir (see tests/pgserver.py), stopped and
-    removed afterwards; the test is skipped without PostgreSQL, except in CI, where it
-    fails."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Escape what is not UTF-8 in the captured output and log (a file name of undecodable
+    bytes, logged as it is): a pytest-xdist worker sends reports as UTF-8 and would die on it."""
+    report.sections = [
+        (title, content.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, content in report.sections
+    ]
+
+
+def running_server(new_server: Callable[[], Server]) -> Iterator[Server]:
+    """A started server in a temp dir of its own (see tests/dbserver.py), stopped and
+    removed afterwards; the test is skipped without the server's programs, except in CI,
+    where it fails. Each pytest-xdist worker runs its own servers: nothing is shared."""
     try:
-        server = PostgresServer()
-    except PostgresNotFound as e:
+        server = new_server()
+    except ServerNotFound as e:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL tests must never be skipped in CI: {e}", pytrace=False)
+            pytest.fail(f"database tests must never be skipped in CI: {e}", pytrace=False)
         pytest.skip(str(e))
-    server.start()
-    try:
+    with server:
         yield server
-    finally:
-        server.stop()
+
+
+def running_postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL server (tests/pgserver.py), as :func:`running_server` says."""
+    return running_server(PostgresServer)
+
+
+def _template(server: DatabaseServer) -> str | None:
+    """The name of a database of ``server`` prepared once, which the test databases copy;
+    None if there is none to prepare."""
+    if prepare_template is None:
+        return None
+    if prepare_template is _migrate_template and not _repository_available():
+        return None
+    prepare_template(server.create_database(TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+def _fresh_database(server: DatabaseServer, template: str | None) -> Iterator[str]:
+    """The URL of a new database (a copy of ``template``), dropped after the test (forcing
+    out leftover connections) so hundreds of tests don't fill the disk."""
+    name = f"t_{next(_db_counter)}"
+    yield server.create_database(name, template=template)
+    server.drop_database(name)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session."""
+    """A PostgreSQL server for the whole session (of this xdist worker)."""
     yield from running_postgres_server()
 
 
 @pytest.fixture(scope="session")
 def _pg_template(postgres_server: PostgresServer) -> str | None:
     """Name of a database migrated once per session, cloned by ``pg_url``; None if none."""
-    if prepare_template is None:
-        return None
-    if prepare_template is _migrate_template and not _repository_available():
-        return None
-    url = postgres_server.create_database(TEMPLATE_DB)
-    prepare_template(url)
-    return TEMPLATE_DB
+    return _template(postgres_server)
 
 
 @pytest.fixture
 def pg_url(postgres_server: PostgresServer, _pg_template: str | None) -> Iterator[str]:
     """SQLAlchemy URL of a fresh PostgreSQL database for this test (schema already created
     when the repository package is importable); dropped after the test."""
-    name = f"t_{next(_db_counter)}"
-    yield postgres_server.create_database(name, template=_pg_template)
-    # Dropped (forcing out leftover connections) so hundreds of tests don't fill the disk.
-    postgres_server.drop_database(name)
+    yield from _fresh_database(postgres_server, _pg_template)
 
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDBServer]:
-    """A MariaDB server for the whole session (see tests/mysqlserver.py); the test is skipped
-    without MariaDB, except in CI, where it fails."""
-    try:
-        server = MariaDBServer()
-    except MariaDBNotFound as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"MariaDB tests must never be skipped in CI: {e}", pytrace=False)
-        pytest.skip(str(e))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A MariaDB server for the whole session (of this xdist worker)."""
+    yield from running_server(MariaDBServer)
 
 
 @pytest.fixture(scope="session")
 def _mariadb_template(mariadb_server: MariaDBServer) -> str | None:
     """A database migrated once per session, copied by ``mariadb_url``; None if none."""
-    if prepare_template is None:
-        return None
-    if prepare_template is _migrate_template and not _repository_available():
-        return None
-    prepare_template(mariadb_server.create_database(TEMPLATE_DB))
-    return TEMPLATE_DB
+    return _template(mariadb_server)
 
 
 @pytest.fixture
 def mariadb_url(mariadb_server: MariaDBServer, _mariadb_template: str | None) -> Iterator[str]:
     """SQLAlchemy URL of a fresh MariaDB database for this test (schema already created),
     dropped after the test."""
-    name = f"t_{next(_db_counter)}"
-    yield mariadb_server.create_database(name, template=_mariadb_template)
-    mariadb_server.drop_database(name)
+    yield from _fresh_database(mariadb_server, _mariadb_template)
 
 
 @pytest.fixture

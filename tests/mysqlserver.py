@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
+
+from tests.dbserver import DatabaseServer, ServerNotFound, ServerStartError
 
 __all__ = ["MariaDBNotFound", "MariaDBServer", "MariaDBStartError"]
 
@@ -29,11 +28,11 @@ _RUN_AS = "mysql"
 _SERVER_PATHS = ("/usr/sbin/mariadbd", "/usr/bin/mariadbd")
 
 
-class MariaDBNotFound(RuntimeError):
+class MariaDBNotFound(ServerNotFound):
     """The MariaDB server (mariadbd, mariadb-install-db) is not installed."""
 
 
-class MariaDBStartError(RuntimeError):
+class MariaDBStartError(ServerStartError):
     """mariadb-install-db or mariadbd failed; the message carries their logs."""
 
 
@@ -46,7 +45,7 @@ def _find(name: str, extra: tuple[str, ...] = ()) -> str:
     return found
 
 
-class MariaDBServer:
+class MariaDBServer(DatabaseServer):
     """A MariaDB server in a temp dir, reachable through a unix socket as ``root``.
 
     ``server_options`` are added to mariadbd's command line (``--version=10.5.0-MariaDB``
@@ -54,61 +53,30 @@ class MariaDBServer:
     databases that character set).
     """
 
+    run_as = _RUN_AS
+    prefix = "batchd-mariadb-"
+    tmpdir_variable = "BATCHD_MARIADB_TMPDIR"
+    shm_room = 1 << 30
+    start_error = MariaDBStartError
+
     def __init__(self, *server_options: str) -> None:
+        super().__init__()
         self.install_db = _find("mariadb-install-db")
         self.mariadbd = _find("mariadbd", _SERVER_PATHS)
         self.server_options = server_options
-        self.tmpdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        self._as_root = os.geteuid() == 0
 
     @property
     def socket(self) -> str:
         assert self.tmpdir is not None, "the server is not started"
         return str(self.tmpdir / "mysqld.sock")
 
-    def _parent_dir(self) -> str | None:
-        """/dev/shm when it has room (the data directory is throw-away), else /tmp as root
-        (the mysql user must reach it), else the default."""
-        env = os.environ.get("BATCHD_MARIADB_TMPDIR")
-        if env:
-            return env
-        try:
-            st = os.statvfs("/dev/shm")
-            if st.f_bavail * st.f_frsize >= 1 << 30 and os.access("/dev/shm", os.W_OK | os.X_OK):
-                return "/dev/shm"
-        except OSError:
-            pass
-        return "/tmp" if self._as_root else None
-
-    def _log_tail(self, limit: int = 4000) -> str:
-        log = self.tmpdir / "server.log" if self.tmpdir else None
-        if log is not None and log.exists():
-            return log.read_text(errors="replace")[-limit:]
-        return "(no server log)"
-
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> MariaDBServer:
-        """mariadb-install-db + mariadbd; returns once the server accepts connections."""
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="batchd-mariadb-", dir=self._parent_dir()))
-        try:
-            self._start(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _user_options(self) -> list[str]:
         return [f"--user={_RUN_AS}"] if self._as_root else []
 
     def _start(self, timeout: float) -> None:
         assert self.tmpdir is not None
-        if self._as_root:
-            import pwd
-
-            pw = pwd.getpwnam(_RUN_AS)
-            os.chown(self.tmpdir, pw.pw_uid, pw.pw_gid)
-        os.chmod(self.tmpdir, 0o700)
         datadir = self.tmpdir / "data"
         r = subprocess.run(
             [
@@ -137,7 +105,7 @@ class MariaDBServer:
                 f"--socket={self.socket}",
                 "--skip-networking",
                 f"--pid-file={self.tmpdir / 'mysqld.pid'}",
-                f"--log-error={self.tmpdir / 'server.log'}",
+                f"--log-error={self.logfile}",
                 "--character-set-server=utf8mb4",
                 "--collation-server=utf8mb4_general_ci",
                 "--innodb-flush-log-at-trx-commit=0",
@@ -158,39 +126,22 @@ class MariaDBServer:
     def _wait_ready(self, timeout: float) -> None:
         import pymysql
 
-        deadline = time.monotonic() + timeout
-        while True:
+        def probe() -> None:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise MariaDBStartError(
                     f"mariadbd exited ({self.process.returncode}):\n{self._log_tail()}"
                 )
-            try:
-                self.connect().close()
-                return
-            except pymysql.err.OperationalError as e:
-                if time.monotonic() > deadline:
-                    raise MariaDBStartError(
-                        f"server did not accept connections within {timeout}s: {e}\n"
-                        f"--- server log ---\n{self._log_tail()}"
-                    ) from e
-                time.sleep(0.05)
+            self.connect().close()
 
-    def stop(self) -> None:
-        """Kill the server at once and remove its directory."""
+        self._wait_until_answering(timeout, probe, pymysql.err.OperationalError)
+
+    def _halt(self) -> None:
+        """Kill the server (its clients are what tests kill, never it: no clean shutdown)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
         self.process = None
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-        self.tmpdir = None
-
-    def __enter__(self) -> MariaDBServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- databases -------------------------------------------------------------------------
     def connect(self, database: str | None = None, **kwargs: Any) -> Any:

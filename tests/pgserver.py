@@ -21,20 +21,20 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from tests.dbserver import DatabaseServer, ServerNotFound, ServerStartError
 
 __all__ = ["PostgresNotFound", "PostgresServer", "PostgresStartError", "find_bindir"]
 
 _RUN_AS = "postgres"
 
 
-class PostgresNotFound(RuntimeError):
+class PostgresNotFound(ServerNotFound):
     """The PostgreSQL server binaries (initdb, pg_ctl) are not installed."""
 
 
-class PostgresStartError(RuntimeError):
+class PostgresStartError(ServerStartError):
     """initdb or pg_ctl failed; the message carries their logs."""
 
 
@@ -78,16 +78,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PostgresServer:
+class PostgresServer(DatabaseServer):
     """A PostgreSQL cluster in a temp dir, listening on 127.0.0.1 at a free port."""
 
+    run_as = _RUN_AS
+    prefix = "batchd-pg-"
+    tmpdir_variable = "BATCHD_PG_TMPDIR"
+    shm_room = 2 << 30
+    start_error = PostgresStartError
+
     def __init__(self, bindir: Path | str | None = None) -> None:
+        super().__init__()
         self.bindir = Path(bindir) if bindir else find_bindir()
         self.port = 0
-        self.tmpdir: Path | None = None
         self.datadir: Path | None = None
-        self.logfile: Path | None = None
-        self._as_root = os.geteuid() == 0
 
     # -- helpers ---------------------------------------------------------------------------
     def _cmd(self, name: str, *args: str) -> list[str]:
@@ -111,48 +115,10 @@ class PostgresServer:
             cwd=self.tmpdir,
         )
 
-    def _parent_dir(self) -> str | None:
-        """Where the cluster goes: $BATCHD_PG_TMPDIR, else /dev/shm when it has room (CREATE
-        DATABASE is ~20x faster on tmpfs than on disk, even with fsync off), else /tmp as root
-        (the postgres user must reach it; $TMPDIR may be private), else the default."""
-        env = os.environ.get("BATCHD_PG_TMPDIR")
-        if env:
-            return env
-        try:
-            st = os.statvfs("/dev/shm")
-            if st.f_bavail * st.f_frsize >= 2 << 30 and os.access("/dev/shm", os.W_OK | os.X_OK):
-                return "/dev/shm"
-        except OSError:
-            pass
-        return "/tmp" if self._as_root else None
-
-    def _log_tail(self, limit: int = 4000) -> str:
-        if self.logfile and self.logfile.exists():
-            return self.logfile.read_text(errors="replace")[-limit:]
-        return "(no server log)"
-
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> PostgresServer:
-        """initdb + pg_ctl start; returns once the server accepts connections."""
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="batchd-pg-", dir=self._parent_dir()))
-        try:
-            self._start(timeout)
-        except BaseException:
-            self._cleanup()
-            raise
-        return self
-
     def _start(self, timeout: float) -> None:
         assert self.tmpdir is not None
         self.datadir = self.tmpdir / "data"
-        self.logfile = self.tmpdir / "server.log"
-        if self._as_root:
-            import pwd
-
-            pw = pwd.getpwnam(_RUN_AS)
-            os.chown(self.tmpdir, pw.pw_uid, pw.pw_gid)
-        os.chmod(self.tmpdir, 0o700)
-
         r = self._run(
             "initdb",
             "-D",
@@ -220,19 +186,11 @@ class PostgresServer:
     def _wait_ready(self, timeout: float) -> None:
         import psycopg
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with psycopg.connect(self.dsn("postgres"), connect_timeout=5) as conn:
-                    conn.execute("select 1")
-                return
-            except psycopg.OperationalError as e:
-                if time.monotonic() > deadline:
-                    raise PostgresStartError(
-                        f"server did not accept connections within {timeout}s: {e}\n"
-                        f"--- server log ---\n{self._log_tail()}"
-                    ) from e
-                time.sleep(0.05)
+        def probe() -> None:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=5) as conn:
+                conn.execute("select 1")
+
+        self._wait_until_answering(timeout, probe, psycopg.OperationalError)
 
     paused = False
     _options = ""
@@ -253,24 +211,13 @@ class PostgresServer:
         self._wait_ready(timeout)
         self.paused = False
 
-    def stop(self) -> None:
-        """Stop the server at once (``-m immediate``) and remove its directory."""
+    def _halt(self) -> None:
+        """``pg_ctl stop -m immediate`` unless the server is paused or never started."""
         if self.datadir is not None and (self.datadir / "postmaster.pid").exists():
             self._run(
                 "pg_ctl", "stop", "-D", str(self.datadir), "-m", "immediate", "-w", timeout=60
             )
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-        self.tmpdir = self.datadir = None
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.datadir = None
 
     # -- databases -------------------------------------------------------------------------
     def dsn(self, dbname: str = "postgres") -> str:

@@ -7,7 +7,6 @@ tests/conftest.py); this module holds what is MariaDB's own.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from batchd.repository.nodes import DatabaseClock
 from batchd.repository.tables import MYSQL_ONLY_COLUMNS, metadata, trigger_file
 from batchd.repository.triggers import TriggerStore
 from tests.mysqlserver import MariaDBServer
-from tests.test_repository import _race, create
+from tests.test_repository import create
 
 pytestmark = pytest.mark.mariadb
 
@@ -130,24 +129,6 @@ def test_the_running_key_frees_the_instance_when_the_execution_ends(
             ).all()
         )
     assert keys == {first.id: None, second.id: first.instance_id}
-
-
-def test_two_processes_racing_one_instance_exactly_one_wins(mariadb_url: str) -> None:
-    trials = 200
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    racers = [
-        ctx.Process(target=_race, args=(mariadb_url, trials, barrier, results)) for _ in range(2)
-    ]
-    for racer in racers:
-        racer.start()
-    first, second = results.get(timeout=120), results.get(timeout=120)
-    for racer in racers:
-        racer.join(30)
-    assert len(first) == len(second) == trials
-    winners = [(a == "won") + (b == "won") for a, b in zip(first, second, strict=True)]
-    assert winners == [1] * trials
-    assert 0 < first.count("won") < trials  # both won some trials: they really raced
 
 
 def test_the_clock_is_the_servers(repository: SqlJobRepository) -> None:

@@ -169,11 +169,19 @@ def _race(url: str, trials: int, barrier: Any, results: Any) -> None:
     results.put(outcomes)
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        "sqlite",
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
 def test_two_processes_racing_one_instance_exactly_one_wins(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("pg_url" if backend == "postgresql" else "sqlite_url")
+    fixture = {"postgresql": "pg_url", "sqlite": "sqlite_url", "mariadb": "mariadb_url"}[backend]
+    url = request.getfixturevalue(fixture)
     SqlJobRepository(url).dispose()
     trials = 200
     ctx = multiprocessing.get_context("spawn")
