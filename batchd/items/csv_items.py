@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import itertools
@@ -11,7 +12,6 @@ from typing import Any
 
 from batchd.errors import ItemFormatError
 from batchd.items.convert import (
-    ItemModel,
     field_names,
     format_text,
     item_to_dict,
@@ -19,15 +19,15 @@ from batchd.items.convert import (
 )
 from batchd.items.files import (
     ChecksumSpec,
-    FileItemReader,
     FileItemWriter,
     LineSource,
     PathLike,
 )
+from batchd.items.model_reader import ModelFileReader
 from batchd.model import ExecutionContext
 
 
-class CsvItemReader(FileItemReader):
+class CsvItemReader(ModelFileReader):
     """Reads a CSV file whose first row names the fields.
 
     Items are dicts (field -> text), or instances of ``model``: a pydantic model
@@ -50,7 +50,12 @@ class CsvItemReader(FileItemReader):
     start in that byte range (records must not span lines then).
     """
 
-    _runtime: tuple[str, ...] = (*FileItemReader._runtime, "_rows", "_header", "_fast", "_sizes")
+    _blank_is_none = True
+    _runtime: tuple[str, ...] = (
+        *ModelFileReader._runtime,
+        *("_rows", "_header", "_fast", "_sizes", "_pairs", "_ready", "_pending", "_rest"),
+        "_failure",
+    )
 
     def __init__(
         self,
@@ -63,21 +68,31 @@ class CsvItemReader(FileItemReader):
         name: str | None = None,
         require_checksum: ChecksumSpec = False,
     ) -> None:
-        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
-        self.model = model
+        super().__init__(
+            path, model=model, encoding=encoding, name=name, require_checksum=require_checksum
+        )
         self.delimiter = delimiter
         self.quotechar = quotechar
-        self._item_model = ItemModel(model, blank_is_none=True)
         self._rows: Any = None  # a csv.reader over the LineSource
         self._header: list[str] | None = None
-        # Without a byte range to stop at, the records come from a csv.reader over C-level
-        # iterators (the file's readline, decode); the offset and line of the LineSource are
-        # brought up to date from the lines' sizes when they are needed (_sync).
-        self._fast: Any = None
-        self._sizes: Any = None
+        # Without a byte range to stop at, records are read ahead in batches by C-level
+        # iterators (the file's readline, decode, csv.reader, dict(zip())), and read() hands
+        # them out one by one; the LineSource's offset and line are brought up to date from
+        # the lines' sizes when they are needed (_sync), to just after the last record
+        # handed out. Line counts below are the fast reader's, from where it started.
+        self._fast: Any = None  # the csv.reader
+        self._sizes: Any = None  # the sizes of the lines it has read, not yet synced
+        self._pairs: Any = None  # (row, lines read after it)
+        self._ready: Any = None  # the items of the batch not handed out yet
+        self._pending: Any = None  # the batch's records (its length hint: those left)
+        self._ready_lines: tuple[int, ...] = ()  # lines read after each of them
+        self._rest: Any = None  # rows of the batch after an odd one, read one by one
+        self._failure: Any = None  # the error that ended the batch, raised in turn
         self._fast_base = 0  # physical lines read before the fast reader started
         self._fast_extra = 0  # lines consumed that csv.reader did not count (undecodable)
-        self._synced = 0  # lines of the fast reader already added to the LineSource
+        self._ready_extra = 0  # _fast_extra when the ready batch was read
+        self._consumed = 0  # lines read up to the last record handed out, outside a batch
+        self._synced = 0  # lines already added to the LineSource
 
     @property
     def header(self) -> list[str] | None:
@@ -86,6 +101,7 @@ class CsvItemReader(FileItemReader):
 
     def _begin(self, source: LineSource) -> None:
         self._rows = csv.reader(source, delimiter=self.delimiter, quotechar=self.quotechar)
+        self._fast = self._ready = None
         self._header = []
         for row in self._rows:
             if row:
@@ -101,20 +117,36 @@ class CsvItemReader(FileItemReader):
                 f"(header: {', '.join(self._header)})",
             )
 
-    def _start_fast(self, source: LineSource) -> Any:
+    def _start_fast(self, source: LineSource) -> None:
         # The LineSource's bound readline, so that iterating costs no Python call a line.
         raw, sizes = itertools.tee(iter(source._readline, b""))
         self._sizes = map(len, sizes)
         texts = map(operator.methodcaller("decode", self.encoding), raw)
-        self._fast = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quotechar)
+        rows = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quotechar)
+        self._fast = rows
+        # zip takes the row, then the reader's line count once it has read it.
+        line_num = map(operator.attrgetter("line_num"), itertools.repeat(rows))
+        self._pairs = zip(rows, line_num, strict=False)
         self._fast_base, self._fast_extra, self._synced = source.line, 0, 0
-        return self._fast
+        self._consumed = self._ready_extra = 0
+        self._ready = self._pending = iter(())
+        self._ready_lines = ()
+        self._rest = collections.deque()
+        self._failure = None
+
+    def _handed_lines(self) -> int:
+        """Lines read up to the last record handed out (or skipped, or failed)."""
+        lines = self._ready_lines
+        handed = len(lines) - operator.length_hint(self._pending)
+        if handed:
+            return lines[handed - 1] + self._ready_extra
+        return self._consumed
 
     def _sync(self) -> None:
         source = self._source
         if self._fast is None or source is None:
             return
-        lines = self._fast.line_num + self._fast_extra - self._synced
+        lines = self._handed_lines() - self._synced
         if lines:
             source.offset += sum(itertools.islice(self._sizes, lines))
             source.line += lines
@@ -125,30 +157,78 @@ class CsvItemReader(FileItemReader):
         super().update(ctx)
 
     def close(self) -> None:
-        self._fast = self._sizes = None
+        self._fast = self._sizes = self._pairs = self._ready = self._pending = None
+        self._rest = self._failure = None
+        self._ready_lines = ()
         super().close()
 
-    def _read_fast(self, source: LineSource) -> Any:
-        rows = self._fast or self._start_fast(source)
+    def _next_batch(self) -> Any:
+        """The next item once the ready ones are handed out: a new batch read ahead, the
+        rows after an odd one, the error that ended the batch, or None at the end."""
+        if self._fast is None and self._source is not None:
+            self._start_fast(self._source)
+        self._consumed = self._handed_lines()
+        self._ready_lines = ()
+        self._ready = self._pending = iter(())
+        self._sync()  # bounds what the tee keeps to one batch of lines
+        if self._rest:
+            return self._read_rest()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self._consumed = self._fast.line_num + self._fast_extra
+            raise failure
+        batch: list[tuple[list[str], int]] = []
+        extra = self._fast_extra  # the batch's rows were read before any undecodable line
+        try:
+            batch.extend(itertools.islice(self._pairs, _BATCH))
+        except csv.Error as exc:
+            self._failure = self._error(self._after(batch) + 1, None, str(exc))
+        except UnicodeDecodeError as exc:
+            line = self._after(batch) + 1
+            self._fast_extra += 1  # the line was read; csv.reader did not count it
+            self._failure = self._error(
+                line,
+                None,
+                f"cannot decode bytes as {self.encoding}: {exc.reason} at column {exc.start + 1}",
+            )
+        if not batch:
+            self._consumed = self._fast.line_num + self._fast_extra
+            if self._failure is not None:
+                return self._next_batch()
+            return None
+        rows, lines = zip(*batch)  # noqa: B905
         header = self._header or []
-        while True:
-            start = self._fast_base + rows.line_num + self._fast_extra + 1
-            try:
-                row = next(rows)
-            except StopIteration:
-                return None
-            except csv.Error as exc:
-                raise self._error(start, None, str(exc)) from None
-            except UnicodeDecodeError as exc:
-                self._fast_extra += 1  # the line was read; csv.reader did not count it
-                raise self._error(
-                    start,
-                    None,
-                    f"cannot decode bytes as {self.encoding}: {exc.reason} "
-                    f"at column {exc.start + 1}",
-                ) from None
-            if rows.line_num - self._synced > _SYNC_LINES:
-                self._sync()  # bounds what the tee keeps
+        width = len(header)
+        good = len(rows)
+        if set(map(len, rows)) != {width}:  # a blank line or a wrong number of fields
+            good = next(i for i, row in enumerate(rows) if len(row) != width)
+            self._rest.extend((row, line + extra) for row, line in batch[good:])
+            rows, lines = rows[:good], lines[:good]
+        self._pending = iter(list(map(dict, map(zip, itertools.repeat(header), rows))))
+        self._ready_lines, self._ready_extra = lines, extra
+        if self.model is None:
+            self._ready = self._pending
+        else:
+            starts = (self._consumed, *[line + extra for line in lines[:-1]])
+            self._ready = map(self._build_at, self._pending, starts)
+        return self.read() if good else self._read_rest()
+
+    def _after(self, batch: list[tuple[list[str], int]]) -> int:
+        """The absolute line number after the last row of ``batch`` (or the last handed)."""
+        lines = batch[-1][1] + self._fast_extra if batch else self._handed_lines()
+        return self._fast_base + lines
+
+    def _build_at(self, record: dict[str, str], before: int) -> Any:
+        return self._item_model.build(record, self._errors_at(self._fast_base + before + 1))
+
+    def _read_rest(self) -> Any:
+        """The rows of a batch after an odd one (a blank line, a wrong number of fields),
+        one at a time, as the line-by-line reader does."""
+        header = self._header or []
+        while self._rest:
+            row, lines = self._rest.popleft()
+            start = self._fast_base + self._consumed + 1
+            self._consumed = lines
             if not row:
                 continue  # a blank line
             if len(row) != len(header):
@@ -157,10 +237,16 @@ class CsvItemReader(FileItemReader):
             if self.model is None:
                 return record
             return self._item_model.build(record, self._errors_at(start))
+        return self._next_batch()
 
     def read(self) -> Any:
+        ready = self._ready
+        if ready is not None:
+            item = next(ready, None)  # items are never None
+            if item is not None:
+                return item
         if self._end is None and self._source is not None:
-            return self._read_fast(self._source)
+            return self._next_batch()
         # Once per item, so the checks of _opened() and _at_end() are inlined, and the
         # error closure for the model is built only when there is a model (a dict record
         # cannot fail to build).
@@ -217,8 +303,8 @@ def _plain_rows(items: list[Any], fields: list[str], allowed: set[str] | None) -
     return rows
 
 
-# Lines the fast reader may read before it brings the LineSource's offset up to date.
-_SYNC_LINES = 4096
+# Records the fast reader reads ahead at a time (and lines the tee keeps at most, about).
+_BATCH = 512
 
 
 class CsvItemWriter(FileItemWriter):

@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from batchd.errors import ItemFormatError
-from batchd.items.convert import Converter, ItemModel, format_text, item_to_dict
-from batchd.items.files import ChecksumSpec, FileItemReader, FileItemWriter, PathLike
+from batchd.items.convert import Converter, format_text, item_to_dict
+from batchd.items.files import ChecksumSpec, FileItemWriter, PathLike
+from batchd.items.model_reader import ModelFileReader
 
 _NUMERIC = (int, float, Decimal)
 
@@ -56,7 +57,7 @@ def as_columns(columns: Sequence[ColumnSpec]) -> list[Column]:
     return result
 
 
-class FixedWidthItemReader(FileItemReader):
+class FixedWidthItemReader(ModelFileReader):
     """Reads fixed-width lines into dicts (or ``model`` instances).
 
     Each column's text is stripped of its padding and converted to the column's ``type``;
@@ -80,9 +81,10 @@ class FixedWidthItemReader(FileItemReader):
         name: str | None = None,
         require_checksum: ChecksumSpec = False,
     ) -> None:
-        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
+        super().__init__(
+            path, model=model, encoding=encoding, name=name, require_checksum=require_checksum
+        )
         self.columns = as_columns(columns)
-        self.model = model
         self.width = sum(c.width for c in self.columns)
         # Per column, once: (name, start, end, converter; None for text).
         self._fields: list[tuple[str, int, int, Converter | None]] = []
@@ -92,7 +94,6 @@ class FixedWidthItemReader(FileItemReader):
             converter = None if column.type is str else Converter(column.type)
             self._fields.append((column.name, position, end, converter))
             position = end
-        self._item_model = ItemModel(model, blank_is_none=False)
         missing = self._item_model.missing_fields([c.name for c in self.columns])
         if missing:
             raise ValueError(f"the columns do not include {missing[0]!r}, which the model needs")

@@ -10,11 +10,12 @@ from typing import Any
 from uuid import UUID
 
 from batchd.errors import ItemFormatError
-from batchd.items.convert import ItemModel, item_to_dict
-from batchd.items.files import ChecksumSpec, FileItemReader, FileItemWriter, PathLike
+from batchd.items.convert import item_to_dict
+from batchd.items.files import FileItemWriter
+from batchd.items.model_reader import ModelFileReader
 
 
-class JsonLinesItemReader(FileItemReader):
+class JsonLinesItemReader(ModelFileReader):
     """Reads a JSON Lines file: each non-blank line is one JSON object.
 
     Items are dicts, or instances of ``model`` (a pydantic model, validated with
@@ -28,19 +29,6 @@ class JsonLinesItemReader(FileItemReader):
     checksum sidecars and byte-range partitions (``start_offset``/``end_offset``) work as
     for :class:`batchd.items.CsvItemReader`.
     """
-
-    def __init__(
-        self,
-        path: PathLike,
-        *,
-        model: type[Any] | None = None,
-        encoding: str = "utf-8",
-        name: str | None = None,
-        require_checksum: ChecksumSpec = False,
-    ) -> None:
-        super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
-        self.model = model
-        self._item_model = ItemModel(model, blank_is_none=False)
 
     def read(self) -> Any:
         record = self._next_text()

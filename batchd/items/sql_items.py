@@ -389,6 +389,18 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             index_elements=self.upsert_on, set_={k: lite_stmt.excluded[k] for k in updates}
         )
 
+    def _same_keys(self, table: Table, items: list[Any]) -> tuple[str, ...] | None:
+        """The keys of a chunk of plain dicts that all have the same keys, all columns of
+        ``table`` (the usual chunk), found with C-level passes; else None."""
+        first = items[0]
+        if type(first) is not dict or set(map(type, items)) != {dict}:
+            return None
+        keys = set(first)
+        if not keys.issubset(table.c.keys()) or set(map(len, items)) != {len(keys)}:
+            return None
+        # Each item has len(keys) keys, none outside keys: the same keys.
+        return tuple(first) if all(map(keys.issuperset, items)) else None
+
     def _rows(self, table: Table, items: list[Any]) -> list[dict[str, Any]]:
         # Once per item: one set test, and the (slower) lookups in table.c that name the
         # unknown column only when that test fails.
@@ -407,12 +419,18 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             rows.append(row)
         return rows
 
-    def _execute(self, connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    def _execute(
+        self,
+        connection: Connection,
+        table: Table,
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...] | None,
+    ) -> None:
         # executemany needs one set of columns: send each run of rows with equal keys
-        # together, in order. Usually all rows have the same keys: one C-level test finds
-        # that without the per-row Python loop below.
-        if len(set(map(tuple, rows))) == 1:
-            self._execute_run(connection, table, tuple(rows[0]), rows)
+        # together, in order. Usually all rows have the same keys (``keys``, found by
+        # _same_keys): then there is no per-row Python loop.
+        if keys is not None or len(set(map(tuple, rows))) == 1:
+            self._execute_run(connection, table, keys or tuple(rows[0]), rows)
             return
         start = 0
         while start < len(rows):
@@ -439,15 +457,16 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         if self._table is None or self._engine is None:
             raise RuntimeError(f"{self.name} is not open: call open(ctx) first")
         table = self._table
-        rows = self._rows(table, items)
-        if not rows:
+        if not items:
             return
+        keys = self._same_keys(table, items)
+        rows = items if keys is not None else self._rows(table, items)
         tx = self._joined()
         if tx is not None:
-            self._execute(tx.connection, table, rows)  # committed by the engine
+            self._execute(tx.connection, table, rows, keys)  # committed by the engine
             return
         with self.engine.begin() as connection:
-            self._execute(connection, table, rows)
+            self._execute(connection, table, rows, keys)
 
     @property
     def table_object(self) -> Table | None:

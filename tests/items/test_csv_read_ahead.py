@@ -1,0 +1,93 @@
+"""CsvItemReader reads records ahead in batches when it has no byte range to stop at: what
+it hands out, the errors it raises and the position it saves after each record are those of
+the line-by-line reader (a byte range covering the whole file), across batch boundaries."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchd.errors import ItemParseError
+from batchd.items import CsvItemReader
+from tests.items.helpers import make_ctx, persisted
+
+
+@dataclasses.dataclass
+class Row:
+    id: int
+    text: str
+
+
+def odd_file(path: Path) -> Path:
+    """1,300 records, with what breaks a batch here and there: quoted fields over several
+    lines, blank lines, a wrong number of fields, undecodable bytes, a value that is not
+    an int (for the model), some of them next to each other and at the ends."""
+    lines = [b"id,text\n", b"\n"]
+    for i in range(1300):
+        if i % 97 == 3:
+            lines.append(f'{i},"two\nlines, {i}"\n'.encode())
+        elif i % 211 == 5:
+            lines.append(f"{i},too,many\n".encode())
+        elif i % 307 in (7, 8):
+            lines.append(b"\xff\xfe," + str(i).encode() + b"\n")
+        elif i % 401 == 9:
+            lines.append(f"x{i},not an int\n".encode())
+        elif i in (510, 511, 512, 1023):
+            lines.append(b"\n\n")
+        lines.append(f"{i},r{i}\n".encode())
+    lines.append(b"\n")
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def outcomes(reader: CsvItemReader, ctx: Any) -> list[tuple[Any, ...]]:
+    """Each read()'s item or error, with the position saved just after it."""
+    reader.open(ctx)
+    seen: list[tuple[Any, ...]] = []
+    try:
+        while True:
+            try:
+                item: Any = reader.read()
+            except ItemParseError as error:
+                item = ("error", error.line, error.field, str(error))
+            reader.update(ctx)
+            seen.append((item, ctx["CsvItemReader.offset"], ctx["CsvItemReader.line"]))
+            if item is None:
+                return seen
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("model", [None, Row])
+def test_read_ahead_hands_out_and_saves_what_line_by_line_reading_does(
+    tmp_path: Path, model: Any
+) -> None:
+    path = odd_file(tmp_path / "odd.csv")
+    whole = {"start_offset": 0, "end_offset": path.stat().st_size}
+    line_by_line = outcomes(copy.copy(CsvItemReader(path, model=model)), make_ctx(partition=whole))
+    ahead = outcomes(copy.copy(CsvItemReader(path, model=model)), make_ctx())
+    assert ahead == line_by_line
+    errors = [entry for entry in ahead if isinstance(entry[0], tuple)]
+    assert len(errors) == (21 if model is Row else 17)
+
+
+def test_restart_from_any_record_reads_the_rest(tmp_path: Path) -> None:
+    path = odd_file(tmp_path / "odd.csv")
+    full = outcomes(copy.copy(CsvItemReader(path)), make_ctx())
+    for done in (0, 1, 400, 511, 512, 513, 700, 1024, len(full) - 2):
+        ctx = make_ctx()
+        reader = copy.copy(CsvItemReader(path))
+        reader.open(ctx)
+        for _ in range(done):
+            try:
+                reader.read()
+            except ItemParseError:
+                pass
+        reader.update(ctx)
+        reader.read()  # read but not committed: read again after the restart
+        reader.close()
+        assert outcomes(copy.copy(CsvItemReader(path)), persisted(ctx)) == full[done:], done
