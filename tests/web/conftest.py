@@ -17,10 +17,11 @@ from batchd import JobOperator, SqlJobRepository
 from batchd.daemon.settings import Settings
 from batchd.shortcuts import default_registry
 from batchd.web import Pages, ReadOnlyStore, WebConsole
+from tests.daemon.support import daemons
 from tests.web import web_jobs
 from tests.web.browser import browser
 
-__all__ = ["browser"]
+__all__ = ["browser", "daemons"]
 
 
 @dataclass

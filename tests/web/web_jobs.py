@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import batchd
-from batchd import ExecutionContext, JobBuilder, StepBuilder, StepContext
+from batchd import ExecutionContext, StepContext
+from batchd.items import ListItemReader
+from tests.support.jobs import chunk_job, tasklet_job
 
 #: A job name that is also markup: the console must show it as text and never run it.
 HOSTILE_JOB = "<script>document.title='pwned'</script>"
@@ -20,32 +22,27 @@ HOSTILE_JOB = "<script>document.title='pwned'</script>"
 HOSTILE_MESSAGE = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')\"> broke"
 
 
-class GatedCounter:
+class GatedCounter(ListItemReader):
     """Reads 0 .. items-1; item i waits until the gate file says more than i."""
 
+    def __init__(self) -> None:
+        super().__init__([], name="GatedCounter")
+
     def open(self, ctx: ExecutionContext) -> None:
-        self.items = int(ctx.params.get("items", 10))
+        self.items = list(range(int(ctx.params.get("items", 10))))
         gate = ctx.params.get("gate")
         self.gate = Path(gate) if gate else None
-        self.index = ctx.get("GatedCounter.index", 0)
-
-    def update(self, ctx: ExecutionContext) -> None:
-        ctx["GatedCounter.index"] = self.index
-
-    def close(self) -> None:
-        pass
+        super().open(ctx)
 
     def read(self) -> int | None:
-        if self.index >= self.items:
-            return None
-        while self.gate is not None and self._allowed() <= self.index:
+        item = super().read()
+        while item is not None and self.gate is not None and self._allowed() <= item:
             time.sleep(0.01)
-        self.index += 1
-        return self.index - 1
+        return item
 
     def _allowed(self) -> int:
         try:
-            return int(self.gate.read_text() or 0) if self.gate is not None else self.items
+            return int(self.gate.read_text() or 0) if self.gate is not None else len(self.items)
         except (OSError, ValueError):
             return 0
 
@@ -62,11 +59,7 @@ def take(ctx: StepContext) -> None:
     pass
 
 
-batchd.register(
-    JobBuilder("eod")
-    .step(StepBuilder("load").reader(GatedCounter()).writer(discard).chunk_size(10).build())
-    .build()
-)
-batchd.register(JobBuilder("posting").step(StepBuilder("post").tasklet(fail).build()).build())
-batchd.register(JobBuilder(HOSTILE_JOB).step(StepBuilder("t").tasklet(fail).build()).build())
-batchd.register(JobBuilder("import_file").step(StepBuilder("take").tasklet(take).build()).build())
+batchd.register(chunk_job("eod", GatedCounter(), discard))
+batchd.register(tasklet_job("posting", fail, step="post"))
+batchd.register(tasklet_job(HOSTILE_JOB, fail, step="t"))
+batchd.register(tasklet_job("import_file", take, step="take"))
