@@ -9,17 +9,20 @@ the repository root first on ``sys.path``, so that ``batchd`` is this checkout's
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import json
 import os
 import platform
 import pstats
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -70,6 +73,21 @@ def mariadb_server() -> Iterator[Any]:
 def database_server(name: str) -> Any:
     """The context manager of a server for ``name`` (postgresql or mariadb)."""
     return {"postgresql": postgres_server, "mariadb": mariadb_server}[name]()
+
+
+@contextmanager
+def database_urls(names: list[str], tmp: Path, database: str) -> Iterator[list[tuple[str, str]]]:
+    """(name, URL) of each chosen database: SQLite in ``tmp``, PostgreSQL and MariaDB on
+    servers started here (each with a new database named ``database``)."""
+    with ExitStack() as stack:
+        urls = []
+        for name in names:
+            if name == "sqlite":
+                urls.append((name, f"sqlite:///{tmp / 'repository.db'}"))
+            else:
+                server = stack.enter_context(database_server(name))
+                urls.append((name, server.create_database(database)))
+        yield urls
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -216,6 +234,54 @@ def alternate(
             if after_each is not None:
                 after_each()
     return timings
+
+
+# ----------------------------------------------------------------------------- command line
+def chunk_arguments(
+    description: str | None,
+    *,
+    rows_help: str,
+    chunk_sizes: list[int],
+    databases: list[str],
+) -> argparse.ArgumentParser:
+    """The options of the chunk benchmarks: ``--rows``, ``--repeat``, ``--chunk-sizes``,
+    ``--databases`` (checked by :func:`check_chunk_arguments`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=int, default=100_000, help=rows_help)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, >= 1")
+    parser.add_argument(
+        "--chunk-sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=chunk_sizes,
+        help=f"comma-separated (default {','.join(map(str, chunk_sizes))})",
+    )
+    parser.add_argument(
+        "--databases", type=lambda s: s.split(","), default=databases, help=",".join(databases)
+    )
+    return parser
+
+
+def check_chunk_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str]
+) -> argparse.Namespace:
+    if args.repeat < 1 or args.rows < 1:
+        parser.error("--rows and --repeat must be at least 1")
+    unknown = set(args.databases) - set(known)
+    if unknown:
+        parser.error(f"unknown database {sorted(unknown)[0]!r}")
+    return args
+
+
+@contextmanager
+def scratch(prefix: str, directory: str | None = None) -> Iterator[Path]:
+    """A temporary directory for one benchmark run; on the way out, the load average (what
+    others did on the machine meanwhile) is printed and the directory removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    try:
+        yield tmp
+        print(f"# load average after the run: {load_average()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- profiles

@@ -40,7 +40,6 @@ import shutil
 import string
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,20 +196,6 @@ class CaseResult:
     identical: bool
 
 
-@contextmanager
-def database_urls(names: list[str], tmp: Path) -> Iterator[list[tuple[str, str]]]:
-    """(name, URL) of each chosen database; PostgreSQL and MariaDB are servers started here."""
-    with ExitStack() as stack:
-        urls = []
-        for name in names:
-            if name == "sqlite":
-                urls.append((name, f"sqlite:///{tmp / 'repository.db'}"))
-            else:
-                server = stack.enter_context(benchkit.database_server(name))
-                urls.append((name, server.create_database("bench_chunk")))
-        yield urls
-
-
 class DatabaseBench:
     """The cases of one database: a repository, an operator and the baseline's Engine."""
 
@@ -318,20 +303,11 @@ def report(results: list[CaseResult]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="lines of input CSV")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, >= 1")
-    parser.add_argument(
-        "--chunk-sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
-        default=[10, 1000],
-        help="comma-separated (default 10,1000)",
-    )
-    parser.add_argument(
-        "--databases",
-        type=lambda s: s.split(","),
-        default=["sqlite", "postgresql", "mariadb"],
-        help="sqlite,postgresql,mariadb",
+    parser = benchkit.chunk_arguments(
+        __doc__.split("\n\n")[0],
+        rows_help="lines of input CSV",
+        chunk_sizes=[10, 1000],
+        databases=["sqlite", "postgresql", "mariadb"],
     )
     parser.add_argument(
         "--tmpdir",
@@ -343,13 +319,9 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also cProfile one more run of each per case and print it",
     )
-    args = parser.parse_args()
-    if args.repeat < 1 or args.rows < 1:
-        parser.error("--rows and --repeat must be at least 1")
-    unknown = set(args.databases) - {"sqlite", "postgresql", "mariadb"}
-    if unknown:
-        parser.error(f"unknown database {sorted(unknown)[0]!r}")
-    return args
+    return benchkit.check_chunk_arguments(
+        parser, parser.parse_args(), ["sqlite", "postgresql", "mariadb"]
+    )
 
 
 def main() -> None:
@@ -364,7 +336,7 @@ def main() -> None:
             f"median of {args.repeat}; {benchkit.machine()}; files in {tmp}"
         )
         results = []
-        with database_urls(args.databases, tmp) as urls:
+        with benchkit.database_urls(args.databases, tmp, "bench_chunk") as urls:
             for database, url in urls:
                 results += bench_database(database, url, files, args)
         print(report(results))

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,9 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=21)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="batchd-ctl-"))
     script = Path(sys.executable).with_name("batchd")
-    try:
+    with benchkit.scratch("batchd-ctl-") as tmp:
         with Daemon(tmp) as daemon:
             ping = [str(script), "ctl", "--socket", str(daemon.socket_path), "ping"]
             bare = [sys.executable, "-c", "pass"]
@@ -87,9 +84,6 @@ def main() -> None:
         print("# the client's heaviest top-level imports (cumulative ms):")
         for micros, module in imports:
             print(f"#   {micros / 1000:7.1f}  {module}")
-        print(f"# load average after the run: {benchkit.load_average()}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

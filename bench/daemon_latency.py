@@ -16,6 +16,7 @@ module in a temporary directory, metrics off):
   into the repository before the daemon starts, then ``executions`` (default limit 50) sent
   over one connection; ``ping`` on the same connection as the floor of a round trip.
 
+The trigger cases run once per ``--isolation`` (thread, then process: one daemon each).
 Triggers are sent one at a time (the next after the previous one's execution has started).
 The repository is read with ``sqlite3`` in read-only mode. ``daemon_rss.py`` imports the
 daemon helpers of this file.
@@ -42,27 +43,24 @@ from typing import Any
 import benchkit  # first: puts the repository root first on sys.path
 
 JOB_MODULE = '''\
-"""The benchmarks' job: one tasklet step that does nothing."""
+"""The benchmarks' job "noop": one tasklet step that does nothing, parameter ``key``."""
 
 from pydantic import BaseModel
 
 import batchd
-from batchd import JobBuilder, StepBuilder, StepContext
+from batchd import JobBuilder, StepBuilder, StepContext  # StepContext: worker_isolation.py's
 
 
 class KeyParams(BaseModel):
     key: str
 
 
-def nothing(ctx: StepContext) -> None:
-    pass
+def nothing(_ctx: StepContext) -> None:
+    """No work: what is measured is batchd's."""
 
 
 batchd.register(
-    JobBuilder("noop")
-    .params_model(KeyParams)
-    .step(StepBuilder("nothing").tasklet(nothing).build())
-    .build()
+    JobBuilder("noop").params_model(KeyParams).step(StepBuilder("nothing").tasklet(nothing).build()).build()
 )
 '''
 
@@ -72,14 +70,22 @@ class Daemon:
     """``python -m batchd.cli run --config F`` in ``tmp``, READY=1 awaited at start."""
 
     def __init__(
-        self, tmp: Path, *, schedules: int = 0, watch: bool = False, max_jobs: int = 4
+        self,
+        tmp: Path,
+        *,
+        schedules: int = 0,
+        watch: bool = False,
+        max_jobs: int = 4,
+        isolation: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.database = tmp / "batchd.db"
         self.socket_path = tmp / "control.sock"
         self.drop_dir = tmp / "drop"
         (tmp / "bench_jobs.py").write_text(JOB_MODULE)
-        lines = [
+        # isolation: "thread" or "process" (None: the daemon's default, "process").
+        lines = [f'isolation = "{isolation}"'] if isolation else []
+        lines += [
             f'database_url = "sqlite:///{self.database}"',
             'jobs = ["bench_jobs"]',
             f'log_dir = "{tmp / "logs"}"',  # per-execution logs (isolation = "process")
@@ -389,30 +395,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--gap", type=float, default=0.0, help="seconds between file drops (default none)"
     )
+    parser.add_argument(
+        "--isolation",
+        type=lambda s: s.split(","),
+        default=["thread", "process"],
+        help="the daemon's isolation for the trigger cases, one daemon each",
+    )
     parser.add_argument("--tmpdir", default=None, help="where the temporary directories go")
     args = parser.parse_args(argv)
     cases = set(args.cases.split(","))
     print(f"# daemon latency, {benchkit.machine()}")
     rows: list[list[Any]] = []
 
-    if cases & {"drop", "drop-staged", "fire"}:
+    for isolation in args.isolation:
+        if not cases & {"drop", "drop-staged", "fire"}:
+            break
         with (
             tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp,
-            Daemon(Path(tmp), schedules=args.n, watch=True) as daemon,
+            Daemon(Path(tmp), schedules=args.n, watch=True, isolation=isolation) as daemon,
         ):
             repo = Repository(daemon.database)
             try:
                 if "drop" in cases:
                     drops = file_drops(daemon, repo, args.n, gap=args.gap)
-                    rows.append(summary("file drop -> STARTED", drops, 50))
+                    rows.append(summary(f"{isolation}: file drop -> STARTED", drops, 20))
                 if "drop-staged" in cases:
                     drops = file_drops(daemon, repo, args.n, staged="s", gap=args.gap)
-                    rows.append(summary("drop, staged outside -> STARTED", drops, 50))
+                    rows.append(summary(f"{isolation}: drop, staged -> STARTED", drops, 20))
                 if "fire" in cases:
                     fired = fires(daemon, repo, args.n)
-                    rows.append(summary("fire -> STARTED", fired, 20))
+                    rows.append(summary(f"{isolation}: fire -> STARTED", fired, 20))
             finally:
                 repo.close()
+        print(f"# {isolation} done, load average {benchkit.load_average()}", flush=True)
 
     if "executions" in cases:
         with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:

@@ -5,13 +5,22 @@ runs ``--n`` executions of a one-tasklet job that does nothing, each started ove
 socket with ``start`` and distinct parameters, at most ``--in-flight`` at a time. VmRSS
 (``/proc/<pid>/status``) is read once the first ``--first`` executions have all ended
 (COMPLETED in the repository) and then every ``--every`` executions; the growth is that of
-the last reading against the first. A run that passes ``--max-seconds`` stops starting
-executions and reports what it measured.
+the last reading against the first (target: within 10 %, from 100 to 10,000 executions).
+A run that passes ``--max-seconds`` stops starting executions and reports what it measured.
+
+Idle RSS: the daemon's VmRSS once READY=1 and 2 s of rest, before any execution, beside the
+peer's (an APScheduler ``BackgroundScheduler`` with one interval job and a watchdog
+``Observer`` on one directory, in its own interpreter, the same 2 s after start).
+
+    .venv/bin/python bench/daemon_rss.py                          # 10,000 executions
+    .venv/bin/python bench/daemon_rss.py --n 1000 --every 300 --isolation thread
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,10 +30,47 @@ from typing import Any
 import benchkit  # first: puts the repository root first on sys.path
 from daemon_latency import Client, Daemon, Repository
 
+PEER = """\
+import sys, time
+from apscheduler.schedulers.background import BackgroundScheduler
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+scheduler = BackgroundScheduler()
+scheduler.add_job(lambda: None, "interval", hours=24)
+scheduler.start()
+observer = Observer()
+observer.schedule(FileSystemEventHandler(), sys.argv[1])
+observer.start()
+time.sleep(2)
+with open("/proc/self/status") as status:
+    print(next(line.split()[1] for line in status if line.startswith("VmRSS:")))
+observer.stop()
+scheduler.shutdown()
+"""
+
+
+def peer_idle_kib(tmp: Path) -> int | None:
+    """VmRSS of APScheduler + watchdog at rest; None when they are not installed."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEER, str(tmp)], capture_output=True, text=True, check=False
+    )
+    return int(done.stdout) if done.returncode == 0 else None
+
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
     readings: list[tuple[int, int, float]] = []  # (executions ended, VmRSS KiB, seconds)
-    with Daemon(tmp, max_jobs=args.in_flight) as daemon:
+    with Daemon(tmp, max_jobs=args.in_flight, isolation=args.isolation) as daemon:
+        time.sleep(2)
+        idle = daemon.rss_kib()
+        peer = peer_idle_kib(tmp)
+        peer_text = "not installed" if peer is None else f"{peer / 1024:.1f} MiB"
+        verdict = "met" if idle <= 50 * 1024 else "MISSED"
+        print(
+            f"# idle VmRSS: daemon {idle / 1024:.1f} MiB (target <= 50 MiB: {verdict}), "
+            f"APScheduler + watchdog {peer_text}",
+            flush=True,
+        )
         repo = Repository(daemon.database)
         client = Client(daemon.socket_path)
         begin = time.monotonic()
@@ -76,14 +122,15 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=5000, help="executions in all")
+    parser.add_argument("--n", type=int, default=10_000, help="executions in all")
     parser.add_argument("--first", type=int, default=100, help="executions before the baseline")
     parser.add_argument("--every", type=int, default=1000, help="executions between readings")
     parser.add_argument("--in-flight", type=int, default=8, help="most executions at once")
-    parser.add_argument("--max-seconds", type=float, default=300, help="stop starting after")
+    parser.add_argument("--max-seconds", type=float, default=1800, help="stop starting after")
+    parser.add_argument("--isolation", default=None, help="thread or process (the default)")
     parser.add_argument("--tmpdir", default=None, help="where the temporary directory goes")
     args = parser.parse_args(argv)
-    print(f"# daemon RSS, {benchkit.machine()}")
+    print(f"# daemon RSS, isolation {args.isolation or 'default'}; {benchkit.machine()}")
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         run(args, Path(tmp))
 

@@ -31,12 +31,9 @@ import argparse
 import csv
 import itertools
 import json
-import shutil
 import sqlite3
 import statistics
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import benchkit
@@ -227,19 +224,6 @@ class DatabaseBench:
         return times
 
 
-@contextmanager
-def database_urls(names: list[str], tmp: Path) -> Iterator[list[tuple[str, str]]]:
-    with ExitStack() as stack:
-        urls = []
-        for name in names:
-            if name == "sqlite":
-                urls.append((name, f"sqlite:///{tmp / 'repository.db'}"))
-            else:
-                server = stack.enter_context(benchkit.database_server(name))
-                urls.append((name, server.create_database("bench_import")))
-        yield urls
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -251,8 +235,7 @@ def main() -> None:
     parser.add_argument("--tmpdir", help="where the CSV and the SQLite database go (a real disk)")
     parser.add_argument("--profile", action="store_true", help="cProfile batchd and the floor")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="batchd-import-", dir=args.tmpdir))
-    try:
+    with benchkit.scratch("batchd-import-", args.tmpdir) as tmp:
         source, warmup = tmp / "input.csv", tmp / "warmup.csv"
         generate_csv(source, args.rows)
         generate_csv(warmup, 1000, seed=2)
@@ -261,7 +244,7 @@ def main() -> None:
             f"{args.repeat}; {benchkit.machine()}"
         )
         results = []
-        with database_urls(args.databases, tmp) as urls:
+        with benchkit.database_urls(args.databases, tmp, "bench_import") as urls:
             for database, url in urls:
                 bench = DatabaseBench(database, url, tmp, args)
                 try:
@@ -294,9 +277,6 @@ def main() -> None:
         for database, times, _ in results:
             for side, runs in times.items():
                 print(f"#   {database} {side}: [{', '.join(f'{t:.3f}' for t in runs)}] s")
-        print(f"# load average after the run: {benchkit.load_average()}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ Cases (``--rows`` records of ``id,name,city,amount``):
   ``complete`` vs ``csv.writer`` of the dicts' values, then ``os.replace``;
 - ``jsonl read`` / ``jsonl write``: ``JsonLinesItemReader`` / ``JsonLinesItemWriter`` vs
   ``json.loads`` / ``json.dumps`` per line;
-- ``fixed read``: ``FixedWidthItemReader`` (int, str, str, float columns) vs slicing,
-  ``strip`` and ``int``/``float``.
+- ``fixed read`` / ``fixed write``: ``FixedWidthItemReader`` / ``FixedWidthItemWriter``
+  (int, str, str, float columns) vs slicing, ``strip`` and ``int``/``float`` / an f-string
+  padding each field per line.
 
 The reader runs also take the checkpoint a step would take once per 1,000 items
 (``update(ctx)``). Target (issue): ratio <= 1.5 in every case.
@@ -26,8 +27,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from batchd.items import (
     CsvItemReader,
     CsvItemWriter,
     FixedWidthItemReader,
+    FixedWidthItemWriter,
     JsonLinesItemReader,
     JsonLinesItemWriter,
 )
@@ -129,6 +129,18 @@ def cases(tmp: Path, rows: int) -> dict[str, tuple[Callable[[], Any], Callable[[
                 f.write(json.dumps(r) + "\n")
         os.replace(partial, tmp / "out_floor.jsonl")
 
+    typed = [
+        {"id": int(r["id"]), "name": r["name"], "city": r["city"], "amount": float(r["amount"])}
+        for r in records
+    ]
+
+    def fixed_write_loop() -> None:
+        partial = tmp / ".out_floor.txt.partial"
+        with open(partial, "w", encoding="utf-8") as f:
+            for r in typed:
+                f.write(f"{r['id']:>8}{r['name']:<40}{r['city']:<20}{r['amount']:>12}\n")
+        os.replace(partial, tmp / "out_floor.txt")
+
     def fixed_loop() -> int:
         n = 0
         with open(fixed, encoding="utf-8") as f:
@@ -158,6 +170,12 @@ def cases(tmp: Path, rows: int) -> dict[str, tuple[Callable[[], Any], Callable[[
             jsonl_write_loop,
         ),
         "fixed read": (lambda: read_all(FixedWidthItemReader(fixed, WIDTHS)), fixed_loop),
+        "fixed write": (
+            lambda: write_all(
+                FixedWidthItemWriter(str(tmp / "out.txt"), WIDTHS, fsync=False), typed
+            ),
+            fixed_write_loop,
+        ),
     }
 
 
@@ -168,8 +186,7 @@ def main() -> None:
     parser.add_argument("--cases", type=lambda s: s.split(","), default=None)
     parser.add_argument("--profile", default=None, help="cProfile batchd's side of this case")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="batchd-items-"))
-    try:
+    with benchkit.scratch("batchd-items-") as tmp:
         all_cases = cases(tmp, args.rows)
         chosen = args.cases or list(all_cases)
         print(
@@ -202,9 +219,6 @@ def main() -> None:
         print(benchkit.run_times(results).replace("baseline", "stdlib"))
         if args.profile:
             print(benchkit.profile(all_cases[args.profile][0]))
-        print(f"# load average after the run: {benchkit.load_average()}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -266,33 +266,18 @@ def report(results: list[CaseResult]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="rows in the source table")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each, >= 1")
-    parser.add_argument(
-        "--chunk-sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
-        default=[1000, 100],
-        help="comma-separated (default 1000,100)",
-    )
-    parser.add_argument(
-        "--databases",
-        type=lambda s: s.split(","),
-        default=["postgresql", "mariadb"],
-        help="postgresql,mariadb",
+    parser = benchkit.chunk_arguments(
+        __doc__.split("\n\n")[0],
+        rows_help="rows in the source table",
+        chunk_sizes=[1000, 100],
+        databases=["postgresql", "mariadb"],
     )
     parser.add_argument(
         "--profile",
         action="store_true",
         help="also cProfile one more run of each per chunk size and print it",
     )
-    args = parser.parse_args()
-    if args.repeat < 1 or args.rows < 1:
-        parser.error("--rows and --repeat must be at least 1")
-    unknown = set(args.databases) - {"postgresql", "mariadb"}
-    if unknown:
-        parser.error(f"unknown database {sorted(unknown)[0]!r}")
-    return args
+    return benchkit.check_chunk_arguments(parser, parser.parse_args(), ["postgresql", "mariadb"])
 
 
 def bench_database(database: str, args: argparse.Namespace) -> list[CaseResult]:

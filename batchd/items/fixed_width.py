@@ -156,32 +156,37 @@ class FixedWidthItemWriter(FileItemWriter):
         self.columns = as_columns(columns)
         self.fill = fill
         self.encoding = encoding
+        # Per column, once: (name, width, right-aligned, numbers right-aligned by value).
+        self._layout = [
+            (c.name, c.width, c.alignment == ">", c.align is None) for c in self.columns
+        ]
 
     def _format_line(self, item: Any) -> str:
-        record = item_to_dict(item)
+        # Once per item: a plain dict is not copied, text is not formatted again, and each
+        # column's alignment was worked out in __init__ (_layout).
+        record = item if type(item) is dict else item_to_dict(item)
+        fill = self.fill
         parts = []
-        for column in self.columns:
-            value = record.get(column.name)
-            text = format_text(value)
-            if "\n" in text or "\r" in text:
-                raise ItemFormatError(
-                    f"field {column.name!r}: value {text!r} contains a line break", column.name
-                )
-            if len(text) > column.width:
-                raise ItemFormatError(
-                    f"field {column.name!r}: value {text!r} is {len(text)} characters, "
-                    f"wider than its column ({column.width})",
-                    column.name,
-                )
-            align = column.alignment
-            if column.align is None and isinstance(value, _NUMERIC) and not isinstance(value, bool):
-                align = ">"
-            parts.append(
-                text.rjust(column.width, self.fill)
-                if align == ">"
-                else text.ljust(column.width, self.fill)
-            )
+        for name, width, right, by_value in self._layout:
+            value = record.get(name)
+            text = value if type(value) is str else format_text(value)
+            if len(text) > width or "\n" in text or "\r" in text:
+                raise self._unfit(name, width, text)
+            if by_value and isinstance(value, _NUMERIC) and not isinstance(value, bool):
+                parts.append(text.rjust(width, fill))  # a number in a column without align
+            else:
+                parts.append(text.rjust(width, fill) if right else text.ljust(width, fill))
         return "".join(parts) + "\n"
+
+    @staticmethod
+    def _unfit(name: str, width: int, text: str) -> ItemFormatError:
+        if "\n" in text or "\r" in text:
+            return ItemFormatError(f"field {name!r}: value {text!r} contains a line break", name)
+        return ItemFormatError(
+            f"field {name!r}: value {text!r} is {len(text)} characters, "
+            f"wider than its column ({width})",
+            name,
+        )
 
     def _encode(self, items: list[Any]) -> bytes:
         text = "".join(self._format_line(item) for item in items)
