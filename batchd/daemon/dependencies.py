@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from batchd import failpoints
+from batchd.daemon.passes import PassThread
 from batchd.engine.listeners import notify
 from batchd.model import BatchStatus, JobExecution
 from batchd.repository import TriggerStore
@@ -82,49 +83,43 @@ class FireWatch:
         self.owner = owner
         self.clock = clock
         self.listener = listener
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self.thread: threading.Thread | None = None
         self._pass_lock = threading.Lock()
+        # start() runs the first pass itself; the thread runs the later ones.
+        self._passes = PassThread(
+            "batchd-fire-watch",
+            self.check,
+            every=POLL_INTERVAL,
+            what="checking waiting fires and deadlines",
+            level=logging.WARNING,
+            first_at_once=False,
+        )
 
     # ------------------------------------------------------------------ thread
 
     def start(self) -> None:
         """A first pass at once (fires whose dependencies completed while this node was
         down start now; the late gauges exist from start-up on), then the thread."""
-        self._stopping.clear()
         try:
             self.check()
         except Exception:
             log.warning("checking waiting fires and deadlines failed", exc_info=True)
-        self.thread = threading.Thread(target=self._run, name="batchd-fire-watch", daemon=True)
-        self.thread.start()
+        self._passes.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
+        self._passes.stop()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread of the later passes, while started."""
+        return self._passes.thread
 
     def wake(self) -> None:
-        self._wake.set()
+        self._passes.wake()
 
     def on_execution_ended(self, execution: JobExecution) -> None:
         """Operator observer hook: a completed execution may be what a fire waits for."""
         if execution.status == BatchStatus.COMPLETED:
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(POLL_INTERVAL)
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                self.check()
-            except Exception:
-                log.warning("checking waiting fires and deadlines failed", exc_info=True)
+            self._passes.wake()
 
     # -------------------------------------------------------------------- pass
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from tenacity import RetryCallState, wait_exponential
 
+from batchd.daemon.passes import PassThread
 from batchd.engine import JobOperator
 from batchd.engine.job_runner import FAILED_PERMANENT
 from batchd.errors import BatchError
@@ -92,9 +93,9 @@ class Retrier:
         self.policies = policies
         self.on_retry = on_retry
         self.poll = poll
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._passes = PassThread(
+            "batchd-retries", self._next_pass, every=poll, what="the retry pass"
+        )
 
     def run_once(self) -> tuple[list[JobExecution], float]:
         """Restart every execution whose retry is due; the restarts, and the seconds until
@@ -148,27 +149,18 @@ class Retrier:
 
     def on_execution_ended(self, execution: JobExecution) -> None:
         """Operator observer: look again now (a retry with no delay is due at once)."""
-        self._wake.set()
+        self._passes.wake()
+
+    def _next_pass(self) -> float:
+        """One pass on the thread; the seconds until the next one."""
+        _, wait = self.run_once()
+        return max(wait, 0.05)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="batchd-retries", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                _, wait = self.run_once()
-            except Exception:
-                log.exception("the retry pass failed; trying again in %gs", self.poll)
-                wait = self.poll
-            self._wake.wait(max(wait, 0.05))
+        self._passes.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._passes.stop(timeout=10)
 
     def threads(self) -> list[threading.Thread]:
-        return [self._thread] if self._thread is not None else []
+        return self._passes.threads()
