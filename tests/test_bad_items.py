@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select
+from sqlalchemy import MetaData, String, create_engine, select
 
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, StepBuilder
 from batchd.items import CsvItemReader, SqlItemWriter
+from tests.support.jobs import keyed_table
 
 
 def test_a_sql_error_names_the_item_keeps_committed_rows_and_restarts(
     database_url: str, operator: JobOperator, registry: JobRegistry, tmp_path: Path
 ) -> None:
-    table = Table(
-        "accounts",
-        MetaData(),
-        Column("id", Integer, primary_key=True),
-        Column("owner", String(20), nullable=False),
-    )
+    table = keyed_table("accounts", MetaData(), owner=String(20))
     engine = create_engine(database_url)
     table.metadata.create_all(engine)
     source = tmp_path / "accounts.csv"

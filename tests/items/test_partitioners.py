@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, text
+from sqlalchemy import MetaData, String, create_engine, insert, text
 from sqlalchemy.engine import Engine
 
 from batchd.errors import InputFileNotFound
@@ -28,16 +28,11 @@ from batchd.items import (
     SqlKeyRangePartitioner,
 )
 from tests.items.helpers import make_ctx, read_all
+from tests.support.jobs import keyed_table
 
 metadata = MetaData()
-orders = Table(
-    "orders",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("status", String(10), nullable=False),
-    Column("code", String(10), nullable=False),
-)
-empty = Table("empty", metadata, Column("id", Integer, primary_key=True))
+orders = keyed_table("orders", metadata, status=String(10), code=String(10))
+empty = keyed_table("empty", metadata)
 
 # Keys with gaps: min 7, max 250.
 KEYS = [7, 8, 9, 12, 13, 20, 21, 22, 23, 40, 41, 99, 100, 101, 102, 103, 180, 249, 250]

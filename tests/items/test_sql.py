@@ -38,15 +38,10 @@ from batchd.errors import ItemFormatError
 from batchd.items import SqlItemReader, SqlItemWriter
 from batchd.model import ChunkTransaction, current_chunk_transaction, database_identity
 from tests.items.helpers import make_ctx, persisted, read_all, read_n
+from tests.support.jobs import keyed_table
 
 metadata = MetaData()
-payments = Table(
-    "payments",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("payer", String(50), nullable=False),
-    Column("amount", Integer, nullable=False),
-)
+payments = keyed_table("payments", metadata, payer=String(50), amount=Integer)
 days = Table("days", metadata, Column("day", Date, primary_key=True), Column("n", Integer))
 target = Table(
     "target",
@@ -55,7 +50,7 @@ target = Table(
     Column("name", String(50), nullable=False),
     Column("total", Integer, nullable=False, server_default="0"),
 )
-other = Table("other", metadata, Column("id", Integer, primary_key=True))
+other = keyed_table("other", metadata)
 
 
 @pytest.fixture

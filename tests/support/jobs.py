@@ -80,6 +80,13 @@ def item_table(name: str, metadata: MetaData, *more: Any, key: bool = True) -> T
     return Table(name, metadata, Column("item", Integer, primary_key=key, nullable=False), *more)
 
 
+def keyed_table(name: str, metadata: MetaData, **required: Any) -> Table:
+    """A table keyed by an integer ``id``, with a NOT NULL column of each type ``required``
+    names (``keyed_table("t", metadata, name=String(50))``)."""
+    columns = [Column(column, kind, nullable=False) for column, kind in required.items()]
+    return Table(name, metadata, Column("id", Integer, primary_key=True), *columns)
+
+
 def insert_in_chunk(table: Table, rows: list[dict[str, Any]]) -> None:
     """Inserts ``rows`` in the transaction of the chunk being written."""
     chunk = current_chunk_transaction.get()
@@ -216,13 +223,7 @@ def write_input_csv(path: Path, rows: int) -> None:
 
 
 def target_table(metadata: MetaData | None = None) -> Table:
-    return Table(
-        "target",
-        metadata or MetaData(),
-        Column("id", Integer, primary_key=True),
-        Column("name", String(50), nullable=False),
-        Column("amount", String(20), nullable=False),
-    )
+    return keyed_table("target", metadata or MetaData(), name=String(50), amount=String(20))
 
 
 def create_target_table(url: str) -> None:

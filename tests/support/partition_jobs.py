@@ -23,15 +23,11 @@ from batchd.items import (
     SqlItemWriter,
     SqlKeyRangePartitioner,
 )
+from tests.support.jobs import keyed_table
 
 metadata = MetaData()
 
-source = Table(
-    "part_source",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("value", String(50), nullable=False),
-)
+source = keyed_table("part_source", metadata, value=String(50))
 
 # No key: a row written twice would show as a duplicate instead of an error.
 sink = Table(
