@@ -4,7 +4,8 @@ A watch (:class:`~batchd.daemon.settings.WatchSettings`) names a directory, a jo
 name filter and parameter templates. :class:`Watcher` observes every watched directory
 (non-recursively) and takes each file that matches once its writer is done with it.
 
-**When a file is taken**
+**When a file is taken** (decided by :class:`~batchd.daemon.watch_events.FileEvents`, which
+observes the directories)
 
 - Linux (inotify): at once when its writer closes it after writing (close-write), or when it
   is renamed or moved into the directory (a rename is atomic: the file is complete). A file
