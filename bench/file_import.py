@@ -33,6 +33,7 @@ import itertools
 import json
 import sqlite3
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +120,9 @@ class DatabaseBench:
         self.counter = benchkit.ChunkStatementCounter(self.repository.engine)
         self.runs = itertools.count(1)
         self.statements = self.commits = 0
+        # CPU seconds of this process per side: the load of others changes them far less
+        # than the wall times (the fsyncs' waits are not in them).
+        self.cpu: dict[str, list[float]] = {}
 
     def close(self) -> None:
         self.operator.shutdown()
@@ -213,7 +217,9 @@ class DatabaseBench:
             shift = round_no % len(names)
             for name in names[shift:] + names[:shift]:
                 self.empty()
+                cpu = time.process_time()
                 seconds, _ = benchkit.timed(sides[name])
+                self.cpu.setdefault(name, []).append(time.process_time() - cpu)
                 times[name].append(seconds)
                 self.check(rows)
         if self.args.profile:
@@ -252,14 +258,17 @@ def main() -> None:
                     per_commit = bench.statements / max(bench.commits, 1)
                 finally:
                     bench.close()
-                results.append((database, times, per_commit))
-        headers = ["database", "side", "median s", "rows/s", "batchd / side", "target"]
+                results.append((database, times, per_commit, bench.cpu))
+        headers = ["database", "side", "median s", "rows/s", "batchd / side", "target", "cpu s"]
+        headers.append("batchd / side, cpu")
         lines = []
-        for database, times, per_commit in results:
+        for database, times, per_commit, cpu in results:
             ours = statistics.median(times["batchd"])
+            our_cpu = statistics.median(cpu["batchd"])
             for side, runs in times.items():
                 median = statistics.median(runs)
                 ratio = ours / median
+                side_cpu = statistics.median(cpu[side])
                 target = TARGETS.get((database, side))
                 lines.append(
                     [
@@ -269,12 +278,14 @@ def main() -> None:
                         f"{args.rows / median:,.0f}",
                         "-" if side == "batchd" else f"{ratio:.2f}",
                         benchkit.verdict(ratio, target) if side != "batchd" else "-",
+                        f"{side_cpu:.3f}",
+                        "-" if side == "batchd" else f"{our_cpu / side_cpu:.2f}",
                     ]
                 )
-            lines.append([database, "stmts/commit", f"{per_commit:g}", "", "", ""])
+            lines.append([database, "stmts/commit", f"{per_commit:g}", "", "", "", "", ""])
         print(benchkit.table(headers, lines))
         print("# run times:")
-        for database, times, _ in results:
+        for database, times, _, _ in results:
             for side, runs in times.items():
                 print(f"#   {database} {side}: [{', '.join(f'{t:.3f}' for t in runs)}] s")
 
