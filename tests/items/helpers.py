@@ -1,14 +1,31 @@
 """Helpers for driving readers and writers the way the engine does (open, chunks, update,
-complete, close), and for persisting an ExecutionContext as the repository would (JSON)."""
+complete, close), for persisting an ExecutionContext as the repository would (JSON), and
+for a database holding a test table."""
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import Table, create_engine, insert
+from sqlalchemy.engine import Engine
+
 from batchd.model import ExecutionContext
+
+
+@contextmanager
+def filled(url: str, table: Table, rows: list[dict[str, Any]]) -> Iterator[Engine]:
+    """An engine on ``url`` where every table of ``table``'s metadata exists and ``table``
+    holds ``rows``; disposed of at the end."""
+    engine = create_engine(url)
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    yield engine
+    engine.dispose()
 
 
 def make_ctx(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import MetaData, String, create_engine, insert, text
+from sqlalchemy import MetaData, String, create_engine, text
 from sqlalchemy.engine import Engine
 
 from batchd.errors import InputFileNotFound
@@ -27,7 +27,7 @@ from batchd.items import (
     SqlItemReader,
     SqlKeyRangePartitioner,
 )
-from tests.items.helpers import make_ctx, read_all
+from tests.items.helpers import filled, make_ctx, read_all
 from tests.support.jobs import keyed_table
 
 metadata = MetaData()
@@ -41,15 +41,9 @@ NEW = {12, 13, 20, 99, 100}  # min 12, max 100
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(orders),
-            [{"id": k, "status": "new" if k in NEW else "done", "code": f"c{k}"} for k in KEYS],
-        )
-    yield engine
-    engine.dispose()
+    rows = [{"id": k, "status": "new" if k in NEW else "done", "code": f"c{k}"} for k in KEYS]
+    with filled(database_url, orders, rows) as engine:
+        yield engine
 
 
 def assert_exact_cover(parts: list[dict[str, Any]], low: int, high: int, n: int) -> None:

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from batchd.errors import ItemFormatError
 from batchd.items import SqlItemReader, SqlItemWriter
 from batchd.model import ChunkTransaction, current_chunk_transaction, database_identity
-from tests.items.helpers import make_ctx, persisted, read_all, read_n
+from tests.items.helpers import filled, make_ctx, persisted, read_all, read_n
 from tests.support.jobs import keyed_table
 
 metadata = MetaData()
@@ -55,15 +55,9 @@ other = keyed_table("other", metadata)
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_engine(database_url)
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(payments),
-            [{"id": i * 3, "payer": f"p{i}", "amount": i} for i in range(1, 26)],
-        )
-    yield engine
-    engine.dispose()
+    rows = [{"id": i * 3, "payer": f"p{i}", "amount": i} for i in range(1, 26)]
+    with filled(database_url, payments, rows) as engine:
+        yield engine
 
 
 def count(engine: Engine, table: Table = target) -> int:
