@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -298,27 +298,9 @@ class SqlJobRepository(ExecutionQueries, InstanceQueries, StepRecords, HistoryQu
 
     def request_stop(self, execution_id: int) -> bool:
         """STARTING/STARTED -> STOPPING. False if it was not running (not an error)."""
-        now = self.clock()
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(job_execution)
-                .where(
-                    job_execution.c.id == execution_id,
-                    job_execution.c.status.in_(
-                        [BatchStatus.STARTING.value, BatchStatus.STARTED.value]
-                    ),
-                )
-                .values(
-                    status=BatchStatus.STOPPING.value,
-                    last_updated=now,
-                    version=job_execution.c.version + 1,
-                )
-            ).rowcount
-            if changed == 1:
-                record_changes(
-                    conn, [(execution_id, None, None, BatchStatus.STOPPING)], at=now, node=self.node
-                )
-        return changed == 1
+        return self._move(
+            execution_id, [BatchStatus.STARTING, BatchStatus.STARTED], BatchStatus.STOPPING
+        )
 
     def abandon(self, execution_id: int) -> JobExecution:
         """STOPPED/FAILED/UNKNOWN -> ABANDONED: the instance will not be restarted."""
@@ -335,30 +317,42 @@ class SqlJobRepository(ExecutionQueries, InstanceQueries, StepRecords, HistoryQu
                 f"cannot abandon job execution {execution_id}: it COMPLETED"
             )
         now = self.clock()
+        end_time = func.coalesce(job_execution.c.end_time, now)
+        changed = self._move(
+            execution_id, RESTARTABLE_STATUSES, BatchStatus.ABANDONED, now, end_time=end_time
+        )
+        if not changed:  # its status changed between the read and the write: say what it is
+            return self.abandon(execution_id)
+        return self.require_execution(execution_id)
+
+    def _move(
+        self,
+        execution_id: int,
+        statuses: Iterable[BatchStatus],
+        status: BatchStatus,
+        now: datetime | None = None,
+        **more: Any,
+    ) -> bool:
+        """One of ``statuses`` -> ``status`` (whatever its version), recorded in the status
+        history; False if the execution was in none of them."""
+        now = self.clock() if now is None else now
         with self.engine.begin() as conn:
             changed = conn.execute(
                 update(job_execution)
                 .where(
                     job_execution.c.id == execution_id,
-                    job_execution.c.status.in_([s.value for s in RESTARTABLE_STATUSES]),
+                    job_execution.c.status.in_([s.value for s in statuses]),
                 )
                 .values(
-                    status=BatchStatus.ABANDONED.value,
+                    status=status.value,
                     last_updated=now,
-                    end_time=func.coalesce(job_execution.c.end_time, now),
                     version=job_execution.c.version + 1,
+                    **more,
                 )
             ).rowcount
             if changed == 1:
-                record_changes(
-                    conn,
-                    [(execution_id, None, None, BatchStatus.ABANDONED)],
-                    at=now,
-                    node=self.node,
-                )
-        if changed != 1:  # its status changed between the read and the write: say what it is
-            return self.abandon(execution_id)
-        return self.require_execution(execution_id)
+                record_changes(conn, [(execution_id, None, None, status)], at=now, node=self.node)
+        return bool(changed == 1)
 
     def mark_failed(self, execution: JobExecution, reason: str) -> bool:
         """Recovery: a running execution (and its running steps) -> FAILED, if it is still

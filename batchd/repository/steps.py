@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, select, update
 
 from batchd.errors import ExecutionLost
 from batchd.model import STEP_COUNTERS, BatchStatus, JobExecution, StepExecution, canonical_json
-from batchd.repository.base import RUNNING, dialect_insert, inserted_id
+from batchd.repository.base import RUNNING, dialect_insert
 from batchd.repository.rows import to_step_execution
 from batchd.repository.status_history import StatusHistory, record_changes
 from batchd.repository.tables import job_execution, step_context, step_execution
@@ -58,7 +58,25 @@ _STEP_HISTORY = (
     .order_by(step_execution.c.id.desc())
 )
 _EXECUTION_STATUS = select(job_execution.c.status).where(job_execution.c.id == bindparam("b_id"))
-_INSERT_STEP = insert(step_execution)
+# A STARTED step execution, inserted only while its job execution runs: one statement that
+# both checks and inserts. The new row's id comes back by RETURNING where INSERT has it.
+_NOW = bindparam("now", type_=step_execution.c.start_time.type)
+_STEP_VALUES = {
+    "job_execution_id": job_execution.c.id,
+    "step_name": bindparam("step_name", type_=step_execution.c.step_name.type),
+    "status": literal(BatchStatus.STARTED.value, step_execution.c.status.type),
+    "execution_context": bindparam("context", type_=step_execution.c.execution_context.type),
+    "start_time": _NOW,
+    "last_updated": _NOW,
+    "version": literal(0, step_execution.c.version.type),
+}
+_INSERT_STEP = insert(step_execution).from_select(
+    list(_STEP_VALUES),
+    select(*_STEP_VALUES.values()).where(
+        job_execution.c.id == bindparam("b_id"), job_execution.c.status.in_(RUNNING)
+    ),
+)
+_INSERT_STEP_RETURNING = _INSERT_STEP.returning(step_execution.c.id)
 # The SET clause comes from the parameters' column names.
 _FINISH_STEP = update(step_execution).where(
     step_execution.c.id == bindparam("b_id"), step_execution.c.version == bindparam("b_version")
@@ -162,27 +180,27 @@ class StepRecords(StatusHistory):
         now = self.clock()
         created = []
         with self.engine.begin() as conn:
-            status = conn.execute(_EXECUTION_STATUS, {"b_id": execution.id}).scalar_one_or_none()
-            if status not in RUNNING:
-                raise ExecutionLost(
-                    f"job execution {execution.id} was ended elsewhere ({status}); "
-                    "this process gives up its run"
-                )
+            returning = conn.dialect.insert_returning
             for step_name, context in steps:
-                step_id = inserted_id(
-                    conn.execute(
-                        _INSERT_STEP,
-                        {
-                            "job_execution_id": execution.id,
-                            "step_name": step_name,
-                            "status": BatchStatus.STARTED.value,
-                            "execution_context": canonical_json(context),
-                            "start_time": now,
-                            "last_updated": now,
-                            "version": 0,
-                        },
+                params = {
+                    "b_id": execution.id,
+                    "step_name": step_name,
+                    "context": canonical_json(context),
+                    "now": now,
+                }
+                if returning:
+                    step_id = conn.execute(_INSERT_STEP_RETURNING, params).scalar_one_or_none()
+                else:
+                    result = conn.execute(_INSERT_STEP, params)
+                    step_id = result.lastrowid if result.rowcount == 1 else None
+                if step_id is None:
+                    status = conn.execute(
+                        _EXECUTION_STATUS, {"b_id": execution.id}
+                    ).scalar_one_or_none()
+                    raise ExecutionLost(
+                        f"job execution {execution.id} was ended elsewhere ({status}); "
+                        "this process gives up its run"
                     )
-                )
                 record_changes(
                     conn,
                     [(execution.id, step_id, step_name, BatchStatus.STARTED)],
@@ -191,7 +209,7 @@ class StepRecords(StatusHistory):
                 )
                 created.append(
                     StepExecution(
-                        id=step_id,
+                        id=int(step_id),
                         job_execution_id=execution.id,
                         step_name=step_name,
                         status=BatchStatus.STARTED,
