@@ -14,6 +14,8 @@ from batchd.items.convert import item_to_dict
 from batchd.items.files import FileItemWriter
 from batchd.items.model_reader import ModelFileReader
 
+_UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
+
 
 class JsonLinesItemReader(ModelFileReader):
     """Reads a JSON Lines file: each non-blank line is one JSON object.
@@ -31,10 +33,42 @@ class JsonLinesItemReader(ModelFileReader):
     """
 
     def read(self) -> Any:
+        source = self._source
+        if (
+            source is None
+            or source.offset == 0  # a byte-order mark is handled line by line
+            or self._end is not None
+            or self.encoding not in _UTF8
+        ):
+            return self._read_text()
+        # Once per item, so: the line is decoded and parsed in one step (json.loads skips
+        # JSON's blanks); a line that is not an object (blank, bad JSON or bytes, another
+        # value) goes to the line-by-line code with the line already read, as before.
+        while True:
+            raw = source._readline()
+            if not raw:
+                return None
+            source.offset += len(raw)
+            source.line += 1
+            try:
+                value = json.loads(raw.decode())
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                value = None
+            if type(value) is dict:
+                if self.model is None:
+                    return value
+                return self._item_model.build(value, self._errors_at(source.line))
+            text = source.decode(raw, source.line).rstrip("\r\n")
+            if text.strip():
+                return self._record(source.line, text)
+
+    def _read_text(self) -> Any:
         record = self._next_text()
         if record is None:
             return None
-        line, text = record
+        return self._record(*record)
+
+    def _record(self, line: int, text: str) -> Any:
         try:
             value = json.loads(text.strip())
         except json.JSONDecodeError as exc:
