@@ -71,6 +71,12 @@ def generate_csv(path: Path, rows: int, seed: int = 1) -> None:
             writer.writerow([i, f"customer {i:06d} {suffix}", rng.choice(CITIES), amount])
 
 
+def generate_inputs(source: Path, warmup: Path, rows: int) -> None:
+    """The timed input (``rows`` records) and the warm-up one (WARMUP_ROWS, another seed)."""
+    generate_csv(source, rows)
+    generate_csv(warmup, WARMUP_ROWS, seed=2)
+
+
 # ----------------------------------------------------------------------------- batchd
 def upper_name(item: dict[str, Any]) -> dict[str, Any]:
     """The processor: upper-case the ``name`` field."""
@@ -329,8 +335,7 @@ def main() -> None:
     files = Files(Path(tempfile.mkdtemp(prefix="batchd-bench-", dir=args.tmpdir)))
     tmp, source = files.tmp, files.source
     try:
-        generate_csv(source, args.rows)
-        generate_csv(files.warmup, WARMUP_ROWS, seed=2)
+        generate_inputs(source, files.warmup, args.rows)
         print(
             f"# chunk_throughput: {args.rows:,} rows ({source.stat().st_size:,} bytes), "
             f"median of {args.repeat}; {benchkit.machine()}; files in {tmp}"

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import benchkit
-from chunk_throughput import generate_csv
+from chunk_throughput import WARMUP_ROWS, generate_inputs
 from sqlalchemy import create_engine, text
 
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
@@ -202,12 +202,12 @@ class DatabaseBench:
                 .build()
             )
             self.registry.register(JobBuilder(name).step(step).build())
-        # Warm-up of every side (1,000 rows), untimed.
+        # Warm-up of every side, untimed.
         self.job_name = "import_warmup"
-        for fn in self.sides(warmup, 1000).values():
+        for fn in self.sides(warmup, WARMUP_ROWS).values():
             self.empty()
             fn()
-            self.check(1000)
+            self.check(WARMUP_ROWS)
         self.job_name = "import"
         self.statements = self.commits = 0
         sides = self.sides(source, rows)
@@ -243,8 +243,7 @@ def main() -> None:
     args = parser.parse_args()
     with benchkit.scratch("batchd-import-", args.tmpdir) as tmp:
         source, warmup = tmp / "input.csv", tmp / "warmup.csv"
-        generate_csv(source, args.rows)
-        generate_csv(warmup, 1000, seed=2)
+        generate_inputs(source, warmup, args.rows)
         print(
             f"# file_import: {args.rows:,} rows, chunk {args.chunk_size}, median of "
             f"{args.repeat}; {benchkit.machine()}"

@@ -35,14 +35,7 @@ from typing import Any
 import benchkit
 from chunk_throughput import generate_csv
 
-from batchd.items import (
-    CsvItemReader,
-    CsvItemWriter,
-    FixedWidthItemReader,
-    FixedWidthItemWriter,
-    JsonLinesItemReader,
-    JsonLinesItemWriter,
-)
+from batchd import items
 from batchd.model import ExecutionContext
 
 TARGET = 1.5
@@ -71,11 +64,11 @@ def read_all(reader: Any) -> int:
     return n
 
 
-def write_all(writer: Any, items: list[dict[str, Any]]) -> None:
+def write_all(writer: Any, records: list[dict[str, Any]]) -> None:
     ctx = ExecutionContext()
     writer.open(ctx)
-    for start in range(0, len(items), CHUNK):
-        writer.write(items[start : start + CHUNK])
+    for start in range(0, len(records), CHUNK):
+        writer.write(records[start : start + CHUNK])
         writer.update(ctx)
     writer.complete(ctx)
     writer.close()
@@ -155,24 +148,26 @@ def cases(tmp: Path, rows: int) -> dict[str, tuple[Callable[[], Any], Callable[[
         return n
 
     return {
-        "csv read": (lambda: read_all(CsvItemReader(source)), lambda: csv_loop(False)),
+        "csv read": (lambda: read_all(items.CsvItemReader(source)), lambda: csv_loop(False)),
         "csv read (model)": (
-            lambda: read_all(CsvItemReader(source, model=Row)),
+            lambda: read_all(items.CsvItemReader(source, model=Row)),
             lambda: csv_loop(True),
         ),
         "csv write": (
-            lambda: write_all(CsvItemWriter(str(tmp / "out.csv"), fsync=False), records),
+            lambda: write_all(items.CsvItemWriter(str(tmp / "out.csv"), fsync=False), records),
             csv_write_loop,
         ),
-        "jsonl read": (lambda: read_all(JsonLinesItemReader(jsonl)), jsonl_loop),
+        "jsonl read": (lambda: read_all(items.JsonLinesItemReader(jsonl)), jsonl_loop),
         "jsonl write": (
-            lambda: write_all(JsonLinesItemWriter(str(tmp / "out.jsonl"), fsync=False), records),
+            lambda: write_all(
+                items.JsonLinesItemWriter(str(tmp / "out.jsonl"), fsync=False), records
+            ),
             jsonl_write_loop,
         ),
-        "fixed read": (lambda: read_all(FixedWidthItemReader(fixed, WIDTHS)), fixed_loop),
+        "fixed read": (lambda: read_all(items.FixedWidthItemReader(fixed, WIDTHS)), fixed_loop),
         "fixed write": (
             lambda: write_all(
-                FixedWidthItemWriter(str(tmp / "out.txt"), WIDTHS, fsync=False), typed
+                items.FixedWidthItemWriter(str(tmp / "out.txt"), WIDTHS, fsync=False), typed
             ),
             fixed_write_loop,
         ),
