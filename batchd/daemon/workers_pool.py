@@ -249,11 +249,13 @@ class WorkerPool:
     def give_back(self, worker: Worker) -> None:
         """A worker taken and given no execution (its start was refused), or whose execution
         is done: a spare again if it is idle, from the current warm process (a reload's
-        job modules, not older ones) and wanted; otherwise it is let go and exits."""
+        job modules, not older ones), its last output in its log, and wanted; otherwise it is
+        let go and exits."""
         with self._cond:
             current = self._current
             if (
                 worker.idle
+                and (worker.execution_id is None or worker.output_closed.is_set())
                 and not worker.exited.is_set()
                 and not self._closing
                 and current is not None
