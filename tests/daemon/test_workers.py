@@ -41,6 +41,19 @@ def worker_config(tmp: Path, limits: str = LIMITS) -> str:
     )
 
 
+def _running(
+    launch: Launch, tmp_path: Path, seconds: float, *, run: int = 1, started: bool = True
+) -> tuple[Launched, Control, int]:
+    """A daemon with the worker jobs, and a ``healthy`` execution of ``seconds`` started
+    (and STARTED, if ``started``)."""
+    launched = launch(worker_config(tmp_path))
+    control = launched.connect()
+    running = control.call("start", job="healthy", params={"run": run, "seconds": seconds})["id"]
+    if started:
+        control.wait_for_status(running, "STARTED")
+    return launched, control, running
+
+
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 
 
@@ -75,11 +88,9 @@ def test_a_crashing_job_fails_with_its_cause_and_the_rest_carries_on(
 
 
 def test_each_execution_runs_in_its_own_worker_process_that_owns_it(
-    launch: Callable[..., Launched], tmp_path: Path
+    launch: Launch, tmp_path: Path
 ) -> None:
-    launched = launch(worker_config(tmp_path))
-    control = launched.connect()
-    first = control.call("start", job="healthy", params={"run": 1, "seconds": 0.1})["id"]
+    launched, control, first = _running(launch, tmp_path, 0.1, started=False)
     second = control.call("start", job="healthy", params={"run": 2, "seconds": 0.1})["id"]
     for execution_id in (first, second):
         control.wait_for_status(execution_id, "COMPLETED")
@@ -151,15 +162,6 @@ def test_a_chunk_job_killed_mid_run_restarts_after_its_last_commit(
     assert written == list(range(60))
     # The restart read only what the crashed run had not committed (20 items: 2 chunks).
     assert done["steps"][0]["read_count"] == 40
-
-
-def _running(launch: Launch, tmp_path: Path, seconds: float) -> tuple[Launched, Control, int]:
-    """A daemon with the worker jobs, and a ``healthy`` execution of ``seconds`` STARTED."""
-    launched = launch(worker_config(tmp_path))
-    control = launched.connect()
-    running = control.call("start", job="healthy", params={"run": 1, "seconds": seconds})["id"]
-    control.wait_for_status(running, "STARTED")
-    return launched, control, running
 
 
 def test_sigterm_stops_the_workers_and_leaves_no_process(launch: Launch, tmp_path: Path) -> None:
@@ -270,11 +272,9 @@ def _ctl(launched: Launched, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ctl_log_prints_an_executions_log_and_follows_it_to_its_end(
-    launch: Callable[..., Launched], tmp_path: Path
+    launch: Launch, tmp_path: Path
 ) -> None:
-    launched = launch(worker_config(tmp_path))
-    control = launched.connect()
-    running = control.call("start", job="healthy", params={"run": 7, "seconds": 1})["id"]
+    launched, control, running = _running(launch, tmp_path, 1, run=7, started=False)
     followed = _ctl(launched, "log", str(running), "--follow", "--interval", "0.1")
     assert followed.returncode == 0, followed.stderr
     assert "healthy run 7 working for 1s" in followed.stdout
