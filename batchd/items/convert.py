@@ -150,9 +150,18 @@ class ItemModel:
                 ):
                     self._required.append(fld.name)
 
-        # For dataclasses, per field: (name, converter, nullable, non-text, required).
+        # For dataclasses, per field: (name, converter, nullable, non-text, required, and the
+        # target when non-blank text converts with its constructor alone: str, int, float,
+        # Decimal, the common case, taken without a call to the converter).
         self._plan = [
-            (name, Converter(target), nullable, target is not str, name in self._required)
+            (
+                name,
+                Converter(target),
+                nullable,
+                target is not str,
+                name in self._required,
+                target if target in (str, int, float, Decimal) else None,
+            )
             for name, (target, nullable) in self._types.items()
         ]
 
@@ -207,8 +216,17 @@ class ItemModel:
         assert self.model is not None
         kwargs: dict[str, Any] = {}
         blank_is_none = self.blank_is_none
-        for name, convert, nullable, non_text, required in self._plan:
+        for name, convert, nullable, non_text, required, direct in self._plan:
             value = record.get(name, _MISSING)
+            if direct is not None and type(value) is str and value:
+                if direct is str:
+                    kwargs[name] = value
+                    continue
+                try:
+                    kwargs[name] = direct(value)
+                    continue
+                except (ValueError, InvalidOperation):
+                    pass  # the converter raises, with its message
             if value is _MISSING:
                 if required:
                     raise error(name, "field required")
