@@ -99,7 +99,7 @@ class FixedWidthItemReader(ModelFileReader):
             raise ValueError(f"the columns do not include {missing[0]!r}, which the model needs")
 
     def read(self) -> Any:
-        entry = self._next_text()
+        entry = self._next_line_text()
         if entry is None:
             return None
         line, text = entry

@@ -28,3 +28,24 @@ class ModelFileReader(FileItemReader):
         super().__init__(path, encoding=encoding, name=name, require_checksum=require_checksum)
         self.model = model
         self._item_model = ItemModel(model, blank_is_none=self._blank_is_none)
+
+    def _next_line_text(self) -> tuple[int, str] | None:
+        """What ``_next_text()`` returns, in one Python frame a line once the first line (and
+        its byte-order mark) is read and where no byte range ends the reading."""
+        source = self._source
+        if source is None or source.offset == 0 or self._end is not None:
+            return self._next_text()
+        readline, encoding = source._readline, self.encoding
+        while True:
+            raw = readline()
+            if not raw:
+                return None
+            source.offset += len(raw)
+            source.line += 1
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError:
+                text = source.decode(raw, source.line)  # raises the error naming the line
+            text = text.rstrip("\r\n")
+            if text.strip():
+                return source.line, text

@@ -93,38 +93,55 @@ def test_restart_from_any_record_reads_the_rest(tmp_path: Path) -> None:
         assert outcomes(copy.copy(CsvItemReader(path)), persisted(ctx)) == full[done:], done
 
 
-def test_json_lines_read_as_line_by_line(tmp_path: Path) -> None:
-    """JsonLinesItemReader's quick path (no byte range, UTF-8) hands out, raises and saves
-    what its line-by-line path does: blank lines, bad JSON, bytes that are not UTF-8, values
-    that are not objects, blanks around objects, a byte-order mark on the first line."""
-    from batchd.items import JsonLinesItemReader
+def line_outcomes(reader: Any, ctx: Any) -> list[tuple[Any, ...]]:
+    """Each read()'s item or error, with the position saved just after it."""
+    reader = copy.copy(reader)
+    reader.open(ctx)
+    seen: list[tuple[Any, ...]] = []
+    while True:
+        try:
+            item: Any = reader.read()
+        except ItemParseError as error:
+            item = ("error", error.line, str(error))
+        reader.update(ctx)
+        seen.append((item, ctx[reader.key("offset")], ctx[reader.key("line")]))
+        if item is None:
+            reader.close()
+            return seen
 
-    path = tmp_path / "odd.jsonl"
-    path.write_bytes(
+
+ODD_LINES = {
+    "jsonl": (
         b'\xef\xbb\xbf{"id": 0}\n'
         b'{"id": 1, "text": "\xc3\xa9t\xc3\xa9"}\n\n  \r\n'
         b'{"id": 2\n[1, 2]\n\xff{"id": 3}\n'
         b'\t{"id": 4} \r\n'
         b'\xc2\xa0{"id": 5}\n'
         b'"text"\n{"id": 6}'
+    ),
+    "fixed": (
+        b"\xef\xbb\xbf   0abc\n   1\xc3\xa9t\xc3\xa9\n\n  \r\n   x  ab\n\xff  3abc\n"
+        b"   4abcdefgh\n   5ab\r\n   6"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ODD_LINES))
+def test_line_readers_quick_path_reads_as_line_by_line(tmp_path: Path, kind: str) -> None:
+    """JsonLinesItemReader's and FixedWidthItemReader's quick path (no byte range) hands
+    out, raises and saves what their line-by-line path does: blank lines, bad values,
+    bytes that are not UTF-8, a byte-order mark on the first line, CR LF endings."""
+    from batchd.items import FixedWidthItemReader, JsonLinesItemReader
+
+    path = tmp_path / f"odd.{kind}"
+    path.write_bytes(ODD_LINES[kind])
+    reader: Any = (
+        JsonLinesItemReader(path)
+        if kind == "jsonl"
+        else FixedWidthItemReader(path, [("id", 4, int), ("text", 4)])
     )
     whole = {"start_offset": 0, "end_offset": path.stat().st_size}
-
-    def outcomes(ctx: Any) -> list[tuple[Any, ...]]:
-        reader = copy.copy(JsonLinesItemReader(path))
-        reader.open(ctx)
-        seen: list[tuple[Any, ...]] = []
-        while True:
-            try:
-                item: Any = reader.read()
-            except ItemParseError as error:
-                item = ("error", error.line, str(error))
-            reader.update(ctx)
-            seen.append((item, ctx["JsonLinesItemReader.offset"], ctx["JsonLinesItemReader.line"]))
-            if item is None:
-                reader.close()
-                return seen
-
-    quick = outcomes(make_ctx())
-    assert quick == outcomes(make_ctx(partition=whole))
-    assert [entry[0]["id"] for entry in quick if isinstance(entry[0], dict)] == [0, 1, 4, 5, 6]
+    quick = line_outcomes(reader, make_ctx())
+    assert quick == line_outcomes(reader, make_ctx(partition=whole))
+    ids = [entry[0]["id"] for entry in quick if isinstance(entry[0], dict)]
+    assert ids == ([0, 1, 4, 5, 6] if kind == "jsonl" else [0, 1, 5, 6])
