@@ -80,7 +80,7 @@ def item_table(name: str, metadata: MetaData, *more: Any, key: bool = True) -> T
     return Table(name, metadata, Column("item", Integer, primary_key=key, nullable=False), *more)
 
 
-def keyed_table(name: str, metadata: MetaData, **required: Any) -> Table:
+def keyed_table(name: str, metadata: MetaData, /, **required: Any) -> Table:
     """A table keyed by an integer ``id``, with a NOT NULL column of each type ``required``
     names (``keyed_table("t", metadata, name=String(50))``)."""
     columns = [Column(column, kind, nullable=False) for column, kind in required.items()]
