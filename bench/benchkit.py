@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, Table, Text, delete, event
 from sqlalchemy import insert as sql_insert
@@ -36,6 +36,8 @@ from sqlalchemy import update as sql_update
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+T = TypeVar("T")
 
 # Statements that only open or end a transaction (or a savepoint): not counted.
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END")
@@ -75,19 +77,21 @@ def database_server(name: str) -> Any:
     return {"postgresql": postgres_server, "mariadb": mariadb_server}[name]()
 
 
-@contextmanager
-def database_urls(names: list[str], tmp: Path, database: str) -> Iterator[list[tuple[str, str]]]:
-    """(name, URL) of each chosen database: SQLite in ``tmp``, PostgreSQL and MariaDB on
-    servers started here (each with a new database named ``database``)."""
+def on_each_database(
+    names: list[str], tmp: Path, database: str, measure: Callable[[str, str], T]
+) -> list[T]:
+    """``measure(name, url)`` for each chosen database: SQLite in ``tmp``, PostgreSQL and
+    MariaDB on servers started here (each with a new database named ``database``), all
+    servers stopped at the end."""
     with ExitStack() as stack:
-        urls = []
+        results = []
         for name in names:
             if name == "sqlite":
-                urls.append((name, f"sqlite:///{tmp / 'repository.db'}"))
+                url = f"sqlite:///{tmp / 'repository.db'}"
             else:
-                server = stack.enter_context(database_server(name))
-                urls.append((name, server.create_database(database)))
-        yield urls
+                url = stack.enter_context(database_server(name)).create_database(database)
+            results.append(measure(name, url))
+        return results
 
 
 # ----------------------------------------------------------------------------- checkpoints

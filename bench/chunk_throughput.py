@@ -340,10 +340,16 @@ def main() -> None:
             f"# chunk_throughput: {args.rows:,} rows ({source.stat().st_size:,} bytes), "
             f"median of {args.repeat}; {benchkit.machine()}; files in {tmp}"
         )
-        results = []
-        with benchkit.database_urls(args.databases, tmp, "bench_chunk") as urls:
-            for database, url in urls:
-                results += bench_database(database, url, files, args)
+        results = [
+            result
+            for per_database in benchkit.on_each_database(
+                args.databases,
+                tmp,
+                "bench_chunk",
+                lambda database, url: bench_database(database, url, files, args),
+            )
+            for result in per_database
+        ]
         print(report(results))
         print(benchkit.run_times([(f"{r.database} {r.chunk_size}", r.timings) for r in results]))
         print(f"# load average after the run: {benchkit.load_average()}")

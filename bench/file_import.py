@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import benchkit
 from chunk_throughput import WARMUP_ROWS, generate_inputs
@@ -248,16 +249,16 @@ def main() -> None:
             f"# file_import: {args.rows:,} rows, chunk {args.chunk_size}, median of "
             f"{args.repeat}; {benchkit.machine()}"
         )
-        results = []
-        with benchkit.database_urls(args.databases, tmp, "bench_import") as urls:
-            for database, url in urls:
-                bench = DatabaseBench(database, url, tmp, args)
-                try:
-                    times = bench.run(source, warmup)
-                    per_commit = bench.statements / max(bench.commits, 1)
-                finally:
-                    bench.close()
-                results.append((database, times, per_commit, bench.cpu))
+
+        def measure(database: str, url: str) -> Any:
+            bench = DatabaseBench(database, url, tmp, args)
+            try:
+                times = bench.run(source, warmup)
+            finally:
+                bench.close()
+            return database, times, bench.statements / max(bench.commits, 1), bench.cpu
+
+        results = benchkit.on_each_database(args.databases, tmp, "bench_import", measure)
         headers = ["database", "side", "median s", "rows/s", "batchd / side", "target", "cpu s"]
         headers.append("batchd / side, cpu")
         lines = []
