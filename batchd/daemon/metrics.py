@@ -68,6 +68,7 @@ METRIC_NAMES = (
     "batchd_job_last_success_timestamp_seconds",
     "batchd_job_last_status",
     "batchd_job_duration_seconds",
+    "batchd_job_retries",
     "batchd_step_items",
     "batchd_schedule_next_fire_timestamp_seconds",
     "batchd_schedule_fires",
