@@ -32,8 +32,10 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 	$(VENV)/bin/mypy batchd
 
+# The tests run on as many pytest-xdist workers as the machine has cores (each worker starts
+# its own database servers); a worker that is done takes tests queued for the other.
 test: lint system-packages
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist worksteal
 
 demo: $(RUN_STAMP)
 	$(PY) -m jobs.demo

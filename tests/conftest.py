@@ -77,7 +77,10 @@ def _runs_on_mariadb(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses the PostgreSQL server ``postgres`` (so ``-m "not postgres"``
     deselects them), and MariaDB's ``mariadb``; ``database_url``'s cases are marked by their
-    parameter. A ``database_url`` test not in :data:`ON_MARIADB` loses its MariaDB case."""
+    parameter. A ``database_url`` test not in :data:`ON_MARIADB` loses its MariaDB case.
+
+    The tests marked ``slow`` run first: under pytest-xdist a worker that ends on a long test
+    keeps the whole run waiting, while short tests at the end even the workers out."""
     deselected = []
     for item in items:
         if "postgres_server" in getattr(item, "fixturenames", ()):
@@ -92,6 +95,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=deselected)
         dropped = set(deselected)
         items[:] = [item for item in items if item not in dropped]
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first
 
 
 @pytest.hookimpl(tryfirst=True)

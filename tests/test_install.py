@@ -132,11 +132,23 @@ def scratch_root() -> Iterator[ScratchRoot]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_BUILT = shutil.ignore_patterns(
+    ".git", ".venv", ".*_cache", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis")
+
+
+def _not_in_a_clone(directory: str, names: list[str]) -> set[str]:
+    """What a clone lacks: the virtualenv, caches, build output, and the screenshots that the
+    browser tests rewrite meanwhile (on another xdist worker: a file could go mid-copy)."""
+    skipped = _BUILT(directory, names)
+    if Path(directory) == REPO / "tests":
+        skipped.add("artifacts")
+    return skipped
+
+
 def copy_checkout(destination: Path) -> Path:
-    """A copy of this checkout as it is (uncommitted changes included), without its
-    virtualenv, caches and build output: what a fresh clone of it would hold."""
-    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".*_cache", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis"))
+    """A copy of this checkout as it is (uncommitted changes included), without what
+    :func:`_not_in_a_clone` names: what a fresh clone of it would hold."""
+    shutil.copytree(REPO, destination, ignore=_not_in_a_clone)
     return destination
 
 
