@@ -7,12 +7,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
-from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
+from batchd import (
+    BatchStatus,
+    Decision,
+    JobBuilder,
+    JobOperator,
+    JobRegistry,
+    SqlJobRepository,
+    StepBuilder,
+)
 from batchd.errors import ExecutionLost
-from batchd.repository import Owner
-from batchd.repository.tables import step_execution
+from batchd.model import JobExecution
+from batchd.repository import Owner, StepEnd
+from batchd.repository.tables import job_execution, step_execution
 
 OWNER = Owner(host="test-host", pid=4242)
 # An aware clock that is not in UTC: the repository stores and gives back UTC.
@@ -64,14 +73,94 @@ def test_a_step_is_not_started_once_its_execution_ended(
     assert count == 1
 
 
+def test_a_step_end_and_the_next_start_are_recorded_together_or_not_at_all(
+    repository: SqlJobRepository,
+) -> None:
+    """The next step starts only while the execution runs, and when it cannot, the previous
+    step's end, in the same transaction, is not recorded either."""
+    execution, _ = create(repository, "k", {"k": 1})
+    first = repository.create_step_execution(execution, "one", {})
+    # Ended elsewhere without a word to its steps (as an abandon of an older version did).
+    with repository.engine.begin() as conn:
+        conn.execute(
+            update(job_execution).where(job_execution.c.id == execution.id).values(status="FAILED")
+        )
+    ending = StepEnd(first, BatchStatus.COMPLETED, None, "{}", execution.instance_id, {})
+    with pytest.raises(ExecutionLost, match=r"ended elsewhere \(FAILED\)"):
+        repository.create_step_execution(execution, "two", {}, ending=ending)
+    assert [(s.step_name, s.status) for s in repository.get_step_executions([first.id])] == [
+        ("one", BatchStatus.STARTED)
+    ]
+    assert (first.status, first.end_time, first.version) == (BatchStatus.STARTED, None, 0)
+    with repository.reading() as conn:
+        count = conn.execute(select(func.count()).select_from(step_execution)).scalar_one()
+    assert count == 1
+
+
 def nothing(_ctx: Any) -> None:
     pass
 
 
-def test_a_two_step_run_costs_26_statements_in_7_write_transactions(sqlite_url: str) -> None:
-    """Creating the execution, its start, each step's start and end, and its end: each a
-    transaction of its own (crash windows lie between them), of as few statements as can
-    do it."""
+class Reading:
+    """A job listener and a decider that look at the repository, as a report would."""
+
+    def __init__(self, repository: SqlJobRepository) -> None:
+        self.repository = repository
+        self.seen: list[list[tuple[str, BatchStatus]]] = []
+
+    def look(self, execution: JobExecution) -> None:
+        stored = self.repository.require_execution(execution.id)
+        self.seen.append([(s.step_name, s.status) for s in stored.step_executions])
+
+    def after_job(self, execution: JobExecution) -> None:
+        self.look(execution)
+
+    def decide(self, execution: JobExecution, _last: object) -> str:
+        self.look(execution)
+        return "GO"
+
+
+@pytest.mark.parametrize("observer", ["after_job", "decision"])
+def test_what_ran_before_an_after_job_listener_or_a_decision_is_in_the_repository(
+    repository: SqlJobRepository, observer: str
+) -> None:
+    """A step's end is recorded with what follows it only when no user code runs between."""
+    reading = Reading(repository)
+    first = StepBuilder("first").tasklet(nothing).build()
+    second = StepBuilder("second").tasklet(nothing).build()
+    builder = JobBuilder("observed")
+    if observer == "after_job":
+        builder.step(first).step(second).listener(reading)
+    else:
+        gate = Decision("gate", reading.decide)
+        builder.flow(start=first, transitions={first: {"*": gate}, gate: {"GO": second}})
+    registry = JobRegistry()
+    registry.register(builder.build())
+    operator = JobOperator(repository, registry)
+    try:
+        execution = operator.start("observed")
+    finally:
+        operator.shutdown()
+    assert execution.status == BatchStatus.COMPLETED
+    done = BatchStatus.COMPLETED
+    expected = [("first", done), ("second", done)] if observer == "after_job" else [("first", done)]
+    assert reading.seen == [expected]
+    history = [(c.step_name, c.status.value) for c in repository.status_history(execution.id)]
+    assert history == [
+        (None, "STARTING"),
+        (None, "STARTED"),
+        ("first", "STARTED"),
+        ("first", "COMPLETED"),
+        ("second", "STARTED"),
+        ("second", "COMPLETED"),
+        (None, "COMPLETED"),
+    ]
+
+
+def test_a_two_step_run_costs_24_statements_in_5_write_transactions(sqlite_url: str) -> None:
+    """Creating the execution, its start, the first step's start, the first step's end with
+    the second's start, the second's end with the execution's end: each a transaction of its
+    own (crash windows lie between them), of as few statements as can do it."""
     repository = SqlJobRepository(sqlite_url)
     registry = JobRegistry()
     registry.register(
@@ -96,4 +185,4 @@ def test_a_two_step_run_costs_26_statements_in_7_write_transactions(sqlite_url: 
         repository.dispose()
     writes = seen.count("BEGIN IMMEDIATE")
     statements = [s for s in seen if not s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
-    assert (len(statements), writes) == (26, 7), statements
+    assert (len(statements), writes) == (24, 5), statements

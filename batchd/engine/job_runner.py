@@ -15,7 +15,7 @@ from batchd.engine.job import Job, Step
 from batchd.engine.step_run import StepOutcome, StepRun, describe_error
 from batchd.errors import ExecutionLost, PermanentError, StartLimitExceeded
 from batchd.model import BatchStatus, JobExecution, JobParameters, StepExecution, canonical_json
-from batchd.repository import SqlJobRepository
+from batchd.repository import SqlJobRepository, StepEnd
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,10 @@ END_WRITE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 AFTER_STEP_END = failpoints.declare(
     "engine.after_step_end",
-    "a step's end is recorded, the next step (or the job's end) is not: recover() marks the "
-    "execution FAILED, and a restart skips the COMPLETED step and runs the rest",
+    "a step's end is recorded, in the transaction that starts the next step (or alone before "
+    "a decision or the after_job listeners), and nothing after it ran: recover() marks the "
+    "execution and the started step FAILED, and a restart skips the COMPLETED step and runs "
+    "the rest",
 )
 
 
@@ -63,6 +65,12 @@ class JobRunner:
         self.handle = handle
         # A step failed with an error the job marks permanent: no automatic retry.
         self.permanent_failure = False
+        # The end of the step that ran last, not recorded yet: it is recorded in the
+        # transaction that starts the next step, or alone before anything else happens
+        # (a decision, the after_job listeners, the job's end). Nothing runs between a step's
+        # end and the next step's start, so a kill there leaves only a state a kill in the
+        # next step's first instant leaves too.
+        self._step_end: StepEnd | None = None
 
     def run(self) -> None:
         execution, job = self.execution, self.job
@@ -84,10 +92,16 @@ class JobRunner:
         try:
             job_context = self.repository.load_job_context(execution.id)
             job.listeners.call("before_job", execution)
-            if job.flow is None:
-                status, message, exit_status = self._run_steps(job_context)
-            else:
-                status, message, exit_status = FlowWalk(self, job.flow, job_context).run()
+            try:
+                if job.flow is None:
+                    status, message, exit_status = self._run_steps(job_context)
+                else:
+                    status, message, exit_status = FlowWalk(self, job.flow, job_context).run()
+            finally:
+                if job.listeners.has("after_job"):
+                    # They see the last step's end in the repository, recorded alone; without
+                    # them it is recorded with the job's end.
+                    self.record_step_end()
         except ExecutionLost as lost:
             log.warning("job execution %d (%s) gave up: %s", execution.id, job.name, lost)
             return
@@ -152,10 +166,31 @@ class JobRunner:
             step_execution,
         )
 
+    def record_step_end(self) -> None:
+        """Record the end of the step that ran last, if not yet recorded, alone."""
+        ending, self._step_end = self._step_end, None
+        if ending is not None:
+            self.repository.record_step_end(ending)
+            failpoints.failpoint(AFTER_STEP_END)
+            self._log_step_end(ending)
+
+    def _log_step_end(self, ending: StepEnd) -> None:
+        step_execution = ending.step
+        log.info(
+            "job execution %d: step %s %s (read %d, written %d)",
+            self.execution.id,
+            step_execution.step_name,
+            ending.status.value,
+            step_execution.read_count,
+            step_execution.write_count,
+        )
+
     def _run_step(
         self, step: Step, job_context: dict[str, object]
     ) -> tuple[StepOutcome | None, StepExecution | None]:
         execution = self.execution
+        if self._step_end is not None and self._step_end.step.step_name == step.name:
+            self.record_step_end()  # its history is what this run of it starts from
         history = self.repository.step_history(execution.instance_id, step.name)
         if (
             history.last is not None
@@ -177,7 +212,13 @@ class JobRunner:
             if history.last is not None and history.last.status != BatchStatus.COMPLETED
             else {}
         )
-        step_execution = self.repository.create_step_execution(execution, step.name, resume_from)
+        ending, self._step_end = self._step_end, None
+        step_execution = self.repository.create_step_execution(
+            execution, step.name, resume_from, ending=ending
+        )
+        if ending is not None:
+            failpoints.failpoint(AFTER_STEP_END)
+            self._log_step_end(ending)
         execution.step_executions.append(step_execution)
         listeners = self.job.listeners + step.listeners
         step_context = self.repository.load_step_context(execution.instance_id, step.name)
@@ -220,21 +261,11 @@ class JobRunner:
                 "after_step listener failed: " + describe_error(error),
             )
             step_execution.exit_status = BatchStatus.FAILED.value
-        outcome.record(
-            self.repository,
+        self._step_end = outcome.ending(
             step_execution,
             instance_id=execution.instance_id,
             step_context=step_context,
             exit_status=step_execution.exit_status,
-        )
-        failpoints.failpoint(AFTER_STEP_END)
-        log.info(
-            "job execution %d: step %s %s (read %d, written %d)",
-            execution.id,
-            step.name,
-            outcome.status.value,
-            step_execution.read_count,
-            step_execution.write_count,
         )
         return outcome, step_execution
 
@@ -242,10 +273,17 @@ class JobRunner:
         self, status: BatchStatus, message: str | None, job_context: dict[str, object]
     ) -> None:
         execution = self.execution
+        # The last step's end, when no after_job listener had to see it first.
+        ending, self._step_end = self._step_end, None
         for delay in (*END_WRITE_BACKOFF, None):
             try:
                 self.repository.finish_execution(
-                    execution, status, message, job_context, exit_status=execution.exit_status
+                    execution,
+                    status,
+                    message,
+                    job_context,
+                    exit_status=execution.exit_status,
+                    ending=ending,
                 )
             except ExecutionLost as lost:
                 log.warning("job execution %d (%s): %s", execution.id, self.job.name, lost)
@@ -268,6 +306,8 @@ class JobRunner:
                 )
                 time.sleep(delay)
                 continue
+            if ending is not None:
+                self._log_step_end(ending)
             log.info(
                 "job execution %d (%s %s) %s",
                 execution.id,

@@ -9,7 +9,7 @@ from typing import Any
 
 from batchd.engine.listeners import Listeners
 from batchd.model import BatchStatus, JobExecution, StepExecution, canonical_json
-from batchd.repository import SqlJobRepository
+from batchd.repository import SqlJobRepository, StepEnd
 
 
 @dataclass
@@ -38,6 +38,26 @@ class StepOutcome:
     # What failed the step (not recorded): the job decides whether it is permanent.
     error: BaseException | None = None
 
+    def ending(
+        self,
+        step_execution: StepExecution,
+        *,
+        instance_id: int,
+        step_context: dict[str, Any] | None,
+        exit_status: str | None = None,
+    ) -> StepEnd:
+        """This as the end of ``step_execution``, with the instance's step context (None: a
+        partition, which has none) and ``exit_status`` (None: the status's name)."""
+        return StepEnd(
+            step_execution,
+            self.status,
+            self.exit_message,
+            canonical_json(self.execution_context),
+            instance_id,
+            step_context,
+            exit_status,
+        )
+
     def record(
         self,
         repository: SqlJobRepository,
@@ -45,18 +65,10 @@ class StepOutcome:
         *,
         instance_id: int,
         step_context: dict[str, Any] | None,
-        exit_status: str | None = None,
     ) -> None:
-        """Record this as the end of ``step_execution``, with the instance's step context
-        (None: a partition, which has none) and ``exit_status`` (None: the status's name)."""
-        repository.finish_step(
-            step_execution,
-            self.status,
-            self.exit_message,
-            canonical_json(self.execution_context),
-            instance_id=instance_id,
-            step_context_value=step_context,
-            exit_status=exit_status,
+        """Record this as the end of ``step_execution``, in a transaction of its own."""
+        repository.record_step_end(
+            self.ending(step_execution, instance_id=instance_id, step_context=step_context)
         )
 
 

@@ -51,8 +51,8 @@ from batchd.repository.instances import InstanceQueries, find_or_create_instance
 from batchd.repository.liveness import Liveness
 from batchd.repository.mysql import is_duplicate_of
 from batchd.repository.rows import to_job_execution
-from batchd.repository.status_history import record_changes
-from batchd.repository.steps import StepHistory, StepRecords, failed_step_values
+from batchd.repository.status_history import history_rows, insert_history, record_changes
+from batchd.repository.steps import StepEnd, StepHistory, StepRecords, failed_step_values
 from batchd.repository.tables import job_execution, step_execution
 
 log = logging.getLogger(__name__)
@@ -253,24 +253,26 @@ class SqlJobRepository(ExecutionQueries, InstanceQueries, StepRecords, HistoryQu
         job_context: dict[str, Any],
         *,
         exit_status: str | None = None,
+        ending: StepEnd | None = None,
     ) -> None:
         """Record the end of an execution (its exit status, None: the status's name, and
-        its job context). A stop requested meanwhile does not prevent it; a recovery or
+        its job context), and with ``ending`` its last step's end first, in one
+        transaction. A stop requested meanwhile does not prevent it; a recovery or
         abandon elsewhere does."""
         now = self.clock()
         with self.engine.begin() as conn:
+            history = self._end_step(conn, ending, now) if ending is not None else []
             while not _end_if_unchanged(
                 conn, execution, status, exit_message, now, exit_status=exit_status or status.value
             ):
                 execution.version = self._reload_owned(conn, execution).version
-            record_changes(
-                conn,
-                [(execution.id, None, None, status)],
-                at=now,
-                node=self.node,
-                message=exit_message,
+            history += history_rows(
+                [(execution.id, None, None, status)], at=now, node=self.node, message=exit_message
             )
+            insert_history(conn, history)
             save_job_context(conn, execution.id, job_context)
+        if ending is not None:
+            ending.recorded(now)
         execution.status, execution.exit_message, execution.end_time = status, exit_message, now
         execution.exit_status = exit_status or status.value
         execution.version += 1

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
@@ -37,6 +38,37 @@ _SAME_NAMED = shared_columns(StatusChange, status_history, "status")
 _INSERT = insert(status_history)
 
 
+def history_rows(
+    changes: Sequence[tuple[int, int | None, str | None, BatchStatus]],
+    *,
+    at: datetime,
+    node: str | None,
+    message: str | None = None,
+) -> list[dict[str, Any]]:
+    """The status history rows of (job execution id, step execution id, step name, status)
+    changes, for :func:`insert_history`."""
+    first_line = message.splitlines()[0][:500] if message else None
+    return [
+        {
+            "job_execution_id": job_id,
+            "step_execution_id": step_id,
+            "step_name": step_name,
+            "status": status.value,
+            "recorded_at": at,
+            "node": node,
+            "message": first_line,
+        }
+        for job_id, step_id, step_name, status in changes
+    ]
+
+
+def insert_history(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Add ``rows`` in ``conn``'s transaction (the one that changes the statuses): one
+    statement, however many."""
+    if rows:
+        conn.execute(_INSERT, rows)
+
+
 def record_changes(
     conn: Connection,
     changes: Sequence[tuple[int, int | None, str | None, BatchStatus]],
@@ -47,23 +79,7 @@ def record_changes(
 ) -> None:
     """Add (job execution id, step execution id, step name, status) rows in ``conn``'s
     transaction (the one that changes the statuses)."""
-    if not changes:
-        return
-    conn.execute(
-        _INSERT,
-        [
-            {
-                "job_execution_id": job_id,
-                "step_execution_id": step_id,
-                "step_name": step_name,
-                "status": status.value,
-                "recorded_at": at,
-                "node": node,
-                "message": message.splitlines()[0][:500] if message else None,
-            }
-            for job_id, step_id, step_name, status in changes
-        ],
-    )
+    insert_history(conn, history_rows(changes, at=at, node=node, message=message))
 
 
 class StatusHistory(RepositoryBase):

@@ -17,7 +17,12 @@ from batchd.errors import ExecutionLost
 from batchd.model import STEP_COUNTERS, BatchStatus, JobExecution, StepExecution, canonical_json
 from batchd.repository.base import RUNNING, dialect_insert
 from batchd.repository.rows import to_step_execution
-from batchd.repository.status_history import StatusHistory, record_changes
+from batchd.repository.status_history import (
+    StatusHistory,
+    history_rows,
+    insert_history,
+    record_changes,
+)
 from batchd.repository.tables import job_execution, step_context, step_execution
 
 
@@ -27,6 +32,29 @@ class StepHistory:
 
     last: StepExecution | None
     start_count: int
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """A step's end as the repository records it: its status, exit message, exit status
+    (None: the status's name), final checkpoint (JSON) and the instance's step context
+    (None: a partition, which has none). Recorded alone (:meth:`StepRecords.record_step_end`)
+    or with the next step's start (:meth:`StepRecords.create_step_executions`)."""
+
+    step: StepExecution
+    status: BatchStatus
+    exit_message: str | None
+    context_json: str
+    instance_id: int
+    step_context: dict[str, Any] | None
+    exit_status: str | None = None
+
+    def recorded(self, now: datetime) -> None:
+        """The in-memory step as its committed row now is."""
+        step = self.step
+        step.status, step.exit_message, step.end_time = self.status, self.exit_message, now
+        step.exit_status = self.exit_status or self.status.value
+        step.version += 1
 
 
 # One statement per chunk commit: counters, checkpoint and version, compare-and-set.
@@ -167,19 +195,32 @@ class StepRecords(StatusHistory):
         return changed == 1
 
     def create_step_execution(
-        self, execution: JobExecution, step_name: str, context: dict[str, Any]
+        self,
+        execution: JobExecution,
+        step_name: str,
+        context: dict[str, Any],
+        *,
+        ending: StepEnd | None = None,
     ) -> StepExecution:
-        """Add a STARTED step execution, if the job execution is still this owner's."""
-        return self.create_step_executions(execution, [(step_name, context)])[0]
+        """Add a STARTED step execution, if the job execution is still this owner's; with
+        ``ending``, in the transaction that records the previous step's end."""
+        return self.create_step_executions(execution, [(step_name, context)], ending=ending)[0]
 
     def create_step_executions(
-        self, execution: JobExecution, steps: Sequence[tuple[str, dict[str, Any]]]
+        self,
+        execution: JobExecution,
+        steps: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        ending: StepEnd | None = None,
     ) -> list[StepExecution]:
         """Add STARTED step executions (name, checkpoint) in one transaction, if the job
-        execution is still this owner's (a partitioned step's partitions, for instance)."""
+        execution is still this owner's (a partitioned step's partitions, for instance).
+        With ``ending``, the same transaction records that step's end first: a crash leaves
+        both or neither, never an ended step whose successor is not started."""
         now = self.clock()
         created = []
         with self.engine.begin() as conn:
+            history = self._end_step(conn, ending, now) if ending is not None else []
             returning = conn.dialect.insert_returning
             for step_name, context in steps:
                 params = {
@@ -201,8 +242,7 @@ class StepRecords(StatusHistory):
                         f"job execution {execution.id} was ended elsewhere ({status}); "
                         "this process gives up its run"
                     )
-                record_changes(
-                    conn,
+                history += history_rows(
                     [(execution.id, step_id, step_name, BatchStatus.STARTED)],
                     at=now,
                     node=self.node,
@@ -218,6 +258,9 @@ class StepRecords(StatusHistory):
                         execution_context=dict(context),
                     )
                 )
+            insert_history(conn, history)
+        if ending is not None:
+            ending.recorded(now)
         return created
 
     @contextmanager
@@ -253,52 +296,43 @@ class StepRecords(StatusHistory):
         step.version += 1
         step.last_updated = now
 
-    def finish_step(
-        self,
-        step: StepExecution,
-        status: BatchStatus,
-        exit_message: str | None,
-        context_json: str,
-        *,
-        instance_id: int,
-        step_context_value: dict[str, Any] | None,
-        exit_status: str | None = None,
-    ) -> None:
-        """Record a step's end with its counters, checkpoint, exit status (None: the
-        status's name) and per-instance step context (None: a partition, which has none)."""
+    def record_step_end(self, end: StepEnd) -> None:
+        """Record a step's end, alone, with its counters, checkpoint, exit status and step
+        context."""
         now = self.clock()
         with self.engine.begin() as conn:
-            changed = conn.execute(
-                _FINISH_STEP,
-                step.counters()
-                | {
-                    "status": status.value,
-                    "exit_status": exit_status or status.value,
-                    "exit_message": exit_message,
-                    "execution_context": context_json,
-                    "end_time": now,
-                    "last_updated": now,
-                    "version": step.version + 1,
-                    "b_id": step.id,
-                    "b_version": step.version,
-                },
-            ).rowcount
-            if changed != 1:
-                raise ExecutionLost(
-                    f"step execution {step.id} ({step.step_name}) was ended elsewhere"
-                )
-            record_changes(
-                conn,
-                [(step.job_execution_id, step.id, step.step_name, status)],
-                at=now,
-                node=self.node,
-                message=exit_message,
-            )
-            if step_context_value is not None:
-                self._save_step_context(conn, instance_id, step.step_name, step_context_value)
-        step.status, step.exit_message, step.end_time = status, exit_message, now
-        step.exit_status = exit_status or status.value
-        step.version += 1
+            insert_history(conn, self._end_step(conn, end, now))
+        end.recorded(now)
+
+    def _end_step(self, conn: Connection, end: StepEnd, now: datetime) -> list[dict[str, Any]]:
+        """Write ``end`` in ``conn``'s transaction (compare-and-set on the step's version);
+        its status history row, to insert with the transaction's others."""
+        step = end.step
+        changed = conn.execute(
+            _FINISH_STEP,
+            step.counters()
+            | {
+                "status": end.status.value,
+                "exit_status": end.exit_status or end.status.value,
+                "exit_message": end.exit_message,
+                "execution_context": end.context_json,
+                "end_time": now,
+                "last_updated": now,
+                "version": step.version + 1,
+                "b_id": step.id,
+                "b_version": step.version,
+            },
+        ).rowcount
+        if changed != 1:
+            raise ExecutionLost(f"step execution {step.id} ({step.step_name}) was ended elsewhere")
+        if end.step_context is not None:
+            self._save_step_context(conn, end.instance_id, step.step_name, end.step_context)
+        return history_rows(
+            [(step.job_execution_id, step.id, step.step_name, end.status)],
+            at=now,
+            node=self.node,
+            message=end.exit_message,
+        )
 
     def load_step_context(self, instance_id: int, step_name: str) -> dict[str, Any]:
         with self.reading() as conn:
