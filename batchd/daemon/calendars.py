@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
-
-import holidays as holidays_library
+from typing import TYPE_CHECKING, Any
 
 from batchd.daemon.settings import WEEKDAYS, CalendarSettings
 from batchd.errors import NoSuchCalendar
+
+if TYPE_CHECKING:
+    import holidays as holidays_library
 
 # Business-day offsets look at most this far for a business day: a calendar closed for a
 # whole year is a mistake, not something to walk for ever.
@@ -44,6 +45,10 @@ def _holiday_source(name: str) -> holidays_library.HolidayBase:
     """The holidays of a market (``ECB``, ``NYSE``, ``XLON``...) or a country, optionally
     with a subdivision (``DE``, ``DE-BY``, ``US-NY``); ValueError when the library has no
     such market, country or subdivision."""
+    # Imported here: only a calendar that names holidays needs the library (its country
+    # tables would otherwise stay in every daemon's memory).
+    import holidays as holidays_library
+
     code = name.strip()
     if code.upper() in holidays_library.list_supported_financial():
         return holidays_library.financial_holidays(code.upper())

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, exists, select
-from sqlalchemy.orm import aliased
 
 from batchd import failpoints
 from batchd.daemon.membership import Membership
@@ -103,9 +102,9 @@ def _restarts(trigger: ScheduleSettings | WatchSettings) -> bool:
 
 
 def _crashed_query(table: Table, column: str, names: list[str]) -> Select[Any]:
-    first = aliased(job_execution)  # the execution the trigger names
-    last = aliased(job_execution)  # the newest execution of its instance
-    newer = aliased(job_execution)
+    first = job_execution.alias()  # the execution the trigger names
+    last = job_execution.alias()  # the newest execution of its instance
+    newer = job_execution.alias()  # Core aliases: sqlalchemy.orm is not loaded
     return (
         select(table.c[column], first.c.id, last.c.id)
         .select_from(table)

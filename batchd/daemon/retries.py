@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from tenacity import RetryCallState, wait_exponential
-
 from batchd.daemon.passes import PassThread
 from batchd.engine import JobOperator
 from batchd.engine.job_runner import FAILED_PERMANENT
@@ -47,6 +45,10 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> timedelta:
         """How long after attempt ``attempt`` failed the next one starts."""
+        # Imported here: only a failed execution with retries needs it, and tenacity
+        # imports Tornado's integration (and curses) with it.
+        from tenacity import RetryCallState, wait_exponential
+
         wait = wait_exponential(
             multiplier=self.delay.total_seconds(), max=self.max_delay.total_seconds()
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from batchd.errors import RepositoryError
 from batchd.repository.connect import MYSQL_BACKENDS, READ_ONLY_OPTION
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic is imported where it is used: a partition's worker process opens the repository
-# without upgrading it, and should not pay for importing Alembic at every start.
+# without upgrading it, and a daemon whose schema is already at head does not import it at
+# all (its modules, Mako and Pygments with them, would stay in memory for the daemon's life):
+# the revision is checked first by reading the version table and the migration files.
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,40 @@ def current_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.*?)\s*$", re.MULTILINE)
+
+
+def newest_revision_in_files() -> str | None:
+    """The head revision read from the migration files without Alembic: the one revision no
+    other names as its ``down_revision``; None when that is not plain (several heads, a
+    revision line this reading does not understand), and Alembic is then asked."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for key, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            if value == "None" and key == "down_revision":
+                continue
+            if len(value) < 2 or value[0] not in "\"'" or value[-1] != value[0]:
+                return None
+            (revisions if key == "revision" else parents).add(value[1:-1])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(connection: Connection) -> bool:
+    """Whether the schema is at the newest revision, read without importing Alembic (a
+    False that is wrong only costs the upgrade below, which then finds nothing to do)."""
+    newest = newest_revision_in_files()
+    if newest is None or not inspect(connection).has_table(VERSION_TABLE):
+        return False
+    stored = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+    return list(stored) == [newest]
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``; safe when several processes do it at once."""
     with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as probe:
-        up_to_date = revision == "head" and current_revision(probe) == head_revision()
+        up_to_date = revision == "head" and _at_head(probe)
         if probe.dialect.name in MYSQL_BACKENDS:
             from batchd.repository import mysql
 
