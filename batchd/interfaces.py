@@ -16,7 +16,7 @@ tuples below are derived from them, so the engine and these docs cannot drift ap
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from batchd.model import ChunkContext, ExecutionContext, JobExecution, StepExecution
@@ -42,6 +42,31 @@ class Reader(Protocol[T_co]):
         returns None. An exception fails the chunk: it is retried or skipped as the step's
         ``retry``/``skip`` say, or fails the step. To be restartable, a reader is also an
         :class:`ItemStream` that saves its position in ``update``.
+        """
+
+
+@runtime_checkable
+class BatchReader(Protocol[T_co]):
+    """A reader that can also hand out many items in one call (optional: the engine uses
+    ``read_many`` when a reader has it, and ``read`` otherwise).
+
+    The chunk loop calls ``read_many(n)`` instead of ``read()`` once per item only when
+    nothing needs to see the items one at a time: the step has no ``retry`` or ``skip``
+    policy. :class:`batchd.items.CsvItemReader` has it.
+    """
+
+    @abstractmethod
+    def read_many(self, n: int) -> Sequence[T_co]:
+        """Return a list of up to ``n`` items (``n >= 1``), in the order ``read()`` would hand them
+        out; an empty list when there are no more.
+
+        A shorter list than ``n`` does not mean the end: the engine asks again. What
+        ``update`` saves after a full list must be exactly what it would save after that
+        many ``read()`` calls, so a restart resumes after the last item of the committed
+        chunk. A list is shorter only when the reading ended or failed after its items:
+        then ``update`` may save what it would after the ``read()`` that returned None or
+        raised, and a failure is raised by the next call, as ``read()`` would have raised
+        it after those items.
         """
 
 

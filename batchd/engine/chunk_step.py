@@ -126,6 +126,10 @@ class _ChunkRun:
         self.processor = _copy(step.processor)
         self.writer = _copy(step.writer)
         self.read = item_method(self.reader, "read")
+        # A reader's read_many (BatchReader) takes the chunk's items in a few calls instead
+        # of one per item; a retry or skip policy needs each read on its own.
+        read_many = getattr(self.reader, "read_many", None)
+        self.read_many = read_many if callable(read_many) and not self.faults.tolerant else None
         self.process = item_method(self.processor, "process")
         self.write = item_method(self.writer, "write")
         self.streams = [
@@ -219,6 +223,15 @@ class _ChunkRun:
     def _read_chunk(self, items: list[Any], tally: _ChunkTally) -> bool:
         """Fill ``items``; True when the reader is exhausted."""
         read, size, step_execution = self.read, self.step.chunk_size, self.step_execution
+        read_many = self.read_many
+        if read_many is not None:
+            while len(items) < size:
+                batch = read_many(size - len(items))
+                if not batch:
+                    return True
+                items.extend(batch)
+                step_execution.read_count += len(batch)
+            return False
         tolerant = self.faults.tolerant
         while len(items) < size:
             item = self._call_or_skip(read, "read", None, tally) if tolerant else read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import io
@@ -53,7 +54,7 @@ class CsvItemReader(ModelFileReader):
     _blank_is_none = True
     _runtime: tuple[str, ...] = (
         *ModelFileReader._runtime,
-        *("_rows", "_header", "_fast", "_sizes", "_pairs", "_ready", "_pending", "_rest"),
+        *("_rows", "_header", "_fast", "_sizes", "_ready", "_pending", "_rest"),
         "_failure",
     )
 
@@ -76,16 +77,16 @@ class CsvItemReader(ModelFileReader):
         self._rows: Any = None  # a csv.reader over the LineSource
         self._header: list[str] | None = None
         # Without a byte range to stop at, records are read ahead in batches by C-level
-        # iterators (the file's readline, decode, csv.reader, dict(zip())), and read() hands
-        # them out one by one; the LineSource's offset and line are brought up to date from
-        # the lines' sizes when they are needed (_sync), to just after the last record
-        # handed out. Line counts below are the fast reader's, from where it started.
+        # iterators (blocks of the file decoded whole and split into lines, csv.reader,
+        # dict(zip())), and read() or read_many() hand them out; the LineSource's offset and
+        # line are brought up to date from the lines' sizes when they are needed (_sync), to
+        # just after the last record handed out. Line counts below are the fast reader's,
+        # from where it started.
         self._fast: Any = None  # the csv.reader
         self._sizes: Any = None  # the sizes of the lines it has read, not yet synced
-        self._pairs: Any = None  # (row, lines read after it)
         self._ready: Any = None  # the items of the batch not handed out yet
         self._pending: Any = None  # the batch's records (its length hint: those left)
-        self._ready_lines: tuple[int, ...] = ()  # lines read after each of them
+        self._ready_lines: Sequence[int] = ()  # lines read after each of them
         self._rest: Any = None  # rows of the batch after an odd one, read one by one
         self._failure: Any = None  # the error that ended the batch, raised in turn
         self._fast_base = 0  # physical lines read before the fast reader started
@@ -118,15 +119,11 @@ class CsvItemReader(ModelFileReader):
             )
 
     def _start_fast(self, source: LineSource) -> None:
-        # The LineSource's bound readline, so that iterating costs no Python call a line.
-        raw, sizes = itertools.tee(iter(source._readline, b""))
-        self._sizes = map(len, sizes)
-        texts = map(operator.methodcaller("decode", self.encoding), raw)
-        rows = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quotechar)
-        self._fast = rows
-        # zip takes the row, then the reader's line count once it has read it.
-        line_num = map(operator.attrgetter("line_num"), itertools.repeat(rows))
-        self._pairs = zip(rows, line_num, strict=False)
+        sizes: collections.deque[Any] = collections.deque()
+        texts = itertools.chain.from_iterable(self._blocks(source, sizes))
+        # Sizes are taken only for lines already read, so a block's are always there.
+        self._sizes = itertools.chain.from_iterable(iter(sizes.popleft, None))
+        self._fast = csv.reader(texts, delimiter=self.delimiter, quotechar=self.quotechar)
         self._fast_base, self._fast_extra, self._synced = source.line, 0, 0
         self._consumed = self._ready_extra = 0
         self._ready = self._pending = iter(())
@@ -156,8 +153,30 @@ class CsvItemReader(ModelFileReader):
         self._sync()
         super().update(ctx)
 
+    def _blocks(self, source: LineSource, sizes: collections.deque[Any]) -> Any:
+        """The rest of the file as iterables of decoded lines, a block of whole lines at a
+        time, each block's line sizes in bytes appended to ``sizes``. A block is decoded in
+        one call when the encoding decodes a block as it decodes its lines one by one (no
+        state, no byte-order mark, ``\n`` a byte of its own); otherwise, or when the block
+        has undecodable bytes, line by line, so that the error is the line's."""
+        read, readline, encoding = source._file.read, source._readline, self.encoding
+        whole = codecs.lookup(encoding).name in _BLOCK_DECODABLE
+        decode = operator.methodcaller("decode", encoding)
+        while data := read(_READ_AHEAD):
+            if not data.endswith(b"\n"):
+                data += readline()
+            sizes.append(map(len, io.BytesIO(data)))
+            text = None
+            if whole:
+                try:
+                    text = data.decode(encoding)
+                except UnicodeDecodeError:
+                    pass
+            # newline="\n": split on \n only, endings kept, as the file's readline does.
+            yield map(decode, io.BytesIO(data)) if text is None else io.StringIO(text, newline="\n")
+
     def close(self) -> None:
-        self._fast = self._sizes = self._pairs = self._ready = self._pending = None
+        self._fast = self._sizes = self._ready = self._pending = None
         self._rest = self._failure = None
         self._ready_lines = ()
         super().close()
@@ -177,32 +196,37 @@ class CsvItemReader(ModelFileReader):
             failure, self._failure = self._failure, None
             self._consumed = self._fast.line_num + self._fast_extra
             raise failure
-        batch: list[tuple[list[str], int]] = []
+        rows: list[list[str]] = []
         extra = self._fast_extra  # the batch's rows were read before any undecodable line
+        before = self._fast.line_num
+        failed: Exception | None = None
         try:
-            batch.extend(itertools.islice(self._pairs, _BATCH))
-        except csv.Error as exc:
-            self._failure = self._error(self._after(batch) + 1, None, str(exc))
-        except UnicodeDecodeError as exc:
-            line = self._after(batch) + 1
-            self._fast_extra += 1  # the line was read; csv.reader did not count it
-            self._failure = self._error(
-                line,
-                None,
-                f"cannot decode bytes as {self.encoding}: {exc.reason} at column {exc.start + 1}",
-            )
-        if not batch:
+            rows.extend(itertools.islice(self._fast, _BATCH))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            failed = exc
+        lines = self._lines_after(rows, before, exact=failed is None)
+        if failed is not None:
+            line = self._fast_base + (lines[-1] + extra if rows else self._consumed) + 1
+            message = str(failed)
+            if isinstance(failed, UnicodeDecodeError):
+                self._fast_extra += 1  # the line was read; csv.reader did not count it
+                message = (
+                    f"cannot decode bytes as {self.encoding}: {failed.reason} "
+                    f"at column {failed.start + 1}"
+                )
+            self._failure = self._error(line, None, message)
+        if not rows:
             self._consumed = self._fast.line_num + self._fast_extra
             if self._failure is not None:
                 return self._next_batch()
             return None
-        rows, lines = zip(*batch)  # noqa: B905
         header = self._header or []
         width = len(header)
         good = len(rows)
         if set(map(len, rows)) != {width}:  # a blank line or a wrong number of fields
             good = next(i for i, row in enumerate(rows) if len(row) != width)
-            self._rest.extend((row, line + extra) for row, line in batch[good:])
+            after = [line + extra for line in lines[good:]]
+            self._rest.extend(zip(rows[good:], after))  # noqa: B905 (as many)
             rows, lines = rows[:good], lines[:good]
         self._pending = iter(list(map(dict, map(zip, itertools.repeat(header), rows))))
         self._ready_lines, self._ready_extra = lines, extra
@@ -213,10 +237,15 @@ class CsvItemReader(ModelFileReader):
             self._ready = map(self._build_at, self._pending, starts)
         return self.read() if good else self._read_rest()
 
-    def _after(self, batch: list[tuple[list[str], int]]) -> int:
-        """The absolute line number after the last row of ``batch`` (or the last handed)."""
-        lines = batch[-1][1] + self._fast_extra if batch else self._handed_lines()
-        return self._fast_base + lines
+    def _lines_after(self, rows: list[list[str]], before: int, *, exact: bool) -> Sequence[int]:
+        """The fast reader's line count after each of ``rows``, read from line ``before``
+        on. When they were as many lines as rows (no error cut the batch), a range;
+        otherwise a record spans one line more for each \n in its fields (the lines are
+        split on \n only, and a record goes on to the next line only inside quotes)."""
+        if exact and self._fast.line_num - before == len(rows):
+            return range(before + 1, before + len(rows) + 1)
+        spans = ["".join(row).count("\n") + 1 for row in rows]
+        return list(itertools.accumulate(spans, initial=before))[1:]
 
     def _build_at(self, record: dict[str, str], before: int) -> Any:
         return self._item_model.build(record, self._errors_at(self._fast_base + before + 1))
@@ -238,6 +267,28 @@ class CsvItemReader(ModelFileReader):
                 return record
             return self._item_model.build(record, self._errors_at(start))
         return self._next_batch()
+
+    def read_many(self, n: int) -> list[Any]:
+        """Up to ``n`` records at once (:class:`batchd.interfaces.BatchReader`): the ready
+        ones taken by C-level ``islice``, then the next batch through ``read()``."""
+        items: list[Any] = []
+        try:
+            while len(items) < n:
+                if self._ready is not None:
+                    items.extend(itertools.islice(self._ready, n - len(items)))
+                    if len(items) == n:
+                        break
+                item = self.read()  # the next batch, the rows after an odd one, or an error
+                if item is None:
+                    break
+                items.append(item)
+        except Exception as error:
+            if not items:
+                raise
+            # Hand out what was read, and raise the error on the next call, as read() would
+            # have: the failed record is consumed, the ones after it come next.
+            self._ready = itertools.chain(_raising(error), self._ready or ())
+        return items
 
     def read(self) -> Any:
         ready = self._ready
@@ -278,6 +329,13 @@ class CsvItemReader(ModelFileReader):
             return self._item_model.build(record, self._errors_at(start))
 
 
+def _raising(error: Exception) -> Any:
+    """An iterator whose first next() raises ``error``; after it ``chain`` goes on with the
+    next iterable."""
+    raise error
+    yield  # a generator
+
+
 # Values csv.writer writes as format_text() would: str as it is, int and float as str(),
 # None as an empty field.
 _PLAIN_TYPES = frozenset({str, int, float, type(None)})
@@ -303,8 +361,12 @@ def _plain_rows(items: list[Any], fields: list[str], allowed: set[str] | None) -
     return rows
 
 
-# Records the fast reader reads ahead at a time (and lines the tee keeps at most, about).
+# Records the fast reader reads ahead at a time.
 _BATCH = 512
+# Bytes of the file it reads at a time (then up to the end of the line).
+_READ_AHEAD = 1 << 16
+# Encodings (codecs' names) a block of whole lines decodes with as its lines one by one.
+_BLOCK_DECODABLE = frozenset({"utf-8", "ascii", "iso8859-1", "cp1252"})
 
 
 class CsvItemWriter(FileItemWriter):
