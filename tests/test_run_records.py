@@ -3,6 +3,7 @@ back; a step starts only while its execution runs; a two-step run's statements."
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -102,34 +103,42 @@ def nothing(_ctx: Any) -> None:
 
 
 class Reading:
-    """A job listener and a decider that look at the repository, as a report would."""
+    """A decider (and, below, job listeners) that looks at the repository, as a report would."""
 
     def __init__(self, repository: SqlJobRepository) -> None:
         self.repository = repository
-        self.seen: list[list[tuple[str, BatchStatus]]] = []
+        self.seen: list[tuple[BatchStatus, list[tuple[str, BatchStatus]]]] = []
 
     def look(self, execution: JobExecution) -> None:
         stored = self.repository.require_execution(execution.id)
-        self.seen.append([(s.step_name, s.status) for s in stored.step_executions])
-
-    def after_job(self, execution: JobExecution) -> None:
-        self.look(execution)
+        self.seen.append((stored.status, [(s.step_name, s.status) for s in stored.step_executions]))
 
     def decide(self, execution: JobExecution, _last: object) -> str:
         self.look(execution)
         return "GO"
 
 
-@pytest.mark.parametrize("observer", ["after_job", "decision"])
-def test_what_ran_before_an_after_job_listener_or_a_decision_is_in_the_repository(
+class AfterJob(Reading):
+    def after_job(self, execution: JobExecution) -> None:
+        self.look(execution)
+
+
+class BeforeJob(Reading):
+    def before_job(self, execution: JobExecution) -> None:
+        self.look(execution)
+
+
+@pytest.mark.parametrize("observer", ["before_job", "after_job", "decision"])
+def test_what_ran_before_a_job_listener_or_a_decision_is_in_the_repository(
     repository: SqlJobRepository, observer: str
 ) -> None:
-    """A step's end is recorded with what follows it only when no user code runs between."""
-    reading = Reading(repository)
+    """The execution's start and a step's end are recorded with what follows them only when
+    no user code runs between."""
+    reading = {"before_job": BeforeJob, "after_job": AfterJob}.get(observer, Reading)(repository)
     first = StepBuilder("first").tasklet(nothing).build()
     second = StepBuilder("second").tasklet(nothing).build()
     builder = JobBuilder("observed")
-    if observer == "after_job":
+    if observer != "decision":
         builder.step(first).step(second).listener(reading)
     else:
         gate = Decision("gate", reading.decide)
@@ -142,9 +151,14 @@ def test_what_ran_before_an_after_job_listener_or_a_decision_is_in_the_repositor
     finally:
         operator.shutdown()
     assert execution.status == BatchStatus.COMPLETED
-    done = BatchStatus.COMPLETED
-    expected = [("first", done), ("second", done)] if observer == "after_job" else [("first", done)]
-    assert reading.seen == [expected]
+    done, started = BatchStatus.COMPLETED, BatchStatus.STARTED
+    assert reading.seen == [
+        {
+            "before_job": (started, []),
+            "after_job": (started, [("first", done), ("second", done)]),
+            "decision": (started, [("first", done)]),
+        }[observer]
+    ]
     history = [(c.step_name, c.status.value) for c in repository.status_history(execution.id)]
     assert history == [
         (None, "STARTING"),
@@ -157,10 +171,10 @@ def test_what_ran_before_an_after_job_listener_or_a_decision_is_in_the_repositor
     ]
 
 
-def test_a_two_step_run_costs_24_statements_in_5_write_transactions(sqlite_url: str) -> None:
-    """Creating the execution, its start, the first step's start, the first step's end with
-    the second's start, the second's end with the execution's end: each a transaction of its
-    own (crash windows lie between them), of as few statements as can do it."""
+def test_a_two_step_run_costs_23_statements_in_4_write_transactions(sqlite_url: str) -> None:
+    """Creating the execution; its start with the first step's start; the first step's end
+    with the second's start; the second's end with the execution's end: each a transaction
+    of its own (crash windows lie between them), of as few statements as can do it."""
     repository = SqlJobRepository(sqlite_url)
     registry = JobRegistry()
     registry.register(
@@ -185,4 +199,47 @@ def test_a_two_step_run_costs_24_statements_in_5_write_transactions(sqlite_url: 
         repository.dispose()
     writes = seen.count("BEGIN IMMEDIATE")
     statements = [s for s in seen if not s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
-    assert (len(statements), writes) == (24, 5), statements
+    assert (len(statements), writes) == (23, 4), statements
+
+
+@pytest.mark.parametrize("kind", ["steps", "flow", "decision", "before_job"])
+def test_a_stop_requested_elsewhere_before_the_run_began_stops_it_before_its_first_step(
+    repository: SqlJobRepository, kind: str
+) -> None:
+    """Its start finds it STOPPING (another node asked): it began, ran no step and asked no
+    decision, STOPPED."""
+    release = threading.Event()
+    first = StepBuilder("first").tasklet(lambda _ctx: release.wait(10)).build()
+    builder = JobBuilder("stoppable")
+    reading = Reading(repository)
+    if kind == "flow":
+        builder.flow(start=first, transitions={})
+    elif kind == "decision":
+        gate = Decision("gate", reading.decide)
+        builder.flow(start=gate, transitions={gate: {"*": first}})
+    else:
+        builder.step(first)
+    if kind == "before_job":
+        builder.listener(BeforeJob(repository))
+    registry = JobRegistry()
+    registry.register(builder.build())
+    operator = JobOperator(repository, registry, max_concurrent_jobs=1)
+    try:
+        busy = operator.start_async("stoppable", {"n": 1})
+        queued = operator.start_async("stoppable", {"n": 2})
+        assert repository.request_stop(queued.id)  # in the repository only, as a peer does
+        release.set()
+        assert operator.wait(busy.id, timeout=10).status == BatchStatus.COMPLETED
+        stopped = operator.wait(queued.id, timeout=10)
+    finally:
+        release.set()
+        operator.shutdown()
+    where = {"flow": "'first'", "decision": "'gate'"}.get(kind, "step 'first'")
+    assert (stopped.status, stopped.exit_message) == (
+        BatchStatus.STOPPED,
+        f"stopped before {where}",
+    )
+    assert stopped.step_executions == [] and stopped.start_time is not None
+    assert len(reading.seen) == (1 if kind == "decision" else 0)  # for the run not stopped
+    history = [(c.step_name, c.status.value) for c in repository.status_history(queued.id)]
+    assert history == [(None, "STARTING"), (None, "STOPPING"), (None, "STOPPED")]

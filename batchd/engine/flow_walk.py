@@ -70,7 +70,7 @@ class FlowWalk:
                 return BatchStatus.STOPPED, f"stopped before {name!r}", None
             item = self.flow.nodes[name]
             if isinstance(item, Decision):
-                self.runner.record_step_end()  # a decider sees the last step as recorded
+                self.runner.record_pending(name)  # a decider sees what ran as recorded
                 exit_status = str(item.decide(execution, self.last_step))
                 log.info("job execution %d: decision %s said %s", execution.id, name, exit_status)
                 message = None

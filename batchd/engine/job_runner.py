@@ -34,6 +34,14 @@ AFTER_STEP_END = failpoints.declare(
 )
 
 
+class _StopBeforeStart(Exception):
+    """The execution's start found a stop requested: it stops before ``node``."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.node = node
+
+
 @dataclass
 class ExecutionHandle:
     """This process's handle on an execution it runs: stop flag and completion."""
@@ -71,37 +79,40 @@ class JobRunner:
         # end and the next step's start, so a kill there leaves only a state a kill in the
         # next step's first instant leaves too.
         self._step_end: StepEnd | None = None
+        # The execution's start, not recorded yet (the job has no before_job listener to see
+        # it): recorded with the first step's start, or alone before anything else happens.
+        self._starting = False
 
     def run(self) -> None:
         execution, job = self.execution, self.job
-        try:
-            self.repository.mark_started(execution)
-        except ExecutionLost as lost:
-            log.warning("job execution %d (%s) not started: %s", execution.id, job.name, lost)
-            return
-        if execution.status == BatchStatus.STOPPING:
-            self.handle.stop_event.set()
-        log.info(
-            "job execution %d (%s %s) STARTED",
-            execution.id,
-            job.name,
-            canonical_json(execution.params),
-        )
+        if job.listeners.has("before_job"):
+            try:
+                self.repository.mark_started(execution)
+            except ExecutionLost as lost:
+                log.warning("job execution %d (%s) not started: %s", execution.id, job.name, lost)
+                return
+            self._started()
+        else:
+            self._starting = True
         job_context: dict[str, object] = {}
         exit_status: str | None = None
         try:
-            job_context = self.repository.load_job_context(execution.id)
-            job.listeners.call("before_job", execution)
             try:
+                job_context = self.repository.load_job_context(execution.id)
+                job.listeners.call("before_job", execution)
                 if job.flow is None:
                     status, message, exit_status = self._run_steps(job_context)
                 else:
                     status, message, exit_status = FlowWalk(self, job.flow, job_context).run()
             finally:
+                self._record_start()
                 if job.listeners.has("after_job"):
                     # They see the last step's end in the repository, recorded alone; without
                     # them it is recorded with the job's end.
                     self.record_step_end()
+        except _StopBeforeStart as stopped:
+            before = f"step {stopped.node!r}" if job.flow is None else repr(stopped.node)
+            status, message = BatchStatus.STOPPED, f"stopped before {before}"
         except ExecutionLost as lost:
             log.warning("job execution %d (%s) gave up: %s", execution.id, job.name, lost)
             return
@@ -166,6 +177,34 @@ class JobRunner:
             step_execution,
         )
 
+    def _started(self) -> None:
+        execution = self.execution
+        if execution.status == BatchStatus.STOPPING:
+            self.handle.stop_event.set()
+        log.info(
+            "job execution %d (%s %s) STARTED",
+            execution.id,
+            self.job.name,
+            canonical_json(execution.params),
+        )
+
+    def _record_start(self) -> None:
+        """Record the execution's start, if not yet recorded, alone."""
+        if self._starting:
+            self._starting = False
+            self.repository.mark_started(self.execution)
+            self._started()
+
+    def record_pending(self, node: str) -> None:
+        """Record what is not recorded yet (the execution's start, the last step's end)
+        before ``node`` does anything but start a step: a decision decides, a step is
+        skipped or refused. A stop requested before the execution began stops it there."""
+        if self._starting:
+            self._record_start()
+            if self.handle.stop_requested():
+                raise _StopBeforeStart(node)
+        self.record_step_end()
+
     def record_step_end(self) -> None:
         """Record the end of the step that ran last, if not yet recorded, alone."""
         ending, self._step_end = self._step_end, None
@@ -192,16 +231,20 @@ class JobRunner:
         if self._step_end is not None and self._step_end.step.step_name == step.name:
             self.record_step_end()  # its history is what this run of it starts from
         history = self.repository.step_history(execution.instance_id, step.name)
-        if (
+        skipped = (
             history.last is not None
             and history.last.status == BatchStatus.COMPLETED
             and not step.allow_start_if_complete
-        ):
+        )
+        refused = step.start_limit is not None and history.start_count >= step.start_limit
+        if skipped or refused:
+            self.record_pending(step.name)
+        if skipped:
             log.info(
                 "job execution %d: step %s already COMPLETED, skipped", execution.id, step.name
             )
             return None, history.last
-        if step.start_limit is not None and history.start_count >= step.start_limit:
+        if refused:
             raise StartLimitExceeded(
                 f"step {step.name!r} of job {self.job.name!r} has been started "
                 f"{history.start_count} times (start_limit {step.start_limit})"
@@ -213,9 +256,15 @@ class JobRunner:
             else {}
         )
         ending, self._step_end = self._step_end, None
-        step_execution = self.repository.create_step_execution(
-            execution, step.name, resume_from, ending=ending
+        starting, self._starting = self._starting, False
+        created = self.repository.create_step_executions(
+            execution, [(step.name, resume_from)], ending=ending, starting=starting
         )
+        if starting:
+            self._started()
+        if not created:  # a stop requested before the execution began: it began STOPPING
+            raise _StopBeforeStart(step.name)
+        step_execution = created[0]
         if ending is not None:
             failpoints.failpoint(AFTER_STEP_END)
             self._log_step_end(ending)

@@ -52,7 +52,13 @@ from batchd.repository.liveness import Liveness
 from batchd.repository.mysql import is_duplicate_of
 from batchd.repository.rows import to_job_execution
 from batchd.repository.status_history import history_rows, insert_history, record_changes
-from batchd.repository.steps import StepEnd, StepHistory, StepRecords, failed_step_values
+from batchd.repository.steps import (
+    Begun,
+    StepEnd,
+    StepHistory,
+    StepRecords,
+    failed_step_values,
+)
 from batchd.repository.tables import job_execution, step_execution
 
 log = logging.getLogger(__name__)
@@ -220,30 +226,32 @@ class SqlJobRepository(ExecutionQueries, InstanceQueries, StepRecords, HistoryQu
         ExecutionLost."""
         now = self.clock()
         with self.engine.begin() as conn:
-            if _update_if_unchanged(
-                conn,
-                execution,
-                [BatchStatus.STARTING.value],
-                status=BatchStatus.STARTED.value,
-                start_time=now,
-                last_updated=now,
-                heartbeat=now,
-            ):
-                record_changes(
-                    conn, [(execution.id, None, None, BatchStatus.STARTED)], at=now, node=self.node
-                )
-                execution.status, execution.start_time = BatchStatus.STARTED, now
-                execution.version += 1
-                return
-            current = self._reload_owned(conn, execution)
-            # A stop arrived before the run began: record when it began, keep STOPPING.
-            conn.execute(
-                update(job_execution)
-                .where(job_execution.c.id == execution.id)
-                .values(start_time=now, last_updated=now, version=current.version + 1)
+            begun = self._begin(conn, execution, now)
+            insert_history(conn, begun.history)
+        begun.apply(execution, now)
+
+    def _begin(self, conn: Connection, execution: JobExecution, now: datetime) -> Begun:
+        if _update_if_unchanged(
+            conn,
+            execution,
+            [BatchStatus.STARTING.value],
+            status=BatchStatus.STARTED.value,
+            start_time=now,
+            last_updated=now,
+            heartbeat=now,
+        ):
+            history = history_rows(
+                [(execution.id, None, None, BatchStatus.STARTED)], at=now, node=self.node
             )
-            execution.status, execution.start_time = current.status, now
-            execution.version = current.version + 1
+            return Begun(BatchStatus.STARTED, execution.version + 1, history)
+        current = self._reload_owned(conn, execution)
+        # A stop arrived before the run began: record when it began, keep STOPPING.
+        conn.execute(
+            update(job_execution)
+            .where(job_execution.c.id == execution.id)
+            .values(start_time=now, last_updated=now, version=current.version + 1)
+        )
+        return Begun(current.status, current.version + 1, [])
 
     def finish_execution(
         self,

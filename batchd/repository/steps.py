@@ -57,6 +57,21 @@ class StepEnd:
         step.version += 1
 
 
+@dataclass(frozen=True)
+class Begun:
+    """What recording an execution's start left: STARTED, or STOPPING when a stop was
+    requested before it began; its new version; its status history rows to insert."""
+
+    status: BatchStatus
+    version: int
+    history: list[dict[str, Any]]
+
+    def apply(self, execution: JobExecution, now: datetime) -> None:
+        """The in-memory execution as its committed row now is."""
+        execution.status, execution.start_time = self.status, now
+        execution.version = self.version
+
+
 # One statement per chunk commit: counters, checkpoint and version, compare-and-set.
 _COMMIT_CHUNK = (
     update(step_execution)
@@ -118,6 +133,10 @@ _SAVE_STEP_CONTEXT: dict[str, Any] = {}  # by dialect name
 
 class StepRecords(StatusHistory):
     """The step executions' part of :class:`batchd.repository.SqlJobRepository`."""
+
+    def _begin(self, conn: Connection, execution: JobExecution, now: datetime) -> Begun:
+        """Record the execution's start (SqlJobRepository's, see its mark_started)."""
+        raise NotImplementedError
 
     def step_history(self, instance_id: int, step_name: str, *, after_id: int = 0) -> StepHistory:
         """The newest execution of ``step_name`` in the instance, and how often it started
@@ -212,17 +231,24 @@ class StepRecords(StatusHistory):
         steps: Sequence[tuple[str, dict[str, Any]]],
         *,
         ending: StepEnd | None = None,
+        starting: bool = False,
     ) -> list[StepExecution]:
         """Add STARTED step executions (name, checkpoint) in one transaction, if the job
         execution is still this owner's (a partitioned step's partitions, for instance).
-        With ``ending``, the same transaction records that step's end first: a crash leaves
-        both or neither, never an ended step whose successor is not started."""
+        With ``ending``, the same transaction records that step's end first, and with
+        ``starting`` the execution's start (:meth:`mark_started`): a crash leaves all or
+        none of it. None is added when the start finds a stop requested (the execution
+        stays STOPPING, with its start time)."""
         now = self.clock()
-        created = []
+        created: list[StepExecution] = []
         with self.engine.begin() as conn:
-            history = self._end_step(conn, ending, now) if ending is not None else []
+            begun = self._begin(conn, execution, now) if starting else None
+            history = [] if begun is None else begun.history
+            if ending is not None:
+                history += self._end_step(conn, ending, now)
             returning = conn.dialect.insert_returning
-            for step_name, context in steps:
+            stopping = begun is not None and begun.status != BatchStatus.STARTED
+            for step_name, context in [] if stopping else steps:
                 params = {
                     "b_id": execution.id,
                     "step_name": step_name,
@@ -259,6 +285,8 @@ class StepRecords(StatusHistory):
                     )
                 )
             insert_history(conn, history)
+        if begun is not None:
+            begun.apply(execution, now)
         if ending is not None:
             ending.recorded(now)
         return created
