@@ -8,6 +8,7 @@ converted by their type hints). Writers turn items back into dicts.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -133,6 +134,7 @@ class ItemModel:
         self._pydantic = isinstance(model, type) and issubclass(model, BaseModel)
         self._types: dict[str, tuple[Any, bool]] = {}
         self._required: list[str] = []
+        positional = False
         if model is not None and isinstance(model, type) and issubclass(model, BaseModel):
             for name, info in model.model_fields.items():
                 self._types[info.alias or name] = _unwrap_optional(info.annotation)
@@ -140,9 +142,11 @@ class ItemModel:
                     self._required.append(info.alias or name)
         elif model is not None:
             hints = typing.get_type_hints(model)
+            positional = True
             for fld in dataclasses.fields(model):
                 if not fld.init:
                     continue
+                positional = positional and not getattr(fld, "kw_only", False)
                 self._types[fld.name] = _unwrap_optional(hints.get(fld.name, Any))
                 if (
                     fld.default is dataclasses.MISSING
@@ -164,6 +168,13 @@ class ItemModel:
             )
             for name, (target, nullable) in self._types.items()
         ]
+        # A dataclass whose __init__ takes every field positionally, each str, int, float or
+        # Decimal: build_leading() may build a batch of records column by column.
+        self._columns: list[tuple[str, Any]] = [
+            (name, direct) for name, _, _, _, _, direct in self._plan
+        ]
+        if not positional or any(direct is None for _, direct in self._columns):
+            self._columns = []
 
     @property
     def required_fields(self) -> list[str]:
@@ -209,6 +220,31 @@ class ItemModel:
                     message += f"; field {where!r}: {extra['msg']}"
                 raise error(field, message) from None
         raise AssertionError("unreachable")
+
+    def build_leading(self, rows: list[list[str]], header: list[str]) -> list[Any]:
+        """The items of the first of ``rows`` (each a value per ``header`` name), built as
+        ``build`` builds their records, a column at a time by C-level passes: all of them,
+        or those before the first model call that raised, or none when a value is not
+        non-blank text that its type's constructor takes (a blank, a missing field, text
+        that does not parse). ``build`` does the rest, and raises the errors."""
+        if not self._columns or not rows:
+            return []
+        columns = []
+        try:
+            for name, direct in self._columns:
+                column = list(map(operator.itemgetter(header.index(name)), rows))
+                if set(map(type, column)) != {str} or not all(column):
+                    return []
+                columns.append(column if direct is str else list(map(direct, column)))
+        except (IndexError, ValueError, InvalidOperation):
+            return []
+        built: list[Any] = []
+        model: Any = self.model
+        try:
+            built.extend(map(model, *columns))
+        except Exception:
+            pass  # build() raises it again, as the record's error
+        return built
 
     def _build_dataclass(self, record: dict[str, Any], error: ErrorFactory) -> Any:
         # Once per item: what _blanks() and convert_value() decide, in one pass over the

@@ -228,13 +228,19 @@ class CsvItemReader(ModelFileReader):
             after = [line + extra for line in lines[good:]]
             self._rest.extend(zip(rows[good:], after))  # noqa: B905 (as many)
             rows, lines = rows[:good], lines[:good]
-        self._pending = iter(list(map(dict, map(zip, itertools.repeat(header), rows))))
         self._ready_lines, self._ready_extra = lines, extra
         if self.model is None:
+            self._pending = iter(list(map(dict, map(zip, itertools.repeat(header), rows))))
             self._ready = self._pending
         else:
-            starts = (self._consumed, *[line + extra for line in lines[:-1]])
-            self._ready = map(self._build_at, self._pending, starts)
+            # Built by columns as far as that goes (zip takes a built item first, then moves
+            # the pending rows on with it), the rest one by one from records, with errors.
+            built = self._item_model.build_leading(rows, header)
+            self._pending = iter(rows)
+            first = map(operator.itemgetter(0), zip(built, self._pending))  # noqa: B905
+            records = map(dict, map(zip, itertools.repeat(header), self._pending))
+            starts = (self._consumed, *[line + extra for line in lines[:-1]])[len(built) :]
+            self._ready = itertools.chain(first, map(self._build_at, records, starts))
         return self.read() if good else self._read_rest()
 
     def _lines_after(self, rows: list[list[str]], before: int, *, exact: bool) -> Sequence[int]:

@@ -5,6 +5,8 @@ counts, checkpoints and restart as a step that reads item by item."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from batchd import BatchStatus, JobBuilder, JobOperator, JobRegistry, SqlJobRepository, StepBuilder
 from batchd.errors import ItemParseError
 from batchd.items import CsvItemReader, csv_items
+from batchd.items.convert import ItemModel
 from tests.items.helpers import make_ctx
 from tests.items.test_csv_read_ahead import Row, odd_file, outcomes
 
@@ -138,3 +141,49 @@ def test_a_job_reads_chunks_and_restarts_as_with_one_read_per_item(tmp_path: Pat
     # Every item once, in order, once the chunk that failed is written again.
     assert [item["id"] for item in written] == [str(i) for i in range(1, 2301)]
     assert runs[1][1]["read_count"] == 1300 and runs[1][1]["commit_count"] == 3
+
+
+@dataclasses.dataclass
+class Payment:
+    id: int
+    payer: str
+    amount: float
+    fee: Decimal
+
+    def __post_init__(self) -> None:
+        if self.id % 250 == 7:
+            raise ValueError("id is reserved")
+
+
+@pytest.mark.parametrize("blank", [False, True], ids=["all-text", "a-blank-fee"])
+def test_models_built_by_columns_are_those_built_one_by_one(tmp_path: Path, blank: bool) -> None:
+    """Batches of records whose fields all convert are built a column at a time: the same
+    items, the model's own errors at the same records, the same positions saved."""
+    path = tmp_path / "payments.csv"
+    lines = [
+        f"{i},payer {i},{i}.5,{'' if blank and i == 900 else f'0.{i % 10}'},extra"
+        for i in range(1, 1201)
+    ]
+    path.write_text("id,payer,amount,fee,note\n" + "\n".join(lines) + "\n")
+    whole = {"start_offset": 0, "end_offset": path.stat().st_size}
+    ahead = outcomes(copy.copy(CsvItemReader(path, model=Payment)), make_ctx())
+    one_by_one = outcomes(copy.copy(CsvItemReader(path, model=Payment)), make_ctx(partition=whole))
+    assert ahead == one_by_one
+    errors = [entry[0] for entry in ahead if isinstance(entry[0], tuple)]
+    assert [error[1] for error in errors] == [
+        1 + i for i in range(1, 1201) if i % 250 == 7 or (blank and i == 900)
+    ]
+    assert ahead[0][0] == Payment(1, "payer 1", 1.5, Decimal("0.1"))
+
+
+def test_build_leading_builds_what_it_can_and_leaves_the_rest_to_build() -> None:
+    model = ItemModel(Payment)
+    header = ["note", "id", "payer", "amount", "fee"]
+    rows = [["", str(i), f"p{i}", "1.5", "0.25"] for i in range(1, 7)]
+    built = [Payment(i, f"p{i}", 1.5, Decimal("0.25")) for i in range(1, 7)]
+    assert model.build_leading(rows, header) == built
+    assert model.build_leading([*rows[:3], ["", "7", "p", "1", "1"]], header) == built[:3]
+    assert model.build_leading([*rows[:3], ["", "4", "p", "1", ""]], header) == []  # a blank
+    assert model.build_leading([*rows[:3], ["", "4", "p", "x", "1"]], header) == []
+    assert model.build_leading(rows, header[:-1]) == []  # no fee column
+    assert ItemModel(None).build_leading(rows, header) == []
