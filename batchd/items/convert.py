@@ -8,6 +8,7 @@ converted by their type hints). Writers turn items back into dicts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 import types
 import typing
@@ -142,11 +143,9 @@ class ItemModel:
                     self._required.append(info.alias or name)
         elif model is not None:
             hints = typing.get_type_hints(model)
-            positional = True
             for fld in dataclasses.fields(model):
                 if not fld.init:
                     continue
-                positional = positional and not getattr(fld, "kw_only", False)
                 self._types[fld.name] = _unwrap_optional(hints.get(fld.name, Any))
                 if (
                     fld.default is dataclasses.MISSING
@@ -173,6 +172,12 @@ class ItemModel:
         self._columns: list[tuple[str, Any]] = [
             (name, direct) for name, _, _, _, _, direct in self._plan
         ]
+        if model is not None and not self._pydantic:
+            # Its own __init__ (or one written by hand) must take the fields in this order.
+            parameters = list(inspect.signature(model).parameters.values())
+            positional = [p.name for p in parameters] == list(self._types) and all(
+                p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters
+            )
         if not positional or any(direct is None for _, direct in self._columns):
             self._columns = []
 

@@ -187,3 +187,28 @@ def test_build_leading_builds_what_it_can_and_leaves_the_rest_to_build() -> None
     assert model.build_leading([*rows[:3], ["", "4", "p", "x", "1"]], header) == []
     assert model.build_leading(rows, header[:-1]) == []  # no fee column
     assert ItemModel(None).build_leading(rows, header) == []
+
+
+@dataclasses.dataclass(init=False)
+class Swapped:
+    id: int
+    name: str
+
+    def __init__(self, name: str, id: int) -> None:
+        self.id, self.name = id, name
+
+
+@dataclasses.dataclass(kw_only=True)
+class KeywordsOnly:
+    id: int
+    name: str
+
+
+@pytest.mark.parametrize("model", [Swapped, KeywordsOnly])
+def test_a_model_whose_init_does_not_take_the_fields_in_order_is_built_by_keywords(
+    model: Any,
+) -> None:
+    rows, header = [["1", "a"], ["2", "b"]], ["id", "name"]
+    assert ItemModel(model).build_leading(rows, header) == []
+    record = dict(zip(header, rows[0], strict=True))
+    assert ItemModel(model).build(record, lambda *_: ValueError()) == model(id=1, name="a")
