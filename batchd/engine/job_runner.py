@@ -58,6 +58,16 @@ class ExecutionHandle:
 class JobRunner:
     """Runs ``execution`` of ``job`` in the calling thread."""
 
+    # The end of the step that ran last, not recorded yet: it is recorded in the transaction
+    # that starts the next step, or alone before anything else happens (a decision, the
+    # after_job listeners, the job's end). Nothing runs between a step's end and the next
+    # step's start, so a kill there leaves only a state a kill in the next step's first
+    # instant leaves too.
+    _step_end: StepEnd | None = None
+    # The execution's start, not recorded yet (the job has no before_job listener to see
+    # it): recorded with the first step's start, or alone before anything else happens.
+    _starting = False
+
     def __init__(
         self,
         repository: SqlJobRepository,
@@ -73,15 +83,6 @@ class JobRunner:
         self.handle = handle
         # A step failed with an error the job marks permanent: no automatic retry.
         self.permanent_failure = False
-        # The end of the step that ran last, not recorded yet: it is recorded in the
-        # transaction that starts the next step, or alone before anything else happens
-        # (a decision, the after_job listeners, the job's end). Nothing runs between a step's
-        # end and the next step's start, so a kill there leaves only a state a kill in the
-        # next step's first instant leaves too.
-        self._step_end: StepEnd | None = None
-        # The execution's start, not recorded yet (the job has no before_job listener to see
-        # it): recorded with the first step's start, or alone before anything else happens.
-        self._starting = False
 
     def run(self) -> None:
         execution, job = self.execution, self.job
