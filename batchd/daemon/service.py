@@ -253,6 +253,9 @@ class Daemon:
                 next_fires=self.scheduler.next_fire_times,
             )
             self._open(lifecycle, Part(web.name, web.start, web.stop, web.threads))
+        # The start-up since join() may have outlasted the lease (the warm process importing
+        # slow job modules): once READY, other nodes must see this one live, never dead.
+        lifecycle.start(Part("heartbeat", self._first_beat))
 
     def _make_operator(
         self, lifecycle: Lifecycle, repository: SqlJobRepository, registry: JobRegistry
@@ -288,6 +291,12 @@ class Daemon:
         except Exception as error:
             message = f"cannot register node {self.settings.node} in the repository: {error}"
             raise StartupFailed(EX_UNAVAILABLE, message) from error
+
+    def _first_beat(self) -> None:
+        try:
+            self._beat()
+        except NodeConflict as error:
+            raise StartupFailed(EX_CONFIG, str(error)) from error
 
     def _start_metrics(self) -> None:
         self.metrics.node.info({"node": self.settings.node, "host": self.membership.host})

@@ -53,12 +53,13 @@ def node_config(
     lease: str = "1.5s",
     recover_every: str = "0.5s",
     metrics: str = "",
+    jobs: str = JOBS,
 ) -> str:
     """A daemon config: its control socket is ``workdir/ctl.sock``."""
     return (
         f'node = "{node}"\n'
         f'database_url = "{database_url}"\n'
-        f"jobs = {JOBS}\n"
+        f"jobs = {jobs}\n"
         'stop_grace = "5s"\n'
         f'heartbeat = "{heartbeat}"\n'
         f'lease = "{lease}"\n'
@@ -244,6 +245,21 @@ def test_node_names_on_postgresql(pg_url: str, start_node: Callable[..., Node]) 
     lost = table_rows(after.stdout)
     assert lost["gamma"][2:4] == [str(gamma.pid), "lost"]
     assert lost["alpha (this)"][3] == "live"
+
+
+def test_a_node_whose_start_up_outlasts_its_lease_is_live_once_ready(
+    tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    """The warm process imports its job module for longer than the lease: the heartbeat of
+    join() is old by READY=1, and the node must not look dead (a twin could take its name)."""
+    node = start_node(
+        "slow",
+        node="slow",
+        database_url=f"sqlite:///{tmp_path / 'batchd.db'}",
+        lease="1.5s",
+        jobs='["tests.daemon.slow_start_jobs"]',
+    ).ready()
+    assert nodes_by_name(node)["slow"]["live"]
 
 
 @pytest.mark.slow
