@@ -52,6 +52,7 @@ def finish(url: str, workdir: Path, job: str) -> BatchStatus:
     return newest.status
 
 
+@pytest.mark.slow
 def test_sql_output_is_exactly_once_after_20_random_kills(
     database_url: str, tmp_path: Path
 ) -> None:

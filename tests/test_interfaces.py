@@ -287,6 +287,7 @@ job = JobBuilder("typed").step(step).build()
 """
 
 
+@pytest.mark.slow
 def test_mypy_strict_checks_user_code_against_the_protocols(tmp_path: Path) -> None:
     (tmp_path / "good_job.py").write_text(textwrap.dedent(USER_MODULE.format(read_args="")))
     (tmp_path / "bad_job.py").write_text(USER_MODULE.format(read_args=", count: int"))

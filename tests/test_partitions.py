@@ -350,6 +350,7 @@ def test_a_worker_process_that_dies_fails_its_partition_and_restart_completes(
     assert_sink_holds_every_row_once(database_url)
 
 
+@pytest.mark.slow
 def test_a_lost_dask_worker_is_replaced_and_the_partition_resumes(
     start_killing_at_1234: Callable[..., JobExecution],
     database_url: str,
@@ -369,6 +370,7 @@ def test_a_lost_dask_worker_is_replaced_and_the_partition_resumes(
     assert len(before) == 1 and before.isdisjoint(after)
 
 
+@pytest.mark.slow
 def test_a_partition_that_keeps_killing_dask_workers_fails_with_its_cause(
     start_killing_at_1234: Callable[..., JobExecution], dask_client: Any
 ) -> None:

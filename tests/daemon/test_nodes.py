@@ -62,6 +62,7 @@ def executions_of(url: str, job: str) -> list[JobExecution]:
         repository.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_three_nodes_run_every_fire_once_though_one_is_killed(
     start_node: Callable[..., DaemonProcess], pg_url: str

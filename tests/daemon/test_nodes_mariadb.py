@@ -29,6 +29,7 @@ def pg_url(mariadb_url: str) -> str:
     return mariadb_url
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_three_nodes_on_mariadb_run_every_fire_once_though_one_is_killed(
     start_node: Callable[..., DaemonProcess], pg_url: str
