@@ -108,6 +108,33 @@ def test_sigkill_mid_chunk_then_recover_and_restart_processes_nothing_twice(
     assert sorted(items) == list(range(1, 401))
 
 
+def test_an_owner_killed_but_not_yet_reaped_is_dead(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zombie owner (ended, its exit status not yet collected: a worker whose parent died
+    with it, until init reaps it) answers signal 0 like a live one; it is dead."""
+    monkeypatch.setenv("BATCHD_TEST_ITEMS", "400")
+    create_output_table(database_url)
+    repo = SqlJobRepository(database_url)
+    child, execution_id = start_child(database_url, tmp_path, "slow_sql", items=400)
+    wait_for_commits(repo, execution_id, 1)
+    child.send_signal(signal.SIGKILL)
+    stat = Path(f"/proc/{child.pid}/stat")
+    deadline = time.monotonic() + 30
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not reaped: a zombie
+        assert time.monotonic() < deadline, "the killed child did not become a zombie"
+        time.sleep(0.01)
+    operator = JobOperator(repo, child_registry(database_url, tmp_path))
+    try:
+        recovered = operator.recover(lease=60)
+    finally:
+        operator.shutdown()
+        child.wait()
+        repo.dispose()
+    assert [e.id for e in recovered] == [execution_id]
+    assert "recovered: owner process" in (recovered[0].exit_message or "")
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = datetime.now(UTC)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from batchd import failpoints
@@ -46,8 +47,17 @@ def process_is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, it is just not ours
-    return True
+        pass  # it exists, it is just not ours
+    # A zombie has ended: only its exit status waits to be collected. A worker whose parent
+    # died with it stays one until init reaps it (slowly in some VMs, never in a container
+    # without an init), and its execution must be recovered meanwhile.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no procfs: the signal's answer stands
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class JobOperator:

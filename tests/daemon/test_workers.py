@@ -209,17 +209,28 @@ def test_sighup_remakes_the_warm_process_without_touching_running_workers(
     assert control.wait_for_status(running, "COMPLETED", "FAILED")["status"] == "COMPLETED"
 
 
-def _open_fds(pid: int) -> int:
-    """The daemon's open sockets, pipes and pidfds: what a reload opens per warm process.
-    Files are left out: the repository's connection pool may keep one more SQLite
-    connection (the database and its WAL) after a busy moment, which is no leak."""
+def _fd_links(pid: int) -> list[str]:
     links = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             links.append(os.readlink(fd))
         except FileNotFoundError:  # closed since the listing
             continue
-    return sum(not link.startswith("/") for link in links)
+    return links
+
+
+def _open_fds(pid: int) -> int:
+    """The daemon's open sockets, pipes and pidfds: what a reload opens per warm process.
+    Files are left out: the repository's connection pool may keep one more SQLite
+    connection (the database and its WAL) after a busy moment, which is no leak."""
+    return sum(not link.startswith("/") for link in _fd_links(pid))
+
+
+def _settled(pid: int) -> bool:
+    """One warm process and its spare, and the daemon has taken the spare in (its pidfd
+    open): the spare's fork is seen below the daemon before the daemon hears of it."""
+    spares = sum(link == "anon_inode:[pidfd]" for link in _fd_links(pid))
+    return len(descendants(pid)) == 2 and spares == 1
 
 
 def test_reloads_leave_the_daemon_no_more_open_files(
@@ -235,12 +246,12 @@ def test_reloads_leave_the_daemon_no_more_open_files(
         daemon.notify.wait_for("READY=1")
 
     reload()  # everything a first reload opens once (and keeps) is open from here on
-    # Settled: the old warm process and its spare gone, the new spare forked.
-    wait_until(lambda: len(descendants(daemon.proc.pid)) == 2)
+    # Settled: the old warm process and its spare gone, the new spare forked and taken in.
+    wait_until(lambda: _settled(daemon.proc.pid))
     before = _open_fds(daemon.proc.pid)
     for _ in range(5):
         reload()
-    wait_until(lambda: len(descendants(daemon.proc.pid)) == 2)
+    wait_until(lambda: _settled(daemon.proc.pid))
     wait_until(
         lambda: _open_fds(daemon.proc.pid) <= before,
         what=f"the daemon's open files back to {before} (now {_open_fds(daemon.proc.pid)})",
