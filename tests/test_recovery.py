@@ -22,6 +22,7 @@ from batchd.items import ListItemReader, SqlItemWriter
 from batchd.items.sql_items import dispose_engines
 from batchd.repository import Owner
 from batchd.repository.tables import job_execution
+from tests.daemon.process_tree import alive
 from tests.support.jobs import (
     CountingReader,
     JsonLinesLog,
@@ -119,9 +120,8 @@ def test_an_owner_killed_but_not_yet_reaped_is_dead(
     child, execution_id = start_child(database_url, tmp_path, "slow_sql", items=400)
     wait_for_commits(repo, execution_id, 1)
     child.send_signal(signal.SIGKILL)
-    stat = Path(f"/proc/{child.pid}/stat")
     deadline = time.monotonic() + 30
-    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not reaped: a zombie
+    while alive(child.pid):  # until it is a zombie: killed, not reaped
         assert time.monotonic() < deadline, "the killed child did not become a zombie"
         time.sleep(0.01)
     operator = JobOperator(repo, child_registry(database_url, tmp_path))
