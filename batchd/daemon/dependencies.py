@@ -165,10 +165,12 @@ class FireWatch:
             if job is None or fire.deadline_at is None:
                 continue
             if fire.deadline_state == "pending":
-                if now < fire.deadline_at:
-                    continue
+                # Met as soon as it completes in time, not only once the deadline has passed:
+                # the console shows the outcome while the fire is fresh.
                 if self._completed(job, fire, by=fire.deadline_at):
                     self.store.set_deadline_state(fire, "met")
+                    continue
+                if now < fire.deadline_at:
                     continue
                 if self.store.set_deadline_state(fire, "missed"):
                     self._missed(fire)

@@ -226,11 +226,26 @@ def _open_fds(pid: int) -> int:
     return sum(not link.startswith("/") for link in _fd_links(pid))
 
 
-def _settled(pid: int) -> bool:
-    """One warm process and its spare, and the daemon has taken the spare in (its pidfd
-    open): the spare's fork is seen below the daemon before the daemon hears of it."""
-    spares = sum(link == "anon_inode:[pidfd]" for link in _fd_links(pid))
-    return len(descendants(pid)) == 2 and spares == 1
+def _pidfd_targets(pid: int) -> list[int]:
+    """The processes the daemon holds a pidfd of (its fdinfo names the process)."""
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:[pidfd]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # closed since the listing
+            continue
+        targets += [int(line.split()[1]) for line in info.splitlines() if line.startswith("Pid:")]
+    return targets
+
+
+def _settled(pid: int, old: set[int]) -> bool:
+    """The reload's new warm process and its spare, none of the ``old`` ones, and the
+    daemon has taken the new spare in (holds its pidfd): the spare's fork is seen below the
+    daemon before the daemon hears of it, and the old pair lingers a moment after READY."""
+    below, held = set(descendants(pid)), _pidfd_targets(pid)
+    return len(below) == 2 and not below & old and len(held) == 1 and set(held) <= below
 
 
 def test_reloads_leave_the_daemon_no_more_open_files(
@@ -240,21 +255,20 @@ def test_reloads_leave_the_daemon_no_more_open_files(
     daemon = launched.daemon
 
     def reload() -> None:
+        old = set(descendants(daemon.proc.pid))
         daemon.notify.messages.clear()
         daemon.signal(signal.SIGHUP)
         daemon.notify.wait_for("RELOADING=1")
         daemon.notify.wait_for("READY=1")
+        wait_until(lambda: _settled(daemon.proc.pid, old), what="the new warm process settled")
 
     reload()  # everything a first reload opens once (and keeps) is open from here on
-    # Settled: the old warm process and its spare gone, the new spare forked and taken in.
-    wait_until(lambda: _settled(daemon.proc.pid))
-    before = _open_fds(daemon.proc.pid)
+    before = sorted(_fd_links(daemon.proc.pid))
     for _ in range(5):
         reload()
-    wait_until(lambda: _settled(daemon.proc.pid))
     wait_until(
-        lambda: _open_fds(daemon.proc.pid) <= before,
-        what=f"the daemon's open files back to {before} (now {_open_fds(daemon.proc.pid)})",
+        lambda: _open_fds(daemon.proc.pid) <= sum(not link.startswith("/") for link in before),
+        what=f"the daemon's open files back to {before} (now {_fd_links(daemon.proc.pid)})",
     )
     control = launched.connect()
     ran = control.call("start", job="healthy", params={"run": 1, "seconds": 0.1})["id"]
