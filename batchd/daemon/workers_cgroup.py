@@ -89,6 +89,10 @@ def memory_limits(proc: Path = PROC_SELF) -> MemoryLimits:
         (here / "cgroup.subtree_control").write_text("+memory")
     except OSError as error:
         return MemoryLimits(None, f"{here} cannot be written (no Delegate=yes?): {error}")
+    for stale in here.glob("worker-*"):
+        # Left by a daemon killed before it could remove them; the kernel refuses to remove
+        # one that still holds a process, so a live worker's cgroup stays.
+        remove(stale)
     return MemoryLimits(here, f"workers in child cgroups of {here}")
 
 

@@ -61,6 +61,19 @@ def test_a_delegated_cgroup_holds_the_daemon_in_a_leaf_and_each_worker_in_its_ow
     assert oom_killed(child)
 
 
+def test_the_cgroups_of_a_killed_daemon_s_ended_workers_are_removed_at_start(
+    tmp_path: Path,
+) -> None:
+    proc = _tree(tmp_path)
+    unit = tmp_path / "cgroup" / UNIT
+    (unit / "worker-4242").mkdir()  # its worker ended with the killed daemon
+    (unit / "worker-4343").mkdir()  # a process still in it (cgroupfs refuses to remove it)
+    (unit / "worker-4343" / "cgroup.procs").write_text("4343\n")
+    assert memory_limits(proc).cgroup == unit
+    assert not (unit / "worker-4242").exists()
+    assert (unit / "worker-4343" / "cgroup.procs").read_text() == "4343\n"
+
+
 @pytest.mark.parametrize(
     ("layout", "why"),
     [
