@@ -52,7 +52,8 @@ class BatchReader(Protocol[T_co]):
 
     The chunk loop calls ``read_many(n)`` instead of ``read()`` once per item only when
     nothing needs to see the items one at a time: the step has no ``retry`` or ``skip``
-    policy. :class:`batchd.items.CsvItemReader` has it.
+    policy. :class:`batchd.items.CsvItemReader`, ``JsonLinesItemReader`` and
+    ``FixedWidthItemReader`` have it.
     """
 
     @abstractmethod

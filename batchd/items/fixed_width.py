@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -98,11 +100,7 @@ class FixedWidthItemReader(ModelFileReader):
         if missing:
             raise ValueError(f"the columns do not include {missing[0]!r}, which the model needs")
 
-    def read(self) -> Any:
-        entry = self._next_line_text()
-        if entry is None:
-            return None
-        line, text = entry
+    def _record(self, line: int, text: str) -> Any:
         if len(text) > self.width:
             raise self._error(
                 line, None, f"line is {len(text)} characters long, the columns take {self.width}"
@@ -122,6 +120,29 @@ class FixedWidthItemReader(ModelFileReader):
         if self.model is None:
             return record
         return self._item_model.build(record, self._errors_at(line))
+
+    def _parse_block(self, texts: list[str]) -> list[Any] | None:
+        # A column at a time, by C-level passes (slices, strip, the type's constructor);
+        # a blank or too long line, or a value that does not convert, and the block is
+        # read line by line (which raises the error naming its line).
+        if max(map(len, texts)) > self.width or not all(texts) or any(map(str.isspace, texts)):
+            return None
+        columns = []
+        for _, start, end, convert in self._fields:
+            values = map(operator.itemgetter(slice(start, end)), texts)
+            column: list[Any] = list(map(str.strip, values))
+            if convert is not None:
+                direct = convert.target if convert.target in _NUMERIC else convert
+                try:
+                    if all(column):
+                        column = list(map(direct, column))
+                    else:
+                        column = [direct(value) if value else None for value in column]
+                except (ValueError, ArithmeticError):
+                    return None
+            columns.append(column)
+        names = itertools.repeat([name for name, _, _, _ in self._fields])
+        return self._build_all(list(map(dict, map(zip, names, zip(*columns, strict=True)))))
 
 
 class FixedWidthItemWriter(FileItemWriter):

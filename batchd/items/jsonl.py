@@ -14,8 +14,6 @@ from batchd.items.convert import item_to_dict
 from batchd.items.files import FileItemWriter
 from batchd.items.model_reader import ModelFileReader
 
-_UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
-
 
 class JsonLinesItemReader(ModelFileReader):
     """Reads a JSON Lines file: each non-blank line is one JSON object.
@@ -32,41 +30,16 @@ class JsonLinesItemReader(ModelFileReader):
     for :class:`batchd.items.CsvItemReader`.
     """
 
-    def read(self) -> Any:
-        source = self._source
-        if (
-            source is None
-            or source.offset == 0  # a byte-order mark is handled line by line
-            or self._end is not None
-            or self.encoding not in _UTF8
-        ):
-            return self._read_text()
-        # Once per item, so: the line is decoded and parsed in one step (json.loads skips
-        # JSON's blanks); a line that is not an object (blank, bad JSON or bytes, another
-        # value) goes to the line-by-line code with the line already read, as before.
-        while True:
-            raw = source._readline()
-            if not raw:
-                return None
-            source.offset += len(raw)
-            source.line += 1
-            try:
-                value = json.loads(raw.decode())
-            except ValueError:  # JSONDecodeError, UnicodeDecodeError
-                value = None
-            if type(value) is dict:
-                if self.model is None:
-                    return value
-                return self._item_model.build(value, self._errors_at(source.line))
-            text = source.decode(raw, source.line).rstrip("\r\n")
-            if text.strip():
-                return self._record(source.line, text)
-
-    def _read_text(self) -> Any:
-        record = self._next_text()
-        if record is None:
+    def _parse_block(self, texts: list[str]) -> list[Any] | None:
+        # json.loads of each line by a C-level map (it skips JSON's blanks): a line that is
+        # blank, not JSON or not an object, and the block is read line by line.
+        try:
+            values = list(map(json.loads, texts))
+        except ValueError:
             return None
-        return self._record(*record)
+        if set(map(type, values)) != {dict}:
+            return None
+        return self._build_all(values)
 
     def _record(self, line: int, text: str) -> Any:
         try:
@@ -104,21 +77,27 @@ class JsonLinesItemWriter(FileItemWriter):
     """
 
     def _encode(self, items: list[Any]) -> bytes:
-        lines = []
-        for item in items:
-            try:
-                text = json.dumps(
-                    item_to_dict(item, json_mode=True),
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                    default=_json_default,
-                    allow_nan=False,
-                )
-                lines.append(f"{text}\n".encode())
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, ItemFormatError):
-                    raise
-                raise ItemFormatError(
-                    f"cannot write an item as JSON to {self.resolved_path}: {exc}"
-                ) from None
-        return b"".join(lines)
+        # One encoder for every item (json.dumps with options builds one per call), plain
+        # dicts encoded as they are (item_to_dict would copy them), the chunk joined and
+        # encoded to UTF-8 at once.
+        if not items:
+            return b""
+        records = items if set(map(type, items)) == {dict} else map(_json_record, items)
+        try:
+            return ("\n".join(map(_ENCODER.encode, records)) + "\n").encode()
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ItemFormatError):
+                raise
+            raise ItemFormatError(
+                f"cannot write an item as JSON to {self.resolved_path}: {exc}"
+            ) from None
+
+
+def _json_record(item: Any) -> dict[str, Any]:
+    return item_to_dict(item, json_mode=True)
+
+
+# Compact JSON, non-ASCII kept as is, NaN and infinities refused (no JSON holds them).
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=_json_default, allow_nan=False
+)

@@ -124,6 +124,32 @@ def test_jsonl_writer_refuses_what_json_cannot_hold(tmp_path: Path) -> None:
     writer.close()
 
 
+def test_jsonl_writer_chunks_of_plain_dicts_and_of_models_write_the_same(tmp_path: Path) -> None:
+    """A chunk of plain dicts is encoded as it is, any other chunk item by item: the same
+    compact lines, and a chunk with an item that cannot be written writes nothing."""
+    event = Event(id=2, at=datetime(2026, 11, 21, 9), amount=Decimal("2.5"))
+    dicts = [{"id": i, "tag": "\u00e9", "at": date(2026, 1, i + 1)} for i in range(3)]
+    expected = [
+        '{"id":0,"tag":"\u00e9","at":"2026-01-01"}',
+        '{"id":1,"tag":"\u00e9","at":"2026-01-02"}',
+        '{"id":2,"tag":"\u00e9","at":"2026-01-03"}',
+        '{"id":2,"at":"2026-11-21T09:00:00","amount":"2.5"}',
+    ]
+    writer = copy.copy(JsonLinesItemWriter(tmp_path / "out.jsonl"))
+    ctx = make_ctx()
+    writer.open(ctx)
+    writer.write(dicts)
+    writer.write([dicts[0], event])
+    for bad in ({"text": "\ud800"}, {"n": float("inf")}, {"o": object()}, 42):
+        with pytest.raises(ItemFormatError, match=r"^cannot (write|encode)"):
+            writer.write([*dicts, bad])
+    writer.update(ctx)
+    writer.complete(ctx)
+    writer.close()
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines == [*expected[:3], expected[0], expected[3]]
+
+
 # ------------------------------------------------------------------------------- fixed width
 ACCOUNT_COLUMNS = [
     Column("number", 8),
