@@ -209,6 +209,34 @@ class FixedWidthItemWriter(FileItemWriter):
             name,
         )
 
+    def _plain_lines(self, items: list[Any]) -> str | None:
+        """The lines of a chunk of plain dicts whose columns each hold only text, or only
+        int and float values, that fit: a column at a time, by C-level passes; None for
+        any other chunk, which ``_format_line`` writes item by item (raising its errors)."""
+        if set(map(type, items)) != {dict}:
+            return None
+        columns = []
+        for name, width, right, by_value in self._layout:
+            values = list(map(operator.methodcaller("get", name), items))
+            kinds = set(map(type, values))
+            if kinds == {str}:
+                texts = values
+            elif kinds <= {int, float}:
+                texts = list(map(str, values))  # format_text of an int or a float
+                right = right or by_value
+            else:
+                return None  # None, dates, Decimals, booleans...: formatted one by one
+            joined = "".join(texts)
+            if max(map(len, texts)) > width or "\n" in joined or "\r" in joined:
+                return None
+            pad = operator.methodcaller("rjust" if right else "ljust", width, self.fill)
+            columns.append(map(pad, texts))
+        return "\n".join(map("".join, zip(*columns, strict=True))) + "\n"
+
     def _encode(self, items: list[Any]) -> bytes:
-        text = "".join(self._format_line(item) for item in items)
+        if not items:
+            return b""
+        text = self._plain_lines(items)
+        if text is None:
+            text = "".join(self._format_line(item) for item in items)
         return self._encode_text(text, self.encoding)

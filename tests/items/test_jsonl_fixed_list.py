@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import types
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -208,6 +209,35 @@ def test_fixed_width_errors_name_line_and_field(tmp_path: Path) -> None:
         "active": None,
     }
     assert reader.read() is None
+
+
+@pytest.mark.parametrize("fill", [" ", "."])
+def test_fixed_width_chunks_of_plain_dicts_write_what_items_one_by_one_do(
+    tmp_path: Path, fill: str
+) -> None:
+    """A chunk of plain dicts whose columns hold text, or ints and floats, is laid out a
+    column at a time; any other item goes through the item-by-item code: the same lines."""
+    columns = [
+        ("code", 5),
+        Column("right", 6, align=">"),
+        ("n", 6, int),
+        Column("left_n", 7, float, align="<"),
+        ("x", 8, float),
+        ("text_n", 4),  # numbers in a text column: right-aligned by value
+    ]
+    chunk = [
+        {"code": f"c{i}", "right": "r" * (i % 7), "n": i - 3, "left_n": i / 4, "x": i, "text_n": i}
+        for i in range(6)
+    ]
+    plain = run_writer(FixedWidthItemWriter(tmp_path / "plain.txt", columns, fill=fill), [chunk])
+    proxies = [types.MappingProxyType(item) for item in chunk]  # a Mapping, not a dict
+    run_writer(FixedWidthItemWriter(tmp_path / "items.txt", columns, fill=fill), [proxies])
+    written = (tmp_path / "plain.txt").read_text()
+    assert written == (tmp_path / "items.txt").read_text()
+    assert written.splitlines()[5] == "c5" + fill * 4 + "rrrrr" + fill * 5 + "2" + "1.25" + (
+        fill * 3 + fill * 7 + "5" + fill * 3 + "5"
+    )
+    assert plain["FixedWidthItemWriter.size"] == len(written)
 
 
 def test_fixed_width_value_too_wide(tmp_path: Path) -> None:
