@@ -7,7 +7,6 @@ registered, do the templates use only known variables) is done by ``check`` in
 
 from __future__ import annotations
 
-import difflib
 import re
 import socket
 from collections.abc import Mapping
@@ -340,6 +339,8 @@ def misspelt_variables(environ: Mapping[str, str], prefix: str = "BATCHD_") -> l
         name = variable[len(prefix) :].upper()
         if not variable.upper().startswith(prefix) or name in known:
             continue
+        import difflib  # only for a variable batchd does not know: not in the daemon's memory
+
         close = difflib.get_close_matches(name, known, n=1, cutoff=_LOOKS_LIKE)
         if close:
             problems.append(f"{variable}: unknown variable (did you mean {prefix}{close[0]}?)")

@@ -83,6 +83,9 @@ def create_database_engine(url: str | URL, **kwargs: Any) -> Engine:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
+    from batchd.repository.tables import use_dialect  # tables imports this module
+
+    use_dialect(engine.dialect.name)
     return engine
 
 

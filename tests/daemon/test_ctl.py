@@ -229,7 +229,7 @@ def test_every_operation_has_a_handler_a_renderer_and_a_command() -> None:
     """The protocol's table is the one list of operations: the server's handlers, the
     renderers of ``batchd ctl``, its commands and the metrics' labels all follow it."""
     import batchd.ctl_render
-    from batchd.cli import ctl as ctl_group
+    from batchd.cli_ctl import ctl as ctl_group
     from batchd.daemon.handlers import Handlers
     from batchd.daemon.metrics import CONTROL_OPS
     from batchd.daemon.protocol import OPERATIONS

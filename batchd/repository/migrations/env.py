@@ -7,13 +7,14 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Table, event
 
-from batchd.repository.tables import metadata, mysql_table_options
+from batchd.repository.tables import metadata, mysql_table_options, use_dialect
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("batchd migrations run through batchd.repository.migrate.upgrade()")
 
 TABLE_OPTIONS = mysql_table_options(connection)
+use_dialect(connection.dialect.name)
 
 
 def _with_table_options(table: Table, *_: Any, **__: Any) -> None:
