@@ -1,10 +1,11 @@
 """What an idle daemon keeps in memory: the modules a real ``batchd run`` has imported once it
-is READY, on a repository whose schema is at head, with no web console, no calendar, no retry
-due and no job module that reads files or tables.
+is READY, on a repository whose schema is at head, with no web console, no metrics listener,
+no calendar, no retry due and no job module that reads files or tables.
 
 Each module named here costs the daemon's resident memory for its whole life (issue 14: idle
 RSS); it is imported where it is needed (a migration, a calendar's holidays, a retry's
-backoff, the web console, a job's readers and writers) and must not come back at start-up.
+backoff, the web console, the metrics, a job's readers and writers) and must not come back
+at start-up.
 The daemon is asked from outside: a ``sitecustomize`` on its PYTHONPATH (the test's, not
 batchd's) writes ``sys.modules`` to a file when the daemon gets SIGUSR2.
 """
@@ -50,6 +51,10 @@ NOT_AT_IDLE = (
     "tenacity",  # only to compute a retry's backoff
     "tornado",
     "jinja2",  # only with [web] listen
+    "prometheus_client",  # only with [metrics] listen (off in this config)
+    "batchd.daemon.metrics",
+    "http.server",
+    "wsgiref",
     "batchd.web",
     "rich",  # never in the daemon
     "batchd.cli_ctl",  # the client's commands: `batchd ctl` only

@@ -27,13 +27,12 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, Table, and_, exists, select
 
 from batchd import failpoints
 from batchd.daemon.membership import Membership
-from batchd.daemon.metrics import Metrics
 from batchd.daemon.scheduler import Scheduler
 from batchd.daemon.settings import ScheduleSettings, Settings, WatchSettings
 from batchd.daemon.watcher import Watcher
@@ -41,6 +40,9 @@ from batchd.engine import JobOperator
 from batchd.model import BatchStatus, JobExecution
 from batchd.repository import TriggerStore
 from batchd.repository.tables import job_execution, schedule_fire, trigger_file
+
+if TYPE_CHECKING:
+    from batchd.daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class Recovery:
     scheduler: Scheduler
     watcher: Watcher
     membership: Membership
-    metrics: Metrics
+    metrics: Metrics | None  # None while [metrics] listen is off
     # One pass at a time, whether the timer or the control socket asks.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _refused_restarts: set[int] = field(default_factory=set, init=False)  # logged once
@@ -177,7 +179,8 @@ class Recovery:
             log.exception("crash recovery failed; trying again later")
             return [], trust_heartbeats
         for execution in recovered:
-            self.metrics.on_execution_recovered(execution)
+            if self.metrics is not None:
+                self.metrics.on_execution_recovered(execution)
             log.warning(
                 "job execution %d (%s %s) FAILED by recovery: %s",
                 execution.id,
@@ -234,6 +237,8 @@ class Recovery:
             log.exception("taking over the claims of dead nodes failed; trying again later")
 
     def _refresh_metrics(self) -> None:
+        if self.metrics is None:
+            return
         try:
             self.metrics.nodes_live.set(sum(live for _, live in self.membership.nodes()))
         except Exception:

@@ -47,7 +47,6 @@ from batchd.daemon.lifecycle import (
     stop_executions,
 )
 from batchd.daemon.membership import Membership
-from batchd.daemon.metrics import Metrics
 from batchd.daemon.notify import SystemdNotifier
 from batchd.daemon.recovery import Recovery
 from batchd.daemon.retries import Retrier, policies_from
@@ -63,7 +62,7 @@ from batchd.repository import SqlJobRepository, TriggerStore, parse_database_url
 from batchd.repository.nodes import DatabaseClock, NodeConflict
 
 if TYPE_CHECKING:
-    pass
+    from batchd.daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class Daemon:
     operator: JobOperator
     workers: WorkerPool  # with isolation = "process"
     backfills: Backfills
-    metrics: Metrics
+    metrics: Metrics | None  # None while [metrics] listen is off
     store: TriggerStore
     scheduler: Scheduler
     watcher: Watcher
@@ -181,9 +180,15 @@ class Daemon:
         self.backfills = Backfills(self.operator)
         lifecycle.start(Part("operator", nothing, self._stop_executions))
         # Metrics watch the engine through its observer hooks and the triggers through
-        # their listeners; the job gauges start from what the repository knows.
-        self.metrics = Metrics(repository)
-        lifecycle.start(Part("metrics", self._start_metrics))
+        # their listeners; the job gauges start from what the repository knows. Only with
+        # the listener on (a change takes a restart): nothing else reads them, and
+        # prometheus-client with the HTTP modules it imports is about 2.5 MiB resident.
+        self.metrics = None
+        if settings.metrics.listen:
+            from batchd.daemon.metrics import Metrics
+
+            self.metrics = Metrics(repository)
+            lifecycle.start(Part("metrics", self._start_metrics))
         self.store = TriggerStore(repository, node=settings.node)
         self.scheduler = Scheduler(
             settings.schedules,
@@ -217,7 +222,9 @@ class Daemon:
         # [job.<name>] retries: FAILED executions restarted after their backoff (a reload
         # changes the policies: they are read at every pass).
         retrier = Retrier(
-            self.operator, lambda: policies_from(self.settings), on_retry=self.metrics.on_retry
+            self.operator,
+            lambda: policies_from(self.settings),
+            on_retry=None if self.metrics is None else self.metrics.on_retry,
         )
         self.operator.add_observer(retrier)
         lifecycle.start(Part("retries", retrier.start, retrier.stop, retrier.threads))
@@ -235,7 +242,7 @@ class Daemon:
         serve = partial(self.control.serve, facade)
         control = Part("control server", serve, self.control.close, self.control.threads)
         self._open(lifecycle, control)
-        if settings.metrics.listen:
+        if self.metrics is not None and settings.metrics.listen:
             listen = partial(self.metrics.start, settings.metrics.listen)
             self._open(
                 lifecycle,
@@ -299,13 +306,15 @@ class Daemon:
             raise StartupFailed(EX_CONFIG, str(error)) from error
 
     def _start_metrics(self) -> None:
+        assert self.metrics is not None
         self.metrics.node.info({"node": self.settings.node, "host": self.membership.host})
         self._report_membership()
         self.operator.add_observer(self.metrics)
 
     def _start_scheduler(self) -> None:
         self.scheduler.start()
-        self.metrics.refresh_schedules(self.scheduler)
+        if self.metrics is not None:
+            self.metrics.refresh_schedules(self.scheduler)
 
     @staticmethod
     def _open(lifecycle: Lifecycle, socket_part: Part) -> None:
@@ -380,6 +389,8 @@ class Daemon:
                 log.exception("catching up the schedules after the database outage failed")
 
     def _report_membership(self) -> None:
+        if self.metrics is None:
+            return
         self.metrics.database_up.set(1 if self.membership.database_up else 0)
         self.metrics.clock_skew.set(self.membership.clock.skew_seconds)
 
