@@ -302,22 +302,25 @@ class TriggerStore:
     ) -> FileClaim | None:
         """Claim a file, recording where it goes and the job's parameters; the claim, or
         None when this name + content was claimed before."""
-        now = self.repository.clock()
+        claim = insert(trigger_file).values(
+            watch_name=watch,
+            file_name=name,
+            sha256=sha256,
+            state="claimed",
+            claimed_at=self.repository.clock(),
+            node=self.node,
+            destination=destination,
+            params=canonical_json(params) if params is not None else None,
+            execution_floor=_EXECUTION_FLOOR,
+        )
         try:
             with self.engine.begin() as conn:
-                result = conn.execute(
-                    insert(trigger_file).values(
-                        watch_name=watch,
-                        file_name=name,
-                        sha256=sha256,
-                        state="claimed",
-                        claimed_at=now,
-                        node=self.node,
-                        destination=destination,
-                        params=canonical_json(params) if params is not None else None,
-                        execution_floor=_EXECUTION_FLOOR,
-                    )
-                )
+                if conn.dialect.insert_returning:
+                    # The row as stored, from the INSERT itself: no read after the commit
+                    # on the way from a dropped file to its job.
+                    row = conn.execute(claim.returning(trigger_file)).mappings().one()
+                    return FileClaim.of(dict(row))
+                result = conn.execute(claim)
         except IntegrityError:
             return None
         key = result.inserted_primary_key
