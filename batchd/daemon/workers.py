@@ -107,6 +107,10 @@ class ProcessOperator(JobOperator):
         self._heartbeat = Heartbeat(repository, self._live_workers, heartbeat)
         self.settings = settings  # read at each start: a reload changes limits
         self._workers: dict[int, Worker] = {}
+        # Executions queued for or held by a pool thread (started with start_async), and
+        # those handed to their worker: the settings and limits it was given, its cgroup.
+        self._pooled: set[int] = set()
+        self._dispatched: dict[int, tuple[Settings, JobLimits, Path | None]] = {}
 
     def _live_workers(self) -> list[ExecutionHandle]:
         """Handles for the heartbeat, one per execution whose worker is alive; marked done,
@@ -137,44 +141,79 @@ class ProcessOperator(JobOperator):
     def _fail_unstarted(self, job: Job, execution: JobExecution, reason: str) -> None:
         with self._lock:
             worker = self._workers.pop(execution.id, None)
+            self._pooled.discard(execution.id)
+            dispatched = self._dispatched.pop(execution.id, None)
         if worker is not None:
+            if dispatched is not None:  # its pool thread never came: it runs unsupervised
+                worker.kill(f"not started: {reason}")
+                if dispatched[2] is not None:
+                    remove_cgroup(dispatched[2])
             self.pool.give_back(worker)
         super()._fail_unstarted(job, execution, reason)
 
-    def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
-        """In a pool thread: hand the execution to its worker, wait for the worker's end,
-        and fail the execution with the cause if the worker did not record its end."""
-        handle = self._handles[execution.id]
+    def _before_pool(self, job: Job, execution: JobExecution) -> None:
+        """Hand the execution to its worker in the starting thread when a pool thread is
+        free to supervise it: the worker starts at once instead of after a pool thread is
+        scheduled. When every pool thread is taken (``max_concurrent_jobs`` running), it
+        waits for one, and is handed over there."""
         with self._lock:
+            free = len(self._pooled) < self.max_concurrent_jobs
+            self._pooled.add(execution.id)
             worker = self._workers[execution.id]
+        if not free:
+            return
+        try:
+            self._dispatch(job, execution, worker)
+        except Exception:
+            # Not handed over: its pool thread tries again and ends it FAILED as it fails.
+            with self._lock:
+                dispatched = self._dispatched.pop(execution.id, None)
+            if dispatched is not None and dispatched[2] is not None:
+                remove_cgroup(dispatched[2])
+
+    def _dispatch(self, job: Job, execution: JobExecution, worker: Worker) -> None:
+        """Send the execution to its worker, under the limits of the settings of now."""
         settings = self.settings()
         limits = settings.limits.of(job.name)
         cgroup = None
+        if limits.memory_max is not None:
+            cgroup = self.pool.memory.place(worker.pid, limits.memory_max)
+        with self._lock:
+            self._dispatched[execution.id] = (settings, limits, cgroup)
+        # The parameters go as the execution records them: the worker types them with
+        # its own job (a reload re-imports the modules, so the daemon's classes may no
+        # longer be the ones a worker has). No rlimit where the cgroup limits it.
+        rlimit = None if cgroup is not None else limits.memory_max
+        payload = pickle.dumps(
+            Assignment(
+                execution,
+                rlimit,
+                self.heartbeat_interval,
+                input_directories(),
+                # A memory limit stays with the worker (an rlimit cannot be raised, a
+                # cgroup is removed after it): its last execution.
+                last=limits.memory_max is not None,
+            )
+        )
+        worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
+        log.info(
+            "job execution %d (%s) runs in worker process %d", execution.id, job.name, worker.pid
+        )
+
+    def _run(self, job: Job, execution: JobExecution, job_params: JobParameters) -> None:
+        """In a pool thread: hand the execution to its worker (unless the starting thread
+        did), wait for the worker's end, and fail the execution with the cause if the
+        worker did not record its end."""
+        handle = self._handles[execution.id]
+        with self._lock:
+            worker = self._workers[execution.id]
+            dispatched = self._dispatched.get(execution.id)
         try:
-            if limits.memory_max is not None:
-                cgroup = self.pool.memory.place(worker.pid, limits.memory_max)
-            # The parameters go as the execution records them: the worker types them with
-            # its own job (a reload re-imports the modules, so the daemon's classes may no
-            # longer be the ones a worker has). No rlimit where the cgroup limits it.
-            rlimit = None if cgroup is not None else limits.memory_max
-            payload = pickle.dumps(
-                Assignment(
-                    execution,
-                    rlimit,
-                    self.heartbeat_interval,
-                    input_directories(),
-                    # A memory limit stays with the worker (an rlimit cannot be raised, a
-                    # cgroup is removed after it): its last execution.
-                    last=limits.memory_max is not None,
-                )
-            )
-            worker.assign(execution.id, log_path(settings.log_dir, job.name, execution.id), payload)
-            log.info(
-                "job execution %d (%s) runs in worker process %d",
-                execution.id,
-                job.name,
-                worker.pid,
-            )
+            if dispatched is None:
+                self._dispatch(job, execution, worker)
+                with self._lock:
+                    dispatched = self._dispatched[execution.id]
+            settings, limits, cgroup = dispatched
             cause = self._supervise(worker, execution, limits, settings.stop_grace)
             oom = cgroup is not None and oom_killed(cgroup)
             self._fail_if_running(execution.id, cause or exit_cause(worker, limits, oom_killed=oom))
@@ -190,11 +229,13 @@ class ProcessOperator(JobOperator):
             self._fail_if_running(execution.id, f"not started: {describe_error(error)}")
             raise
         finally:
-            if cgroup is not None:
-                remove_cgroup(cgroup)
             with self._lock:
                 self._handles.pop(execution.id, None)
                 self._workers.pop(execution.id, None)
+                self._pooled.discard(execution.id)
+                dispatched = self._dispatched.pop(execution.id, None)
+            if dispatched is not None and dispatched[2] is not None:
+                remove_cgroup(dispatched[2])
             self.pool.give_back(worker)  # a spare again if it is idle, else it goes
             handle.done.set()
             final = self.repository.get_execution(execution.id) or execution

@@ -213,6 +213,7 @@ class JobOperator:
                     if future.cancelled():  # shutdown(wait=False) dropped it from the queue
                         self._fail_unstarted(job, execution, "the operator was shut down")
 
+                self._before_pool(job, execution)
                 self._pool.submit(self._run, job, execution, job_params).add_done_callback(
                     if_cancelled
                 )
@@ -222,6 +223,10 @@ class JobOperator:
             raise
         self._run(job, execution, job_params)
         return self.get_execution(execution.id)
+
+    def _before_pool(self, job: Job, execution: JobExecution) -> None:
+        """Called in the starting thread right before the execution is queued for a pool
+        thread (the daemon's process operator hands it to its worker here)."""
 
     def _fail_unstarted(self, job: Job, execution: JobExecution, reason: str) -> None:
         """End an execution no runner took FAILED with ``reason``; release its handle."""
