@@ -8,6 +8,7 @@ converted by their type hints). Writers turn items back into dicts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import operator
 import types
@@ -289,6 +290,19 @@ class ItemModel:
             return self.model(**kwargs)
         except (TypeError, ValueError) as exc:
             raise error(None, str(exc)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def record_builder(names: tuple[str, ...]) -> Callable[[typing.Sequence[Any]], dict[str, Any]]:
+    """A function of a row (a sequence as long as ``names``) that returns the dict of
+    ``names`` to its values, as ``dict(zip(names, row))`` does (a repeated name keeps its
+    last value). It is a dict display compiled for these names, which builds a record in
+    about half the time of ``dict(zip())`` (no zip object, no pair per field); readers map
+    it over a batch of rows. The names go into the code as literals (``repr``), never as
+    code."""
+    fields = ", ".join(f"{name!r}: row[{index}]" for index, name in enumerate(names))
+    build: Callable[[typing.Sequence[Any]], dict[str, Any]] = eval(f"lambda row: {{{fields}}}")
+    return build
 
 
 def item_to_dict(item: Any, *, json_mode: bool = False) -> dict[str, Any]:

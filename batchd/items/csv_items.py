@@ -17,6 +17,7 @@ from batchd.items.convert import (
     format_text,
     item_to_dict,
     model_fields,
+    record_builder,
 )
 from batchd.items.files import (
     ChecksumSpec,
@@ -78,10 +79,10 @@ class CsvItemReader(ModelFileReader):
         self._header: list[str] | None = None
         # Without a byte range to stop at, records are read ahead in batches by C-level
         # iterators (blocks of the file decoded whole and split into lines, csv.reader,
-        # dict(zip())), and read() or read_many() hand them out; the LineSource's offset and
-        # line are brought up to date from the lines' sizes when they are needed (_sync), to
-        # just after the last record handed out. Line counts below are the fast reader's,
-        # from where it started.
+        # the header's record_builder mapped over the rows), and read() or read_many() hand
+        # them out; the LineSource's offset and line are brought up to date from the lines'
+        # sizes when they are needed (_sync), to just after the last record handed out. Line
+        # counts below are the fast reader's, from where it started.
         self._fast: Any = None  # the csv.reader
         self._sizes: Any = None  # the sizes of the lines it has read, not yet synced
         self._ready: Any = None  # the items of the batch not handed out yet
@@ -229,8 +230,9 @@ class CsvItemReader(ModelFileReader):
             self._rest.extend(zip(rows[good:], after))  # noqa: B905 (as many)
             rows, lines = rows[:good], lines[:good]
         self._ready_lines, self._ready_extra = lines, extra
+        build = record_builder(tuple(header))
         if self.model is None:
-            self._pending = iter(list(map(dict, map(zip, itertools.repeat(header), rows))))
+            self._pending = iter(list(map(build, rows)))
             self._ready = self._pending
         else:
             # Built by columns as far as that goes (zip takes a built item first, then moves
@@ -238,7 +240,7 @@ class CsvItemReader(ModelFileReader):
             built = self._item_model.build_leading(rows, header)
             self._pending = iter(rows)
             first = map(operator.itemgetter(0), zip(built, self._pending))  # noqa: B905
-            records = map(dict, map(zip, itertools.repeat(header), self._pending))
+            records = map(build, self._pending)
             starts = (self._consumed, *[line + extra for line in lines[:-1]])[len(built) :]
             self._ready = itertools.chain(first, map(self._build_at, records, starts))
         return self.read() if good else self._read_rest()

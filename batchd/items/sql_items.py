@@ -521,11 +521,12 @@ class _InsertPlan:
         names = self.names or []
         if any(self.processors):
             # Column by column, so the per-value work is C's map (SQLAlchemy calls a
-            # processor for None too, and so does this).
+            # processor for None too, and so does this); the columns are iterators that
+            # zip draws from together (no list per column).
             columns = [
-                list(map(operator.itemgetter(name), rows))
+                map(operator.itemgetter(name), rows)
                 if process is None
-                else list(map(process, map(operator.itemgetter(name), rows)))
+                else map(process, map(operator.itemgetter(name), rows))
                 for name, process in zip(names, self.processors)  # noqa: B905
             ]
             return list(zip(*columns))  # noqa: B905

@@ -55,6 +55,17 @@ def test_dicts(tmp_path: Path) -> None:
     assert len(items) == 4
 
 
+def test_header_names_are_keys_as_written(tmp_path: Path) -> None:
+    # Any text is a field name: quotes, backslashes, braces, code; a repeated name keeps
+    # its last value, as dict(zip(header, row)) does.
+    names = ["id", "it's", 'say "hi"', "back\\slash", "}{", "__import__('os')", "id", ""]
+    header = ",".join('"' + name.replace('"', '""') + '"' for name in names)
+    path = write(tmp_path, header + "\n" + "1,2,3,4,5,6,7,8\n")
+    (item,) = read_all(CsvItemReader(path))
+    assert item == dict(zip(names, "12345678", strict=True))
+    assert item["id"] == "7" and list(item) == ["id", *names[1:6], ""]
+
+
 def test_pydantic_model_and_bad_row_names_line_and_field(tmp_path: Path) -> None:
     reader = copy.copy(CsvItemReader(write(tmp_path, PAYMENTS), model=Payment))
     reader.open(make_ctx())
