@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from batchd.errors import ItemFormatError
-from batchd.items.convert import Converter, format_text, item_to_dict
+from batchd.items.convert import Converter, format_text, item_to_dict, record_builder
 from batchd.items.files import ChecksumSpec, FileItemWriter, PathLike
 from batchd.items.model_reader import ModelFileReader
 
@@ -122,9 +121,10 @@ class FixedWidthItemReader(ModelFileReader):
         return self._item_model.build(record, self._errors_at(line))
 
     def _parse_block(self, texts: list[str]) -> list[Any] | None:
-        # A column at a time, by C-level passes (slices, strip, the type's constructor);
-        # a blank or too long line, or a value that does not convert, and the block is
-        # read line by line (which raises the error naming its line).
+        # A column at a time, by C-level passes (slices, strip, the type's constructor, the
+        # layout's compiled dict display); a blank or too long line, or a value that does
+        # not convert, and the block is read line by line (which raises the error naming
+        # its line).
         if max(map(len, texts)) > self.width or not all(texts) or any(map(str.isspace, texts)):
             return None
         columns = []
@@ -141,8 +141,8 @@ class FixedWidthItemReader(ModelFileReader):
                 except (ValueError, ArithmeticError):
                     return None
             columns.append(column)
-        names = itertools.repeat([name for name, _, _, _ in self._fields])
-        return self._build_all(list(map(dict, map(zip, names, zip(*columns, strict=True)))))
+        build = record_builder(tuple(name for name, _, _, _ in self._fields))
+        return self._build_all(list(map(build, zip(*columns, strict=True))))
 
 
 class FixedWidthItemWriter(FileItemWriter):
