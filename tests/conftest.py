@@ -223,3 +223,17 @@ def operator(repository: SqlJobRepository, registry: JobRegistry) -> Iterator[Jo
     op = JobOperator(repository, registry, max_concurrent_jobs=4, heartbeat=0.2)
     yield op
     op.shutdown(wait=True)
+
+
+@pytest.fixture(autouse=True)
+def _batchd_variables_kept() -> Iterator[None]:
+    """The ``BATCHD_`` variables as they were before each test. Loading a config in this
+    process exports ``BATCHD_DATABASE_URL`` (for job modules, as the daemon does for its
+    own); left set, every daemon a later test starts on the same worker would inherit it
+    and open that test's database instead of its own config's."""
+    before = {name: value for name, value in os.environ.items() if name.startswith("BATCHD_")}
+    yield
+    for name in [name for name in os.environ if name.startswith("BATCHD_")]:
+        if name not in before:
+            del os.environ[name]
+    os.environ.update(before)

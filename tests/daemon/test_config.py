@@ -50,13 +50,11 @@ MakeJobs = Callable[..., str]
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """load_jobs may set BATCHD_DATABASE_URL for job modules: undo it after each test, and
-    keep the caller's BATCHD_ variables out of the configs under test."""
+    """Keep the caller's BATCHD_ variables out of the configs under test (what a config
+    load exports is undone after every test: tests/conftest.py)."""
     for name in list(os.environ):
         if name.startswith("BATCHD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("BATCHD_DATABASE_URL", "sqlite:///unused.db")
-    monkeypatch.delenv("BATCHD_DATABASE_URL")
     # Rewritten modules must be read from source on reload (no stale .pyc of the same second).
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
 

@@ -59,10 +59,8 @@ def test_the_daemon_retries_until_the_job_completes(
 
 
 def test_the_retries_of_an_unknown_job_or_a_bad_delay_are_config_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    # Loading a config sets BATCHD_DATABASE_URL when unset: keep it to this test.
-    monkeypatch.setenv("BATCHD_DATABASE_URL", f"sqlite:///{tmp_path / 'batchd.db'}")
     config = tmp_path / "batchd.toml"
     config.write_text(
         control_config(
