@@ -389,17 +389,17 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             index_elements=self.upsert_on, set_={k: lite_stmt.excluded[k] for k in updates}
         )
 
-    def _same_keys(self, table: Table, items: list[Any]) -> tuple[str, ...] | None:
-        """The keys of a chunk of plain dicts that all have the same keys, all columns of
-        ``table`` (the usual chunk), found with C-level passes; else None."""
+    def _same_length(self, table: Table, items: list[Any]) -> tuple[str, ...] | None:
+        """The first item's keys when the chunk is plain dicts that each have as many keys
+        as it, all columns of ``table`` (the usual chunk), found with C-level passes; else
+        None. Whether each item has these very keys is left to the plan's lookups of them
+        (``_InsertPlan.execute`` with ``checked=False``)."""
         first = items[0]
         if type(first) is not dict or set(map(type, items)) != {dict}:
             return None
-        keys = set(first)
-        if not keys.issubset(table.c.keys()) or set(map(len, items)) != {len(keys)}:
+        if not set(first).issubset(table.c.keys()) or set(map(len, items)) != {len(first)}:
             return None
-        # Each item has len(keys) keys, none outside keys: the same keys.
-        return tuple(first) if all(map(keys.issuperset, items)) else None
+        return tuple(first)
 
     def _rows(self, table: Table, items: list[Any]) -> list[dict[str, Any]]:
         # Once per item: one set test, and the (slower) lookups in table.c that name the
@@ -423,14 +423,21 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         self,
         connection: Connection,
         table: Table,
-        rows: list[dict[str, Any]],
+        items: list[Any],
         keys: tuple[str, ...] | None,
     ) -> None:
         # executemany needs one set of columns: send each run of rows with equal keys
-        # together, in order. Usually all rows have the same keys (``keys``, found by
-        # _same_keys): then there is no per-row Python loop.
-        if keys is not None or len(set(map(tuple, rows))) == 1:
-            self._execute_run(connection, table, keys or tuple(rows[0]), rows)
+        # together, in order. Usually all items have the same keys: with ``keys`` from
+        # _same_length (each item as many keys as these), the plan's own lookups of them
+        # tell, and then there is no per-row Python loop; a row that lacks one of them (so
+        # has another key) sends nothing, and the chunk goes the row by row way.
+        if keys is not None and self._plan(connection, table, keys).execute(
+            connection, items, checked=False
+        ):
+            return
+        rows = self._rows(table, items)
+        if len(set(map(tuple, rows))) == 1:
+            self._plan(connection, table, tuple(rows[0])).execute(connection, rows)
             return
         start = 0
         while start < len(rows):
@@ -438,20 +445,18 @@ class SqlItemWriter(_SqlStream, ItemWriter):
             end = start + 1
             while end < len(rows) and tuple(rows[end]) == keys:
                 end += 1
-            self._execute_run(connection, table, keys, rows[start:end])
+            self._plan(connection, table, keys).execute(connection, rows[start:end])
             start = end
 
-    def _execute_run(
-        self, connection: Connection, table: Table, keys: tuple[str, ...], rows: list[Any]
-    ) -> None:
-        """One executemany (or COPY) of rows that all have ``keys``."""
+    def _plan(self, connection: Connection, table: Table, keys: tuple[str, ...]) -> _InsertPlan:
+        """The executemany (or COPY) of rows that have ``keys``, built once."""
         cache_key = (connection.dialect.name, keys)
         plan = self._plans.get(cache_key)
         if plan is None:
             plan = _InsertPlan.build(connection, table, self._statement(table, keys), keys)
             plan.copy = plan.copy and not self.upsert_on
             self._plans[cache_key] = plan
-        plan.execute(connection, rows)
+        return plan
 
     def write(self, items: list[Any]) -> None:
         if self._table is None or self._engine is None:
@@ -459,14 +464,13 @@ class SqlItemWriter(_SqlStream, ItemWriter):
         table = self._table
         if not items:
             return
-        keys = self._same_keys(table, items)
-        rows = items if keys is not None else self._rows(table, items)
+        keys = self._same_length(table, items)
         tx = self._joined()
         if tx is not None:
-            self._execute(tx.connection, table, rows, keys)  # committed by the engine
+            self._execute(tx.connection, table, items, keys)  # committed by the engine
             return
         with self.engine.begin() as connection:
-            self._execute(connection, table, rows, keys)
+            self._execute(connection, table, items, keys)
 
     @property
     def table_object(self) -> Table | None:
@@ -486,8 +490,11 @@ class _InsertPlan:
     text), as SQLAlchemy would send them. A statement that needs Python-side defaults
     (``insert_prefetch``) or binds other than the row's keys is executed by SQLAlchemy."""
 
-    def __init__(self, statement: Any, sql: str | None, names: list[str] | None) -> None:
+    def __init__(
+        self, statement: Any, keys: tuple[str, ...], sql: str | None, names: list[str] | None
+    ) -> None:
         self.statement = statement  # the Core statement (the fallback)
+        self.keys = frozenset(keys)
         self.sql = sql  # None: execute the statement through SQLAlchemy
         self.names = names  # the row keys in parameter order
         self.processors: list[Any] = []
@@ -501,10 +508,11 @@ class _InsertPlan:
     ) -> _InsertPlan:
         dialect = connection.dialect
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-        if compiled.insert_prefetch or set(compiled.binds) != set(keys):
-            return cls(statement, None, None)
-        names = list(compiled.positiontup) if compiled.positional else list(keys)
-        plan = cls(statement, compiled.string, names)
+        names = list(compiled.positiontup or ()) if compiled.positional else list(keys)
+        # The parameters must look up every key (execute(checked=False) relies on it).
+        if compiled.insert_prefetch or not set(compiled.binds) == set(names) == set(keys):
+            return cls(statement, keys, None, None)
+        plan = cls(statement, keys, compiled.string, names)
         processors = compiled._bind_processors
         plan.processors = [processors.get(name) for name in names]
         if not compiled.positional:
@@ -535,11 +543,24 @@ class _InsertPlan:
             return [(row[only],) for row in rows]
         return list(map(operator.itemgetter(*names), rows))
 
-    def execute(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+    def execute(
+        self, connection: Connection, rows: list[dict[str, Any]], *, checked: bool = True
+    ) -> bool:
+        """Sends ``rows``, which all have the plan's keys. With ``checked=False`` each row
+        is only known to have as many keys: then a row without one of them (so with
+        another key) makes it send nothing and return False."""
         if self.sql is None:
+            # SQLAlchemy would take the keys of the first row for all: check them here.
+            if not checked and not all(map(self.keys.issuperset, rows)):
+                return False
             connection.execute(self.statement, rows)
-            return
-        values = self._parameters(rows)
+            return True
+        try:
+            values = self._parameters(rows)  # looks up each key in each row
+        except KeyError:
+            if checked:
+                raise
+            return False
         if self.copy:
             self._copy(connection, values)
         elif self.named is not None:
@@ -547,6 +568,7 @@ class _InsertPlan:
             connection.exec_driver_sql(self.sql, [dict(zip(named, v)) for v in values])  # noqa: B905
         else:
             connection.exec_driver_sql(self.sql, values)
+        return True
 
     def _copy(self, connection: Connection, values: list[tuple[Any, ...]]) -> None:
         dialect = connection.dialect

@@ -319,3 +319,53 @@ def test_writer_duplicate_key_is_sqlalchemys_integrity_error(
         conn.rollback()
     writer.close()
     assert count(engine) == 1
+
+
+loose = Table(
+    "loose",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("a", Integer),
+    Column("b", Integer),
+    Column("c", Integer),
+    Column("d", Integer, default=7),  # a Python-side default: SQLAlchemy executes the INSERT
+)
+
+
+@pytest.mark.parametrize("how", ["insert", "upsert", "python default"])
+def test_writer_chunk_of_items_with_other_keys(database_url: str, engine: Engine, how: str) -> None:
+    """Items of one chunk with as many keys as the first but not the same ones (another
+    column, the same ones in another order, a column the table lacks): each value lands in
+    its own column, or the chunk fails as a whole with the unknown column named."""
+    loose.create(engine)
+    writer = copy.copy(SqlItemWriter(database_url, loose, upsert_on=["id"] * (how == "upsert")))
+    writer.open(make_ctx())
+    d = {} if how == "python default" else {"d": 0}
+    chunk = [
+        {"id": 1, "a": 1, "b": 2, **d},
+        {"id": 2, "a": 3, "c": 4, **d},  # no "b": a "c" instead
+        {"b": 5, "id": 3, "a": 6, **d},
+        {"id": 4, "c": 8, "b": 9, **d},
+    ]
+    with chunk_transaction(engine, database_url) as conn:
+        writer.write(chunk)
+        conn.commit()
+    writer.write([{"id": 5, "a": 10, "b": 11, **d}, {"id": 6, "a": 12, "b": 13, **d}])
+    with chunk_transaction(engine, database_url) as conn:
+        with pytest.raises(ItemFormatError, match="no column 'nope'"):
+            writer.write([{"id": 7, "a": 1, "b": 1, **d}, {"id": 8, "a": 1, "nope": 1, **d}])
+        conn.rollback()
+    with pytest.raises(ItemFormatError, match="no column 'nope'"):
+        writer.write([{"id": 9, "a": 1, "b": 1, **d}, {"id": 10, "nope": 1, "b": 1, **d}])
+    writer.close()
+    with engine.connect() as conn:
+        got = [tuple(r) for r in conn.execute(select(loose).order_by(loose.c.id))]
+    n = 7 if how == "python default" else 0
+    assert got == [
+        (1, 1, 2, None, n),
+        (2, 3, None, 4, n),
+        (3, 6, 5, None, n),
+        (4, None, 9, 8, n),
+        (5, 10, 11, None, n),
+        (6, 12, 13, None, n),
+    ]
