@@ -83,18 +83,21 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
     for daemon in nodes.values():
         daemon.notify.wait_for("READY=1", timeout=30)
 
-    # Midway, kill node-b while it runs a fire's job.
+    # Midway, kill a node while it runs a fire's job: whichever node is seen running one
+    # (which node claims a fire is a race the fastest wins; none is promised a share).
     wait_until(lambda: datetime.now(UTC) > first + timedelta(seconds=FIRES // 2), 60, "midway")
-    wait_until(
-        lambda: any(
-            e.node == "node-b" and e.status == BatchStatus.STARTED
-            for e in executions_of(pg_url, "tick")
+    running = wait_until(
+        lambda: sorted(
+            e.node for e in executions_of(pg_url, "tick") if e.status == BatchStatus.STARTED
         ),
         20,
-        "node-b to run a job",
+        "a node to run a job",
     )
-    nodes["node-b"].signal(signal.SIGKILL)
-    nodes["node-b"].wait(10)
+    assert isinstance(running, list)
+    victim = running[0]
+    survivors = sorted(set(nodes) - {victim})
+    nodes[victim].signal(signal.SIGKILL)
+    nodes[victim].wait(10)
     killed_at = datetime.now(UTC)
 
     def all_completed() -> bool:
@@ -115,11 +118,11 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
             print(name, "up:", ready[:1], "(schedule start", first.isoformat() + ")")
         raise
     time.sleep(2)  # a fire run twice would show up now
-    for name in ("node-a", "node-c"):
+    for name in survivors:
         nodes[name].signal(signal.SIGTERM)
         assert nodes[name].wait(30) == 0
 
-    for name in ("node-a", "node-c"):  # the fires the others claimed were taken elsewhere
+    for name in survivors:  # the fires the others claimed were taken elsewhere
         assert "every_second fire" in nodes[name].output()
         assert "elsewhere: taken by node node-" in nodes[name].output()
     executions = executions_of(pg_url, "tick")
@@ -130,16 +133,17 @@ def test_three_nodes_run_every_fire_once_though_one_is_killed(
     with engine.connect() as conn:
         rows = conn.execute(select(ticks.c.fire_time, ticks.c.node)).all()
     assert Counter(t for t, _ in rows) == Counter({t: 1 for t in fire_times})  # none twice
-    # Every node took part; the killed node's running work was recovered by another node
-    # within the lease and restarted there, because the schedule says on_crash = "restart".
-    assert {node for _, node in rows} == {"node-a", "node-b", "node-c"}
+    # The killed node took part, and its running work was recovered by another node within
+    # the lease and restarted there, because the schedule says on_crash = "restart".
+    assert victim in {node for _, node in rows}
     recovered = [e for e in executions if e.status == BatchStatus.FAILED]
-    assert recovered and all(e.node == "node-b" for e in recovered)
-    assert all("recovered: no heartbeat from node-b" in (e.exit_message or "") for e in recovered)
+    assert recovered and all(e.node == victim for e in recovered)
+    why = f"recovered: no heartbeat from {victim}"
+    assert all(why in (e.exit_message or "") for e in recovered)
     for execution in recovered:
         restarted = [x for x in executions if x.instance_id == execution.instance_id]
         [done] = [x for x in restarted if x.status == BatchStatus.COMPLETED]
-        assert done.node in ("node-a", "node-c")
+        assert done.node in survivors
         assert done.start_time is not None and done.start_time > killed_at
         assert done.start_time < killed_at + timedelta(seconds=1.5 + 3)  # lease + passes
     engine.dispose()
