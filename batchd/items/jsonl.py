@@ -46,6 +46,8 @@ class JsonLinesItemReader(ModelFileReader):
             value = json.loads(text.strip())
         except json.JSONDecodeError as exc:
             raise self._error(line, None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise self._error(line, None, "invalid JSON: nested too deeply") from None
         if not isinstance(value, dict):
             raise self._error(line, None, f"expected a JSON object, found {type(value).__name__}")
         return self._item_model.build(value, self._errors_at(line))

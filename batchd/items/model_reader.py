@@ -173,7 +173,13 @@ class ModelFileReader(FileItemReader):
         if texts is not None:
             if start == 0 and texts[0].startswith("\ufeff"):
                 texts[0] = texts[0][1:]  # a byte-order mark is not part of the first field
-            block.items = self._parse_block(texts)
+            try:
+                block.items = self._parse_block(texts)
+            except Exception:
+                # Whatever a block's parsing meets (a JSON nested too deeply, a converter's
+                # own error) is met again, at its line, by the line-by-line reading; raised
+                # from here it would lose the block's lines, already read from the file.
+                block.items = None
         self._block = block
         return True
 

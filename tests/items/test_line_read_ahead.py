@@ -167,3 +167,31 @@ def test_restart_from_any_checkpoint_reads_the_rest(tmp_path: Path, kind: str) -
         outcome(lambda r=reader: r.read_many(7))  # not committed: read again after restart
         reader.close()
         assert one_by_one(reader_of(kind, path, None), persisted(ctx)) == full[done:], done
+
+
+def test_a_line_no_block_can_parse_is_an_error_at_its_line_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    """A line nested deeper than the parser goes (hostile input) fails the block's parsing
+    in a way of its own: it is an error naming its line, and a skipping step goes on with
+    the next line, not past the lines read ahead with it."""
+    path = tmp_path / "deep.jsonl"
+    deep = '{"id": 3, "text": ' + "[" * 200_000 + "]" * 200_000 + "}"
+    lines = [f'{{"id": {i}, "text": "r{i}"}}' for i in range(1, 3)] + [deep]
+    lines += [f'{{"id": {i}, "text": "r{i}"}}' for i in range(4, 7)]
+    path.write_text("\n".join(lines) + "\n")
+    reader = JsonLinesItemReader(path)
+    reader.open(make_ctx())
+    read, errors = [], []
+    while True:
+        try:
+            item = reader.read()
+        except ItemParseError as error:
+            errors.append(str(error))
+            continue
+        if item is None:
+            break
+        read.append(item["id"])
+    reader.close()
+    assert read == [1, 2, 4, 5, 6]
+    assert len(errors) == 1 and "line 3" in errors[0] and "nested too deeply" in errors[0]
